@@ -1,0 +1,3 @@
+"""soa-git: Self-Organized Agents that keep their work as git history."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,247 @@
+"""Mother and Child agents: build prompts, parse answers, decide to split or implement.
+
+An agent talks to the model and nothing else: it never runs git or tests. The organizer hands
+it code and test results and takes back parsed plans, each with the exact transcript of the
+step (the `Step`) so that it can be kept as a git note.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from string import Template
+
+from . import pycode
+from .errors import AnswerError, CodeSyntaxError
+from .llm import ChatModel, Usage
+from .testing import TestResult
+
+FENCE = re.compile(r"^```[ \t]*(?P<info>[^\n`]*)\n(?P<body>.*?)(?:^```[ \t]*$|\Z)", re.S | re.M)
+PYTHON_INFOS = {"", "python", "py", "python3"}
+MAX_REFLECTION = 1200
+
+
+def prompt(name: str, **values: object) -> str:
+    text = resources.files("soa_git.prompts").joinpath(f"{name}.md").read_text(encoding="utf-8")
+    return Template(text).substitute({k: str(v) for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The usable part of an answer: code for the agent's own function, and what it spawns."""
+
+    imports: tuple[str, ...]
+    function: pycode.Function
+    extra: tuple[str, ...] = ()            # module-level code the agent keeps beside its function
+    children: tuple[pycode.Function, ...] = ()
+    tests: dict[str, tuple[str, ...]] = field(default_factory=dict)   # function name -> tests
+
+
+@dataclass(frozen=True)
+class Revision:
+    plan: Plan | None
+    comments: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One exchange with the model, retries included: what the transcript note records."""
+
+    task: str
+    messages: tuple[dict[str, str], ...]
+    usage: Usage
+    model: str
+    reflection: str
+
+
+@dataclass(frozen=True)
+class ChildStatus:
+    name: str
+    skeleton: str
+    tests: str
+
+
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """(info string, body) of every fenced block; an unclosed last fence still counts."""
+    return [(m["info"].strip().lower(), m["body"]) for m in FENCE.finditer(text)]
+
+
+def prose(text: str) -> str:
+    """The answer without its code blocks: the agent's reflection."""
+    stripped = FENCE.sub("", text).strip()
+    return stripped[:MAX_REFLECTION]
+
+
+def _python(text: str) -> str:
+    blocks = [body for info, body in code_blocks(text) if info in PYTHON_INFOS]
+    if not blocks:
+        raise AnswerError("the answer has no ```python block")
+    source = "\n\n".join(blocks)
+    error = pycode.parse_error(source)
+    if error:
+        raise AnswerError(f"the Python code does not parse ({error})")
+    return source
+
+
+def _test_owner(test: pycode.Function, own: str, children: set[str]) -> str:
+    """A test belongs to the first helper it calls, else to the agent's own function."""
+    called = pycode.called_names(test.source)
+    for name in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", test.source):
+        if name in children and name in called:
+            return name
+    return own
+
+
+def parse_plan(text: str, function: str, *, max_children: int, require_tests: bool) -> Plan:
+    """Read an answer that must implement `function`; skeletons in it become child agents.
+
+    `max_children` of 0 means the agent may not spawn children. Tests are kept per owner.
+    """
+    parts = pycode.module_parts(_python(text))
+    own = [f for f in parts.functions if f.name == function]
+    if not own:
+        raise AnswerError(f"the code has no function named `{function}`")
+    if own[-1].is_skeleton:
+        raise AnswerError(f"`{function}` has no implementation, only a placeholder body")
+    tests = [f for f in parts.functions if f.name.startswith("test_")]
+    helpers = [f for f in parts.functions if f.name != function and f not in tests]
+    used = pycode.called_names(own[-1].source)
+    for helper in helpers:
+        if not helper.is_skeleton:
+            used |= pycode.called_names(helper.source)
+    children = tuple(f for f in helpers if f.is_skeleton and f.name in used)
+    if children and max_children == 0:
+        raise AnswerError("you may not hand work to helpers here: implement "
+                          + ", ".join(f"`{c.name}`" for c in children) + " inside your own code")
+    if len(children) > max_children > 0:
+        raise AnswerError(f"split into at most {max_children} helpers, not {len(children)}")
+    by_owner: dict[str, list[str]] = {}
+    names = {c.name for c in children}
+    for test in tests:
+        by_owner.setdefault(_test_owner(test, function, names), []).append(test.source)
+    missing = [n for n in sorted(names) if n not in by_owner]
+    if require_tests and function not in by_owner:
+        missing.insert(0, function)
+    if missing:
+        raise AnswerError("write unit tests (`def test_...`) for " + ", ".join(f"`{n}`" for n in missing))
+    extra = tuple(f.source for f in helpers if not f.is_skeleton) + tuple(
+        s for s in parts.other if not s.startswith("if __name__"))
+    return Plan(imports=tuple(parts.imports), function=own[-1], extra=extra, children=children,
+                tests={k: tuple(v) for k, v in by_owner.items()})
+
+
+def parse_revision(text: str, function: str, children: set[str]) -> Revision:
+    comments = {info.split(None, 1)[1].strip("` "): body.strip()
+                for info, body in code_blocks(text)
+                if info.startswith("comment ") and len(info.split(None, 1)) == 2}
+    unknown = sorted(set(comments) - children)
+    if unknown:
+        raise AnswerError(f"there is no child named {', '.join(unknown)}; your children are "
+                          + ", ".join(sorted(children)))
+    has_code = any(info in PYTHON_INFOS for info, _ in code_blocks(text)
+                   if not info.startswith("comment"))
+    plan = parse_plan(text, function, max_children=0, require_tests=False) if has_code else None
+    if plan is None and not comments:
+        raise AnswerError("give corrected code, a ```comment NAME block, or both")
+    return Revision(plan=plan, comments=comments)
+
+
+class Agent:
+    """The model-facing side of one agent; its memory is the list of its earlier attempts."""
+
+    def __init__(self, path: str, skeleton: pycode.Function, model: ChatModel, *,
+                 callees: tuple[str, ...] = (), max_children: int = 5, answer_retries: int = 2):
+        self.path = path
+        self.skeleton = skeleton
+        self.model = model
+        self.callees = callees
+        self.max_children = max_children
+        self.answer_retries = answer_retries
+        self.memory: list[str] = []
+
+    @property
+    def function(self) -> str:
+        return self.skeleton.name
+
+    def _callees_text(self) -> str:
+        if not self.callees:
+            return ""
+        return ("\nIt may call these functions, owned by other agents:\n\n```python\n"
+                + "\n\n".join(self.callees) + "\n```\n")
+
+    def _memory_text(self) -> str:
+        if not self.memory:
+            return ""
+        return "\nYour earlier attempts, oldest first:\n" + "\n".join(
+            f"- {entry}" for entry in self.memory[-6:]) + "\n"
+
+    def _ask(self, task: str, user: str, parse):
+        """Ask, and re-ask with the parse error while the answer is unusable."""
+        messages = [{"role": "system", "content": prompt("system")}, {"role": "user", "content": user}]
+        usage = Usage()
+        for attempt in range(self.answer_retries + 1):
+            reply = self.model.complete(messages, agent=self.path)
+            usage = usage + reply.usage
+            messages.append({"role": "assistant", "content": reply.text})
+            try:
+                parsed = parse(reply.text)
+            except (AnswerError, CodeSyntaxError) as exc:
+                if attempt == self.answer_retries:
+                    raise AnswerError(f"agent {self.path}: the model's answers could not be used "
+                                      f"after {attempt + 1} tries: {exc}") from None
+                messages.append({"role": "user",
+                                 "content": prompt("format_error", agent=self.path, error=exc)})
+                continue
+            step = Step(task=task, messages=tuple(messages), usage=usage, model=reply.model,
+                        reflection=prose(reply.text))
+            return step, parsed
+        raise AssertionError("unreachable")
+
+    def generate(self, *, split: bool, tests: tuple[str, ...] = ()) -> tuple[Step, Plan]:
+        """A Mother (split) decomposes or implements; a Child implements.
+
+        An agent whose Mother gave it no tests (the root) must write its own.
+        """
+        shown = ("\nIts unit tests:\n\n```python\n" + "\n\n".join(tests) + "\n```\n") if tests else ""
+        values = dict(agent=self.path, function=self.function, callees=self._callees_text(),
+                      skeleton=pycode.skeleton_text(self.skeleton), tests=shown)
+        if split:
+            own_tests = ("at least two for `" + self.function + "`") if not tests else \
+                "more for `" + self.function + "` only if its tests above miss a case"
+            user = prompt("decompose", max_children=self.max_children, own_tests=own_tests, **values)
+            limit = self.max_children
+        else:
+            write = "" if tests else (" After it, in the same block, write at least three unit tests"
+                                      f" as plain pytest functions `def test_...():` calling `{self.function}`.")
+            user = prompt("implement", write_tests=write, **values)
+            limit = 0
+        return self._ask("decompose" if split else "implement", user, lambda text: parse_plan(
+            text, self.function, max_children=limit, require_tests=not tests))
+
+    def repair(self, code: str, result: TestResult, *, comment: str | None = None) -> tuple[Step, Plan]:
+        if comment:
+            self.memory.append(f"your Mother commented: {comment}")
+        shown = f"\nYour Mother agent asks for this change:\n\n{comment}\n" if comment else ""
+        user = prompt("repair", agent=self.path, function=self.function, code=code,
+                      summary=result.summary(), feedback=result.feedback(), comment=shown,
+                      memory=self._memory_text())
+        step, plan = self._ask("repair", user, lambda text: parse_plan(
+            text, self.function, max_children=0, require_tests=False))
+        self.memory.append(f"tests {result.summary()}; you reflected: {step.reflection[:300]}")
+        return step, plan
+
+    def revise(self, code: str, result: TestResult,
+               children: tuple[ChildStatus, ...]) -> tuple[Step, Revision]:
+        listed = "\n".join(f"- `{c.name}` (tests: {c.tests})\n\n```python\n{c.skeleton}\n```"
+                           for c in children)
+        user = prompt("revise", agent=self.path, function=self.function, code=code,
+                      summary=result.summary(), feedback=result.feedback(), children=listed,
+                      memory=self._memory_text())
+        names = {c.name for c in children}
+        step, revision = self._ask("revise", user,
+                                   lambda text: parse_revision(text, self.function, names))
+        comments = "; ".join(f"to {k}: {v[:120]}" for k, v in revision.comments.items())
+        self.memory.append(f"tests {result.summary()}; you reflected: {step.reflection[:300]}"
+                           + (f"; you commented {comments}" if comments else ""))
+        return step, revision

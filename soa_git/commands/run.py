@@ -1,0 +1,49 @@
+"""`soa-git run`: grow an agent tree for one skeleton, or for every skeleton in a file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .. import config
+from ..errors import ConfigError, TargetError
+from ..gitrepo import GitRepo
+from ..llm import ChatModel, OpenAIChat, TokenLedger
+from ..organizer import AgentView, Organizer, RunSummary, find_target, skeleton_names
+
+
+def split_target(spec: str) -> tuple[str, str | None]:
+    """`path.py::func` -> (path, func); `path.py` -> (path, None)."""
+    path, _, function = spec.partition("::")
+    if not path.endswith(".py"):
+        raise TargetError(f"{path} is not a Python file (expected path/to/file.py or file.py::function)")
+    return path, function or None
+
+
+def open_model(settings: config.Settings, ledger: TokenLedger,
+               environ: Mapping[str, str]) -> ChatModel:
+    key = settings.api_key(environ)
+    if key is None:
+        raise ConfigError(f"no API key: set the environment variable {settings.api_key_env} "
+                          "(a local server that needs no key accepts any value)")
+    return OpenAIChat(model=settings.model, base_url=settings.base_url, api_key=key, ledger=ledger,
+                      max_concurrency=settings.jobs, timeout_s=settings.request_timeout,
+                      temperature=settings.temperature)
+
+
+def run(spec: str, *, cwd: Path, flags: Mapping[str, Any],
+        on_event: Callable[[AgentView], None] = lambda view: None,
+        environ: Mapping[str, str] | None = None) -> list[RunSummary]:
+    environ = os.environ if environ is None else environ
+    repo = GitRepo.open(cwd)
+    settings = config.resolve(repo.root, flags, environ)
+    path, function = split_target(spec)
+    file = (cwd / path).resolve()
+    # Every target is checked before the first run starts, so bad input changes nothing.
+    names = [function] if function else skeleton_names(repo, file)
+    targets = [find_target(repo, file, name) for name in names]
+    ledger = TokenLedger(settings.run_token_budget, settings.agent_token_budget)
+    model = open_model(settings, ledger, environ)
+    return [Organizer(repo, settings, model, ledger, on_event).run(target) for target in targets]
+

@@ -1,0 +1,156 @@
+"""One Settings object, resolved as: defaults < config file < environment < flags.
+
+The config file is `[tool.soa-git]` in the repository's `pyproject.toml` when that table
+exists, else `.soa-git.toml` at the repository root.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+CONFIG_FILE = ".soa-git.toml"
+PYPROJECT = "pyproject.toml"
+TABLE = "soa-git"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = "gpt-4o-mini"
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    max_depth: int = 2
+    max_children: int = 5
+    repair_rounds: int = 3
+    jobs: int = 4
+    test_timeout: float = 60.0
+    test_memory_mb: int = 1024
+    run_token_budget: int = 400_000
+    agent_token_budget: int = 60_000
+    request_timeout: float = 120.0
+    temperature: float = 0.2
+
+    def api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The key itself is read from the environment at the moment of use, never stored."""
+        return (os.environ if environ is None else environ).get(self.api_key_env) or None
+
+
+# The ecosystem's usual names first; every key also has a SOA_GIT_<KEY> form.
+ENV_ALIASES = {
+    "base_url": ("OPENAI_BASE_URL", "OPENAI_API_BASE"),
+    "model": ("OPENAI_MODEL",),
+}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    try:
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            number = int(value)
+            if number < 0:
+                raise ValueError
+            return number
+        if kind == "float":
+            number = float(value)
+            if number <= 0:
+                raise ValueError
+            return number
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: '{name}' must be a positive {kind}, not {value!r}") from None
+
+
+def _from_mapping(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    known = {f.name for f in fields(Settings)}
+    result = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"{source}: unknown setting '{key}'")
+        result[name] = _coerce(name, value, source)
+    return result
+
+
+def config_path(root: Path) -> Path:
+    """Where this repository's configuration lives (or would be written)."""
+    pyproject = root / PYPROJECT
+    if pyproject.exists() and TABLE in _read_toml(pyproject).get("tool", {}):
+        return pyproject
+    if (root / CONFIG_FILE).exists() or not pyproject.exists():
+        return root / CONFIG_FILE
+    return pyproject
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path.name} is not valid TOML: {exc}") from None
+
+
+def file_settings(root: Path) -> dict[str, Any]:
+    path = config_path(root)
+    if not path.exists():
+        return {}
+    data = _read_toml(path)
+    table = data.get("tool", {}).get(TABLE, {}) if path.name == PYPROJECT else data
+    return _from_mapping(table, path.name)
+
+
+def env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    found = {}
+    for f in fields(Settings):
+        for var in (*ENV_ALIASES.get(f.name, ()), f"SOA_GIT_{f.name.upper()}"):
+            if environ.get(var):
+                found[f.name] = _coerce(f.name, environ[var], f"environment variable {var}")
+    return found
+
+
+def resolve(root: Path, flags: Mapping[str, Any] | None = None,
+            environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults < config file < environment < flags (flags set to None are ignored)."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    merged.update(file_settings(root))
+    merged.update(env_settings(environ))
+    merged.update(_from_mapping({k: v for k, v in (flags or {}).items() if v is not None}, "flag"))
+    settings = Settings(**merged)
+    if settings.max_depth < 0 or settings.jobs < 1 or settings.max_children < 1:
+        raise ConfigError("jobs and max_children must be at least 1")
+    return settings
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def render_table(settings: Settings) -> str:
+    return "".join(f"{f.name.replace('_', '-')} = {_toml_value(getattr(settings, f.name))}\n"
+                   for f in fields(Settings))
+
+
+def write_config(root: Path, settings: Settings) -> tuple[Path, bool]:
+    """Write the settings where config_path says; an existing configuration is kept as it is.
+
+    Returns the path and whether anything was written. Appending a table keeps every byte the
+    user already has in pyproject.toml.
+    """
+    path = config_path(root)
+    if path.exists() and (path.name == CONFIG_FILE or TABLE in _read_toml(path).get("tool", {})):
+        return path, False
+    if path.name == PYPROJECT:
+        text = path.read_text(encoding="utf-8")
+        separator = "" if text.endswith("\n") or not text else "\n"
+        path.write_text(f"{text}{separator}\n[tool.{TABLE}]\n{render_table(settings)}", encoding="utf-8")
+    else:
+        path.write_text(f"# soa-git configuration\n{render_table(settings)}", encoding="utf-8")
+    return path, True

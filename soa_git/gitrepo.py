@@ -1,0 +1,644 @@
+"""Every git operation soa-git performs: agent branches, worktrees, commits, merges, notes.
+
+This is the only module that runs git. It hands out plain values (shas, paths, dataclasses),
+never live GitPython objects. It is safe for many threads in one process, each working on its
+own agent branch and worktree, and for two soa-git processes in one repository:
+
+- ref updates are compare-and-swap (`update-ref <ref> <new> <old>`), so a lost race is an
+  error (`BranchMoved`), never a lost commit;
+- the few operations on state shared by all agents (worktree registrations, the notes ref)
+  hold a module-level lock, and every git call retries while another process holds one of
+  git's own `.lock` files;
+- every call pins GIT_DIR, GIT_WORK_TREE and GIT_INDEX_FILE, so an environment inherited from
+  a git hook can never point a command at the user's index or working tree;
+- every call sets `core.hooksPath` to an empty directory: the user's hooks never run on
+  `soa/` branches (they run when the user takes the result).
+
+Needs git 2.38 or newer (`git merge-tree --write-tree`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Mapping, NamedTuple
+
+import git
+
+from .errors import OwnershipError, RepositoryError
+
+TRAILER_KEYS = ("Soa-Run", "Soa-Agent", "Soa-Role", "Soa-Parent", "Soa-Phase", "Soa-Round",
+                "Soa-Tests", "Soa-Model", "Soa-Tokens")
+NOTES_REF = "refs/notes/soa"
+
+_MIN_GIT = (2, 38)
+_SOA_IDENTITY = {"GIT_COMMITTER_NAME": "soa-git", "GIT_COMMITTER_EMAIL": "soa-git@localhost"}
+_SOA_AUTHOR = {"GIT_AUTHOR_NAME": "soa-git", "GIT_AUTHOR_EMAIL": "soa-git@localhost"}
+# Test runs in a worktree leave caches behind; they are never an agent's work.
+_AGENT_EXCLUDES = "__pycache__/\n*.py[cod]\n.pytest_cache/\n"
+_TRAILER_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+# Another git process holds one of git's lock files (git already waited briefly for ref locks).
+_LOCK_BUSY = re.compile(r"\.lock'?: File exists")
+# update-ref's compare-and-swap lost: the ref is not (or no longer) at the expected value.
+_CAS_LOST = re.compile(r"but expected|reference already exists|unable to resolve reference")
+_LOCK_ATTEMPTS = 12
+_NOTE_ATTEMPTS = 20
+
+# Serializes worktree registrations and notes writes among the threads of this process.
+_shared_lock = threading.Lock()
+
+
+class MergeConflict(RepositoryError):
+    """Merging one branch into another would conflict; no ref, worktree or index was changed."""
+
+    def __init__(self, message: str, conflicts: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.conflicts = conflicts
+
+
+class BranchMoved(RepositoryError):
+    """A branch moved between reading it and updating it (another thread or process won)."""
+
+
+@dataclass(frozen=True)
+class Author:
+    name: str
+    email: str
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    sha: str
+    subject: str
+    body: str
+    trailers: dict[str, str]
+    parents: tuple[str, ...]
+    author: Author
+
+
+@dataclass(frozen=True)
+class MergeCheck:
+    clean: bool
+    tree: str | None
+    conflicts: tuple[str, ...]
+
+
+class _Result(NamedTuple):
+    status: int
+    out: bytes
+    err: str
+
+    @property
+    def text(self) -> str:
+        return os.fsdecode(self.out).strip()
+
+
+class _Worktree(NamedTuple):
+    path: Path
+    branch: str | None
+    prunable: bool
+
+
+class GitRepo:
+    """One repository, opened from any path inside its working tree."""
+
+    def __init__(self, repo: git.Repo) -> None:
+        self._repo = repo
+        self.root = Path(repo.working_tree_dir).resolve()
+        self.git_dir = Path(repo.common_dir).resolve()
+        # The user's own checkout may itself be a linked worktree with its own HEAD and index.
+        self._own_git_dir = Path(repo.git_dir).resolve()
+        self._soa_dir = self.git_dir / "soa"
+        self._worktrees_root = self._soa_dir / "worktrees"
+        self._hooks_dir = self._soa_dir / "no-hooks"
+        self._excludes = self._soa_dir / "agent-excludes"
+
+    @classmethod
+    def open(cls, path: Path, *, allow_empty: bool = False) -> GitRepo:
+        """The repository containing `path`; `allow_empty` accepts one with no commits yet."""
+        path = Path(path)
+        try:
+            repo = git.Repo(path.parent if path.is_file() else path, search_parent_directories=True)
+        except git.NoSuchPathError:
+            raise RepositoryError(f"{path} does not exist") from None
+        except git.InvalidGitRepositoryError:
+            raise RepositoryError(f"{path} is not inside a git repository") from None
+        if repo.bare or repo.working_tree_dir is None:
+            raise RepositoryError(f"{repo.git_dir} is a bare repository; "
+                                  "run soa-git in a working tree")
+        try:
+            version = repo.git.version_info
+        except git.GitCommandNotFound:
+            raise RepositoryError("git is not installed or not on PATH") from None
+        if version[:2] < _MIN_GIT:
+            raise RepositoryError(f"soa-git needs git {_MIN_GIT[0]}.{_MIN_GIT[1]} or newer, "
+                                  f"but this is git {'.'.join(map(str, version))}")
+        opened = cls(repo)
+        opened._hooks_dir.mkdir(parents=True, exist_ok=True)
+        _write_if_changed(opened._excludes, _AGENT_EXCLUDES)
+        if not allow_empty and opened._head_sha() is None:
+            raise RepositoryError("the repository has no commits yet; commit something first")
+        return opened
+
+    @classmethod
+    def create(cls, path: Path, message: str) -> GitRepo:
+        """A new repository at `path` on branch main, its one commit holding the files there."""
+        path = Path(path)
+        if (path / ".git").exists():
+            raise RepositoryError(f"{path} is already a git repository")
+        git.Repo.init(path, initial_branch="main")
+        opened = cls.open(path, allow_empty=True)
+        index = {"GIT_INDEX_FILE": str(opened._own_git_dir / "index")}
+        opened._git("add", "-A", env=index)
+        tree = opened._git("write-tree", env=index).text
+        sha = opened._commit_tree(tree, (), message, Author("soa-git", "soa-git@localhost"))
+        opened._git("update-ref", "HEAD", sha)
+        return opened
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def head(self) -> str:
+        sha = self._head_sha()
+        if sha is None:
+            raise RepositoryError("the repository has no commits yet; commit something first")
+        return sha
+
+    def head_branch(self) -> str | None:
+        r = self._git("symbolic-ref", "-q", "HEAD", check=False)
+        return r.text.removeprefix("refs/heads/") if r.status == 0 else None
+
+    def read_file(self, rev: str, path: str) -> str | None:
+        r = self._git("cat-file", "blob", f"{_rev(rev)}:{_posix(path)}", check=False)
+        if r.status != 0:
+            self._require_commit(rev)
+            return None
+        try:
+            return r.out.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RepositoryError(f"{path} at {rev} is not UTF-8 text") from None
+
+    def file_exists(self, rev: str, path: str) -> bool:
+        r = self._git("cat-file", "-t", f"{_rev(rev)}:{_posix(path)}", check=False)
+        if r.status != 0:
+            self._require_commit(rev)
+        return r.status == 0 and r.text == "blob"
+
+    def branch_sha(self, branch: str) -> str | None:
+        r = self._git("show-ref", "--verify", "-s", f"refs/heads/{branch}", check=False)
+        return r.text if r.status == 0 else None
+
+    def list_branches(self, prefix: str) -> dict[str, str]:
+        """Branch name -> sha for every branch whose name starts with `prefix`."""
+        # for-each-ref's `*` stops at `/`, but a pattern ending in `/` matches the whole folder.
+        folder = prefix[:prefix.rfind("/") + 1]
+        r = self._git("for-each-ref", "--format=%(objectname) %(refname)", f"refs/heads/{folder}")
+        branches = {}
+        for line in r.text.splitlines():
+            sha, name = line.split(" ", 1)
+            name = name.removeprefix("refs/heads/")
+            if name.startswith(prefix):
+                branches[name] = sha
+        return branches
+
+    def log(self, branch: str, *, first_parent: bool = False) -> list[CommitInfo]:
+        """Commits reachable from `branch`, newest first."""
+        fields = ("%H", "%P", "%an", "%ae", "%s", "%b",
+                  "%(trailers:only,unfold,separator=%x1e,key_value_separator=%x1f)")
+        r = self._git("log", "-z", "--no-show-signature", f"--format={'%x00'.join(fields)}",
+                      *(["--first-parent"] if first_parent else []),
+                      f"refs/heads/{branch}", "--", check=False)
+        if r.status != 0:
+            if self.branch_sha(branch) is None:
+                raise RepositoryError(f"branch {branch} does not exist")
+            raise RepositoryError(f"cannot read the history of {branch}: {_reason(r.err)}")
+        values = os.fsdecode(r.out).split("\0")
+        commits = []
+        for i in range(0, len(values) - len(fields) + 1, len(fields)):
+            sha, parents, name, email, subject, body, raw_trailers = values[i:i + len(fields)]
+            trailers = dict(t.split("\x1f", 1) for t in raw_trailers.split("\x1e") if "\x1f" in t)
+            commits.append(CommitInfo(sha=sha, subject=subject,
+                                      body=_strip_trailers(body, trailers), trailers=trailers,
+                                      parents=tuple(parents.split()), author=Author(name, email)))
+        return commits
+
+    def changed_paths(self, base: str, rev: str) -> list[str]:
+        """Paths whose content differs between the trees of `base` and `rev`, sorted."""
+        r = self._git("diff-tree", "-r", "-z", "--name-only", "--no-renames", _rev(base), _rev(rev),
+                      check=False)
+        if r.status != 0:
+            raise RepositoryError(f"cannot compare {base} with {rev}: {_reason(r.err)}")
+        return sorted(_split_z(r.out))
+
+    # ---- branches -----------------------------------------------------------------------
+
+    def create_branch(self, branch: str, start: str) -> None:
+        sha = self._require_commit(start)
+        r = self._git("update-ref", "-m", f"branch: created from {start}", f"refs/heads/{branch}",
+                      sha, "", check=False, retry=True)
+        if r.status != 0:
+            if "reference already exists" in r.err:
+                raise RepositoryError(f"branch {branch} already exists")
+            raise RepositoryError(f"cannot create branch {branch}: {_reason(r.err)}")
+
+    def delete_branch(self, branch: str) -> None:
+        """Delete one of soa-git's own branches; a branch that is already gone is fine."""
+        if not branch.startswith("soa/"):
+            raise RepositoryError(f"soa-git only deletes its own soa/ branches, not {branch}")
+        sha = self.branch_sha(branch)
+        if sha is None:
+            return
+        for path in self._checked_out_at(branch):
+            raise RepositoryError(f"branch {branch} is checked out at {path}; "
+                                  "remove that worktree first")
+        self._update_ref(f"refs/heads/{branch}", "", sha, what=f"branch {branch}", delete=True)
+
+    # ---- worktrees ----------------------------------------------------------------------
+
+    def add_worktree(self, branch: str, name: str) -> Path:
+        """A worktree under .git/soa/worktrees with `branch` checked out, replacing a stale one."""
+        if self.branch_sha(branch) is None:
+            raise RepositoryError(f"branch {branch} does not exist")
+        path = self._worktrees_root / _worktree_dir_name(name)
+        with _shared_lock:
+            self._drop_stale_worktrees(also=path)
+            # --no-checkout: git's own checkout here would inherit an index path from our
+            # caller's environment; the checkout below runs with the new worktree's index pinned.
+            r = self._git("worktree", "add", "--no-checkout", str(path), branch,
+                          check=False, retry=True)
+            if r.status != 0:
+                raise RepositoryError(f"cannot create a worktree for {branch}: {_reason(r.err)}")
+        self._git("reset", "--hard", "-q", worktree=path, retry=True)
+        return path
+
+    def remove_worktree(self, path: Path) -> None:
+        """Remove one of soa-git's worktrees; one that is already gone is fine."""
+        wt = self._agent_worktree_path(path)
+        with _shared_lock:
+            self._remove_worktree_locked(wt)
+            self._drop_stale_worktrees()
+
+    # ---- commits and merges -------------------------------------------------------------
+
+    def commit(self, worktree: Path, *, subject: str, body: str = "", trailers: Mapping[str, str],
+               author: Author, allowed_paths: Iterable[str], allow_empty: bool = False) -> str | None:
+        """Commit everything changed in `worktree`, if it only touches `allowed_paths`.
+
+        Returns the new commit's sha, or None when nothing changed and `allow_empty` is off. On a change outside
+        `allowed_paths` the index is reset and OwnershipError raised; the files stay as they are.
+        """
+        wt = self._agent_worktree_path(worktree)
+        message = _message(subject, body, trailers)
+        allowed = {_posix(p) for p in allowed_paths}
+        self._git("add", "-A", config=(f"core.excludesFile={self._excludes}",), worktree=wt,
+                  retry=True)
+        changed = _split_z(self._git("diff-index", "--cached", "-z", "--name-only", "--no-renames",
+                                     "HEAD", worktree=wt).out)
+        foreign = sorted(set(changed) - allowed)
+        if foreign:
+            # A one-tree read-tree puts the index back to HEAD without touching any file.
+            self._git("read-tree", "--reset", "HEAD", worktree=wt, retry=True)
+            agent = trailers.get("Soa-Agent", author.name)
+            owned = (f"may only change {_join(sorted(allowed))}" if allowed
+                     else "may not change any file")
+            raise OwnershipError(f"agent {agent} {owned}, not {_join(foreign)}")
+        if not changed and not allow_empty:
+            return None
+        tree = self._git("write-tree", worktree=wt, retry=True).text
+        parent = self._git("rev-parse", "--verify", "HEAD", worktree=wt).text
+        sha = self._commit_tree(tree, (parent,), message, author)
+        self._update_ref("HEAD", sha, parent, what=f"the branch checked out at {wt.name}",
+                         worktree=wt, reflog=f"commit: {message.splitlines()[0]}")
+        return sha
+
+    def merge_check(self, ours: str, theirs: str) -> MergeCheck:
+        """Would merging `theirs` into `ours` be clean? Writes objects; no ref, index or file."""
+        r = self._git("merge-tree", "--write-tree", "--name-only", "--no-messages", "-z",
+                      _rev(ours), _rev(theirs), check=False)
+        if r.status not in (0, 1):
+            raise RepositoryError(f"cannot merge {theirs} into {ours}: {_reason(r.err)}")
+        tree, *paths = _split_z(r.out)
+        if r.status == 0:
+            return MergeCheck(clean=True, tree=tree, conflicts=())
+        return MergeCheck(clean=False, tree=None, conflicts=tuple(dict.fromkeys(paths)))
+
+    def merge(self, branch: str, other_branch: str, *, subject: str, trailers: Mapping[str, str],
+              author: Author, worktree: Path | None = None) -> str:
+        """A --no-ff merge of `other_branch` into `branch`, made without any worktree.
+
+        Raises MergeConflict (nothing changed) or BranchMoved (someone else moved `branch`
+        meanwhile; try again). `worktree`, which must have `branch` checked out, is then reset
+        to the merge: uncommitted changes there are discarded. Returns the merge commit's sha,
+        or the branch's sha when `other_branch` is already merged.
+        """
+        message = _message(subject, "", trailers)
+        ours, theirs = self.branch_sha(branch), self.branch_sha(other_branch)
+        for name, sha in ((branch, ours), (other_branch, theirs)):
+            if sha is None:
+                raise RepositoryError(f"branch {name} does not exist")
+        assert ours is not None and theirs is not None
+        wt = self._agent_worktree_path(worktree) if worktree is not None else None
+        self._check_merge_target(branch, wt)
+        if self._git("merge-base", "--is-ancestor", theirs, ours, check=False).status == 0:
+            return ours
+        check = self.merge_check(ours, theirs)
+        if not check.clean or check.tree is None:
+            raise MergeConflict(f"merging {other_branch} into {branch} conflicts in "
+                                f"{_join(check.conflicts)}", check.conflicts)
+        sha = self._commit_tree(check.tree, (ours, theirs), message, author)
+        self._update_ref(f"refs/heads/{branch}", sha, ours, what=f"branch {branch}",
+                         reflog=f"merge {other_branch}: {message.splitlines()[0]}")
+        if wt is not None:
+            self._git("reset", "--hard", "-q", worktree=wt, retry=True)
+        return sha
+
+    # ---- notes --------------------------------------------------------------------------
+
+    def add_note(self, sha: str, text: str) -> None:
+        """Attach `text` to commit `sha` under NOTES_REF, replacing an earlier note."""
+        target = self._require_commit(sha)
+        with _shared_lock:
+            blob = self._git("hash-object", "-w", "--stdin", stdin=text.encode("utf-8")).text
+            for attempt in range(_NOTE_ATTEMPTS):
+                if self._try_add_note(target, blob):
+                    return
+                _backoff(attempt)
+        raise RepositoryError(f"could not attach a note to {sha}: other processes kept "
+                              f"updating {NOTES_REF}")
+
+    def read_note(self, sha: str) -> str | None:
+        r = self._git("notes", f"--ref={NOTES_REF}", "list", _rev(sha), check=False)
+        if r.status == 1:
+            return None
+        if r.status != 0:
+            raise RepositoryError(f"cannot read the note of {sha}: {_reason(r.err)}")
+        return self._git("cat-file", "blob", r.text).out.decode("utf-8", errors="replace")
+
+    # ---- internals ----------------------------------------------------------------------
+
+    def _git(self, *args: str, config: Iterable[str] = (), worktree: Path | None = None,
+             env: Mapping[str, str] | None = None, stdin: bytes | None = None, check: bool = True,
+             retry: bool = False) -> _Result:
+        """Run one git command against the repository, or against one agent worktree.
+
+        Calls `execute` with the whole command line because `repo.git(c=..., C=...)` keeps
+        options on the shared Git object, which is not safe across threads.
+        """
+        command = [git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git",
+                   "-c", f"core.hooksPath={self._hooks_dir}", "-c", "core.fsmonitor=false"]
+        command += [a for c in config for a in ("-c", c)]
+        if worktree is not None:
+            command += ["-C", str(worktree)]
+        command += args
+        full_env = {**self._location_env(worktree), **(env or {})}
+        for attempt in range(_LOCK_ATTEMPTS if retry else 1):
+            if attempt:
+                _backoff(attempt)
+            status, out, err = self._execute(command, full_env, stdin)
+            if status == 0 or not _LOCK_BUSY.search(err):
+                break
+        if check and status != 0:
+            raise RepositoryError(f"git {args[0]} failed: {_reason(err)}")
+        return _Result(status, out, err)
+
+    def _execute(self, command: list[str], env: dict[str, str], stdin: bytes | None
+                 ) -> tuple[int, bytes, str]:
+        try:
+            if stdin is None:
+                return self._repo.git.execute(command, env=env, with_extended_output=True,
+                                              with_exceptions=False, stdout_as_string=False,
+                                              strip_newline_in_stdout=False)
+            with tempfile.TemporaryFile() as stream:
+                stream.write(stdin)
+                stream.seek(0)
+                return self._repo.git.execute(command, istream=stream, env=env,
+                                              with_extended_output=True, with_exceptions=False,
+                                              stdout_as_string=False, strip_newline_in_stdout=False)
+        except git.GitCommandNotFound:
+            raise RepositoryError("git is not installed or not on PATH") from None
+
+    def _location_env(self, worktree: Path | None) -> dict[str, str]:
+        """Where a command runs, stated outright rather than inherited from our environment."""
+        if worktree is None:
+            git_dir, work_tree = self._own_git_dir, self.root
+            # No repository-level command needs an index; a scratch path keeps the user's safe.
+            index = self._soa_dir / "unused-index"
+        else:
+            git_dir, work_tree = _worktree_git_dir(worktree), worktree
+            index = git_dir / "index"
+        return {"GIT_DIR": str(git_dir), "GIT_WORK_TREE": str(work_tree),
+                "GIT_INDEX_FILE": str(index), "GIT_COMMON_DIR": str(self.git_dir),
+                "GIT_OBJECT_DIRECTORY": str(self.git_dir / "objects")}
+
+    def _head_sha(self) -> str | None:
+        r = self._git("rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
+        return r.text if r.status == 0 else None
+
+    def _require_commit(self, rev: str) -> str:
+        r = self._git("rev-parse", "--verify", "-q", f"{_rev(rev)}^{{commit}}", check=False)
+        if r.status != 0:
+            raise RepositoryError(f"{rev} is not a commit in this repository")
+        return r.text
+
+    def _commit_tree(self, tree: str, parents: tuple[str, ...], message: str,
+                     author: Author) -> str:
+        env = {"GIT_AUTHOR_NAME": author.name, "GIT_AUTHOR_EMAIL": author.email, **_SOA_IDENTITY}
+        r = self._git("commit-tree", "--no-gpg-sign", *[a for p in parents for a in ("-p", p)],
+                      "-F", "-", tree, env=env, stdin=message.encode("utf-8"), check=False)
+        if r.status != 0:
+            raise RepositoryError(f"cannot write a commit: {_reason(r.err)}")
+        return r.text
+
+    def _update_ref(self, ref: str, new: str, old: str, *, what: str, worktree: Path | None = None,
+                    reflog: str = "soa-git", delete: bool = False) -> None:
+        """Compare-and-swap `ref` from `old` to `new` (or delete it if it is still at `old`)."""
+        args = ("-d", ref, old) if delete else ("-m", reflog, ref, new, old)
+        r = self._git("update-ref", *args, worktree=worktree, check=False, retry=True)
+        if r.status == 0:
+            return
+        if _CAS_LOST.search(r.err):
+            raise BranchMoved(f"{what} moved while soa-git was updating it; try again")
+        raise RepositoryError(f"cannot update {what}: {_reason(r.err)}")
+
+    def _try_add_note(self, target: str, blob: str) -> bool:
+        """One compare-and-swap attempt; False when another process moved the notes ref first.
+
+        `git notes add` overwrites the notes ref without checking its old value, so the note is
+        written on a private ref and then swapped in: two processes never drop each other's notes.
+        """
+        old = self._git("show-ref", "--verify", "-s", NOTES_REF, check=False).text
+        scratch = f"refs/notes/soa-pending/{uuid.uuid4().hex}"
+        try:
+            if old:
+                self._git("update-ref", scratch, old, "", retry=True)
+            # -C reuses the blob byte for byte, where -m/-F would reformat whitespace.
+            r = self._git("notes", f"--ref={scratch}", "add", "-f", "--allow-empty", "-C", blob,
+                          target, env=_SOA_AUTHOR | _SOA_IDENTITY, check=False, retry=True)
+            if r.status != 0:
+                raise RepositoryError(f"cannot attach a note to {target}: {_reason(r.err)}")
+            new = self._git("rev-parse", "--verify", scratch).text
+            try:
+                self._update_ref(NOTES_REF, new, old, what=NOTES_REF, reflog="notes: add")
+            except BranchMoved:
+                return False
+            return True
+        finally:
+            self._git("update-ref", "-d", scratch, check=False, retry=True)
+
+    def _worktrees(self) -> list[_Worktree]:
+        out = self._git("worktree", "list", "--porcelain", "-z").out
+        worktrees = []
+        for record in os.fsdecode(out).split("\0\0"):
+            attrs = dict((line.split(" ", 1) + [""])[:2] for line in record.split("\0") if line)
+            if "worktree" in attrs:
+                branch = attrs.get("branch")
+                worktrees.append(_Worktree(Path(attrs["worktree"]).resolve(),
+                                           branch.removeprefix("refs/heads/") if branch else None,
+                                           "prunable" in attrs))
+        return worktrees
+
+    def _drop_stale_worktrees(self, also: Path | None = None) -> None:
+        """Remove soa-git's worktrees whose directory is gone, and `also`, if anything is there.
+
+        Scoped to our own directory, unlike `git worktree prune`, which would also drop the
+        user's worktrees that merely live on a disk that is not mounted right now.
+        """
+        root = self._worktrees_root.resolve()
+        for wt in self._worktrees():
+            if wt.path.is_relative_to(root) and (wt.prunable or wt.path == also):
+                self._remove_worktree_locked(wt.path)
+        if also is not None and also.exists():
+            self._remove_worktree_locked(also)
+
+    def _remove_worktree_locked(self, path: Path) -> None:
+        # Twice --force: also a worktree that is locked or has uncommitted changes.
+        remove = ("worktree", "remove", "--force", "--force", str(path))
+        r = self._git(*remove, check=False, retry=True)
+        if path.exists():
+            # A leftover directory that git no longer knows as a worktree.
+            shutil.rmtree(path)
+            if r.status != 0:
+                self._git(*remove, check=False, retry=True)
+        if any(wt.path == path for wt in self._worktrees()):
+            raise RepositoryError(f"cannot remove the worktree {path}: {_reason(r.err)}")
+
+    def _agent_worktree_path(self, path: Path) -> Path:
+        """`path`, resolved, if it is one of soa-git's worktrees: never the user's working tree."""
+        resolved = Path(path).resolve()
+        root = self._worktrees_root.resolve()
+        if resolved == root or not resolved.is_relative_to(root):
+            raise RepositoryError(f"{path} is not an agent worktree under {root}")
+        return resolved
+
+    def _checked_out_at(self, branch: str) -> list[Path]:
+        """Live working trees with `branch` checked out (a stale registration has none)."""
+        return [wt.path for wt in self._worktrees() if wt.branch == branch and not wt.prunable]
+
+    def _check_merge_target(self, branch: str, worktree: Path | None) -> None:
+        """Moving a branch that a working tree has checked out would leave that tree behind."""
+        checked_out = self._checked_out_at(branch)
+        for path in checked_out:
+            if path != worktree:
+                raise RepositoryError(f"branch {branch} is checked out at {path}; "
+                                      "soa-git will not move it under that working tree")
+        if worktree is not None and worktree not in checked_out:
+            raise RepositoryError(f"{worktree} does not have branch {branch} checked out")
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Written aside and renamed, so a git reading it concurrently never sees half a file."""
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name)
+    with os.fdopen(fd, "w", encoding="utf-8") as stream:
+        stream.write(text)
+    os.replace(temp, path)
+
+
+def _worktree_git_dir(worktree: Path) -> Path:
+    """A linked worktree's private git dir, from the `gitdir:` line of its `.git` file."""
+    try:
+        line = (worktree / ".git").read_text(encoding="utf-8").strip()
+    except OSError:
+        raise RepositoryError(f"{worktree} is not a git worktree") from None
+    if not line.startswith("gitdir:"):
+        raise RepositoryError(f"{worktree} is not a linked git worktree")
+    return (worktree / line.removeprefix("gitdir:").strip()).resolve()
+
+
+def _worktree_dir_name(name: str) -> str:
+    parts = name.split("/")
+    if not name or any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
+        raise ValueError(f"invalid worktree name {name!r}")
+    return "__".join(parts)
+
+
+def _message(subject: str, body: str, trailers: Mapping[str, str]) -> str:
+    """Subject, body and trailers in git's layout; the trailers are the last paragraph."""
+    subject = " ".join(subject.split())
+    if not subject:
+        raise ValueError("a commit needs a subject")
+    parts = [subject]
+    if body.strip():
+        parts.append(body.strip("\n").rstrip())
+    keys = [k for k in TRAILER_KEYS if k in trailers]
+    keys += [k for k in trailers if k not in TRAILER_KEYS]
+    for key in keys:
+        if not _TRAILER_KEY.fullmatch(key):
+            raise ValueError(f"invalid trailer key {key!r}")
+    if keys:
+        # A trailer is one line: git's parser would otherwise stop reading the block.
+        parts.append("\n".join(f"{k}: {' '.join(trailers[k].split())}" for k in keys))
+    return "\n\n".join(parts) + "\n"
+
+
+def _strip_trailers(body: str, trailers: Mapping[str, str]) -> str:
+    """The body without its last paragraph when git read that paragraph as the trailers."""
+    body = body.strip()
+    if trailers:
+        body = body.rpartition("\n\n")[0].strip()
+    return body
+
+
+def _rev(rev: str) -> str:
+    # A revision that looks like an option would be read as one by git.
+    if not rev or rev.startswith("-"):
+        raise RepositoryError(f"{rev!r} is not a valid revision")
+    return rev
+
+
+def _posix(path: str) -> str:
+    return PurePosixPath(path).as_posix()
+
+
+def _split_z(out: bytes) -> list[str]:
+    return [os.fsdecode(p) for p in out.split(b"\0") if p]
+
+
+def _join(items: Iterable[str]) -> str:
+    items = list(items)
+    if not items:
+        return "no file"
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _reason(err: str) -> str:
+    """git's first error line, without its `fatal:`/`error:` prefix."""
+    for line in err.splitlines():
+        line = line.strip()
+        if line:
+            for prefix in ("fatal: ", "error: "):
+                line = line.removeprefix(prefix)
+            return line
+    return "git gave no reason"
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(min(0.02 * 2 ** attempt, 1.0) * random.uniform(0.5, 1.5))

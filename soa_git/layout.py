@@ -1,0 +1,79 @@
+"""Where each agent's code and tests live, and how their text is written out.
+
+The root agent owns one function inside the user's file: only that function's body is ever
+replaced, so its imports go inside the body. Every other agent owns a whole module next to the
+target (`<target dir>/<agent path with . as __>.py`) and a test file under `tests/soa/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Callable, Iterable
+
+from . import pycode
+
+TEST_DIR = "tests/soa"
+FUTURE = "from __future__ import annotations"
+
+
+@dataclass(frozen=True)
+class AgentFiles:
+    module: str         # posix path from the repository root
+    tests: str
+    import_name: str    # dotted name the module is imported by
+    import_root: str    # directory that must be on sys.path ('' is the repository root)
+
+
+def _stem(agent_path: str) -> str:
+    return agent_path.replace(".", "__")
+
+
+def import_root(target: str, is_file: Callable[[str], bool]) -> str:
+    """The nearest ancestor of `target` that is not a package: where imports resolve from."""
+    folder = PurePosixPath(target).parent
+    while str(folder) != "." and is_file(str(folder / "__init__.py")):
+        folder = folder.parent
+    return "" if str(folder) == "." else str(folder)
+
+
+def _dotted(module: str, root: str) -> str:
+    relative = PurePosixPath(module).relative_to(root) if root else PurePosixPath(module)
+    return ".".join(relative.with_suffix("").parts)
+
+
+def files_for(agent_path: str, target: str, root: str, *, is_root: bool) -> AgentFiles:
+    module = target if is_root else str(PurePosixPath(target).parent / f"{_stem(agent_path)}.py")
+    module = module.removeprefix("./")
+    return AgentFiles(module=module, tests=f"{TEST_DIR}/test_{_stem(agent_path)}.py",
+                      import_name=_dotted(module, root), import_root=root)
+
+
+def _ordered_imports(imports: Iterable[str]) -> list[str]:
+    unique = list(dict.fromkeys(i.strip() for i in imports if i.strip()))
+    return [FUTURE] + [i for i in unique if i != FUTURE]
+
+
+def child_imports(children: Iterable[tuple[str, AgentFiles]]) -> list[str]:
+    return [f"from {files.import_name} import {name}" for name, files in children]
+
+
+def root_source(original: str, function: str, body: str, imports: Iterable[str]) -> str:
+    """The user's file with only `function`'s body replaced; its imports move into the body."""
+    local = [i for i in dict.fromkeys(imports) if i.strip() and not i.startswith("from __future__")]
+    return pycode.replace_body(original, function, "\n".join(local + [body]) if local else body)
+
+
+def module_source(agent_path: str, skeleton: pycode.Function, body: str, imports: Iterable[str],
+                  extra: Iterable[str] = ()) -> str:
+    """A whole module for a non-root agent: its imports, kept helpers, and its function."""
+    header = f'"""`{skeleton.name}`, written by soa-git agent {agent_path}."""\n'
+    sections = ["\n".join(_ordered_imports(imports)), *extra, skeleton.source]
+    text = header + "\n\n\n".join(s.strip("\n") for s in sections) + "\n"
+    return pycode.replace_body(text, skeleton.name, body) if body else text
+
+
+def test_source(function: str, files: AgentFiles, tests: Iterable[str], imports: Iterable[str]) -> str:
+    header = f'"""Unit tests of `{function}`, kept by soa-git."""\n'
+    lines = _ordered_imports([*imports, f"from {files.import_name} import {function}"])
+    return header + "\n".join(lines) + "\n\n\n" + "\n\n\n".join(t.strip("\n") for t in tests) + "\n"

@@ -1,0 +1,485 @@
+"""The run: grows the agent tree, schedules agents in parallel, runs the phases, merges.
+
+Generation is top-down: the root answers first, before anything is written to the repository,
+so a dead endpoint or a nonsense answer leaves the repository exactly as it was. Each agent then
+works on its own branch in its own worktree; children run in parallel threads; a Mother merges a
+child only after the child's tests pass. Modification is bottom-up: leaves repair themselves from
+test feedback, Mothers revise their own code and comment on the children they implicate.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+from . import layout, pycode
+from .agents import Agent, ChildStatus, Plan, Step
+from .config import Settings
+from .errors import AnswerError, BudgetExhausted, ModelError, TargetError
+from .gitrepo import Author, GitRepo, MergeConflict
+from .llm import ChatModel, TokenLedger, Usage
+from .testing import TestResult, run_tests
+
+NOT_RUN = TestResult(cases=())
+
+
+@dataclass(frozen=True)
+class Target:
+    file: str        # posix path from the repository root
+    function: str
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """What the outside world sees of one agent, live and at the end."""
+
+    path: str
+    role: str
+    function: str
+    file: str
+    test_file: str
+    branch: str
+    state: str
+    tests: str
+    passed: int
+    rounds: int
+    lines: int
+    tokens: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run: str
+    target: Target
+    branch: str
+    base: str
+    state: str              # done | failed | stopped
+    message: str
+    agents: tuple[AgentView, ...]
+    depth: int
+    lines: int
+    tests_passed: int
+    usage: Usage
+    seconds: float
+
+
+@dataclass
+class Node:
+    """One agent's live state in this run."""
+
+    path: str
+    skeleton: pycode.Function
+    files: layout.AgentFiles
+    branch: str
+    agent: Agent
+    parent: Node | None = None
+    role: str = "child"
+    state: str = "waiting"
+    result: TestResult = NOT_RUN
+    rounds: int = 0
+    children: list[Node] = field(default_factory=list)
+    imports: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+    body: str = ""
+    tests: list[str] = field(default_factory=list)
+    test_imports: list[str] = field(default_factory=list)
+    worktree: Path | None = None
+    merged_tip: str | None = None
+    error: str | None = None
+
+    @property
+    def depth(self) -> int:
+        return 0 if self.parent is None else self.parent.depth + 1
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def code_lines(text: str) -> int:
+    return sum(1 for line in text.splitlines() if line.strip())
+
+
+def committed_source(repo: GitRepo, file: Path) -> tuple[str, str]:
+    """(path from the root, text at HEAD) of a file that is committed, unchanged, and parses.
+
+    Every run starts from HEAD, so a file with uncommitted edits would silently lose them.
+    """
+    try:
+        relative = file.resolve().relative_to(repo.root.resolve()).as_posix()
+    except ValueError:
+        raise TargetError(f"{file} is outside the repository {repo.root}") from None
+    source = repo.read_file(repo.head(), relative)
+    if source is None:
+        raise TargetError(f"{relative} is not a file committed at HEAD")
+    on_disk = repo.root / relative
+    if on_disk.exists() and on_disk.read_text(encoding="utf-8", errors="replace") != source:
+        raise TargetError(f"{relative} has uncommitted changes; commit them first, "
+                          "because soa-git works from HEAD")
+    pycode.check_parses(source, relative)
+    return relative, source
+
+
+def find_target(repo: GitRepo, file: Path, function: str) -> Target:
+    relative, source = committed_source(repo, file)
+    if not pycode.find_function(source, function).is_skeleton:
+        raise TargetError(f"{relative}::{function} is not a skeleton (its body must be only a "
+                          "docstring and `...`, `pass` or `raise NotImplementedError`)")
+    return Target(relative, function)
+
+
+def skeleton_names(repo: GitRepo, file: Path) -> list[str]:
+    """Every skeleton of a file at HEAD, for `soa-git run file.py`."""
+    relative, source = committed_source(repo, file)
+    names = [f.name for f in pycode.skeletons(source)]
+    if not names:
+        raise TargetError(f"{relative} has no skeletons (functions whose body is only a docstring "
+                          "and `...`, `pass` or `raise NotImplementedError`)")
+    return names
+
+
+class Organizer:
+    def __init__(self, repo: GitRepo, settings: Settings, model: ChatModel, ledger: TokenLedger,
+                 on_event: Callable[[AgentView], None] = lambda view: None):
+        self.repo = repo
+        self.settings = settings
+        self.model = model
+        self.ledger = ledger
+        self.on_event = on_event
+        self.run_id = new_run_id()
+        self._test_slots = threading.BoundedSemaphore(settings.jobs)
+        self._halt: str | None = None       # why the whole run stops early
+        self._lock = threading.Lock()
+        self.nodes: list[Node] = []
+
+    # ---- preparing -------------------------------------------------------------------------
+
+    def _node(self, path: str, skeleton: pycode.Function, parent: Node | None,
+              callees: tuple[str, ...] = ()) -> Node:
+        root_files = parent.files if parent else None
+        files = layout.files_for(
+            path, self.target_.file,
+            root_files.import_root if root_files else layout.import_root(
+                self.target_.file, lambda p: self.repo.file_exists(self.base, p)),
+            is_root=parent is None)
+        agent = Agent(path, skeleton, self.model, callees=callees,
+                      max_children=self.settings.max_children)
+        node = Node(path=path, skeleton=skeleton, files=files, agent=agent, parent=parent,
+                    branch=f"soa/{self.run_id}/{path}")
+        with self._lock:
+            self.nodes.append(node)
+        return node
+
+    # ---- the run ---------------------------------------------------------------------------
+
+    def run(self, target: Target) -> RunSummary:
+        started = time.monotonic()
+        self.target_ = target
+        self.base = self.repo.head()
+        self.original = self.repo.read_file(self.base, target.file) or ""
+        root = self._node(target.function, pycode.find_function(self.original, target.function), None)
+        self._set(root, "thinking")
+        # The first answer comes before any write: a failing endpoint leaves no trace.
+        step, plan = root.agent.generate(split=self.settings.max_depth > 0)
+        self.repo.create_branch(root.branch, self.base)
+        try:
+            self._develop(root, step, plan)
+        finally:
+            for node in self.nodes:
+                self._release(node)
+        return self._summary(root, time.monotonic() - started)
+
+    def _develop(self, node: Node, step: Step, plan: Plan) -> None:
+        """Everything one agent does after its first answer, children included."""
+        with self._workspace(node):
+            if plan.children:
+                node.role = "mother"
+                self._adopt_children(node, plan)
+            self._apply(node, plan, adopt_tests=True)
+            if node.children:
+                self._commit(node, step, phase="generate", subject=(
+                    f"generate: split {node.skeleton.name} into "
+                    + ", ".join(c.skeleton.name for c in node.children)), tested=False)
+                self._in_parallel(self._start_child, node.children)
+                self._merge_and_test(node)
+                self._modify_mother(node)
+            else:
+                self._test(node)
+                self._commit(node, step, phase="generate",
+                             subject=f"generate: implement {node.skeleton.name}")
+                self._repair(node)
+        self._set(node, "passed" if node.result.ok else node.state if node.error else "failed")
+
+    def _adopt_children(self, mother: Node, plan: Plan) -> None:
+        """One child agent per skeleton in the Mother's answer; siblings see each other's skeletons."""
+        for skeleton in plan.children:
+            siblings = tuple(pycode.skeleton_text(c) for c in plan.children if c is not skeleton)
+            child = self._node(f"{mother.path}.{skeleton.name}", skeleton, mother, callees=siblings)
+            child.tests = list(plan.tests.get(skeleton.name, ()))
+            child.test_imports = list(plan.imports)
+            mother.children.append(child)
+
+    def _in_parallel(self, work: Callable[[Node], None], nodes: list[Node]) -> None:
+        if not nodes:
+            return
+        with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+            for future in [pool.submit(work, node) for node in nodes]:
+                future.result()
+
+    def _start_child(self, node: Node) -> None:
+        mother = node.parent
+        assert mother is not None
+        self.repo.create_branch(node.branch, self.repo.branch_sha(mother.branch) or self.base)
+        try:
+            with self._workspace(node):
+                self._write(node)
+                self.repo.commit(node.worktree, subject=f"skeleton: {node.skeleton.name} from {mother.path}",
+                                 body="The signature, docstring and unit tests written by the Mother agent.",
+                                 trailers=self._trailers(node, "generate", Usage()), author=self._author(node),
+                                 allowed_paths=(node.files.module, node.files.tests))
+            if self._halted(node):
+                return
+            self._set(node, "thinking")
+            step, plan = node.agent.generate(split=node.depth < self.settings.max_depth,
+                                             tests=tuple(node.tests))
+        except (AnswerError, ModelError, BudgetExhausted) as exc:
+            self._fail(node, exc)
+            return
+        self._develop(node, step, plan)
+
+    # ---- modification phase ----------------------------------------------------------------
+
+    def _repair(self, node: Node, comment: str | None = None) -> None:
+        """Reflexion-style self-repair: reflect on the failures, rewrite, test; bounded by rounds."""
+        for _ in range(self.settings.repair_rounds):
+            if (node.result.ok and comment is None) or self._halted(node):
+                return
+            self._set(node, "repairing")
+            try:
+                step, plan = node.agent.repair(self._code(node), node.result, comment=comment)
+            except (AnswerError, ModelError, BudgetExhausted) as exc:
+                self._fail(node, exc)
+                return
+            node.rounds += 1
+            self._apply(node, plan, adopt_tests=False)
+            self._test(node)
+            why = "answer a comment on" if comment else "repair"
+            self._commit(node, step, phase="modify",
+                         subject=f"modify: {why} {node.skeleton.name} (round {node.rounds})",
+                         body=f"Comment from the Mother agent:\n{comment}" if comment else "")
+            comment = None
+
+    def _modify_mother(self, node: Node) -> None:
+        for _ in range(self.settings.repair_rounds):
+            if node.result.ok or self._halted(node):
+                return
+            self._set(node, "revising")
+            statuses = tuple(ChildStatus(c.skeleton.name, pycode.skeleton_text(c.skeleton),
+                                         c.result.summary() if c.merged_tip else f"{c.state}: {c.result.summary()}")
+                             for c in node.children)
+            try:
+                step, revision = node.agent.revise(self._code(node), node.result, statuses)
+            except (AnswerError, ModelError, BudgetExhausted) as exc:
+                self._fail(node, exc)
+                return
+            node.rounds += 1
+            if revision.plan:
+                self._apply(node, revision.plan, adopt_tests=False)
+            self._test(node)
+            self._commit(node, step, phase="modify", subject=(
+                f"modify: revise {node.skeleton.name} (round {node.rounds})"
+                + (", comment to " + ", ".join(revision.comments) if revision.comments else "")),
+                body="\n\n".join(f"Comment to {k}:\n{v}" for k, v in revision.comments.items()))
+            commented = [c for c in node.children if c.skeleton.name in revision.comments]
+
+            def answer(child: Node) -> None:
+                with self._workspace(child):
+                    self._repair(child, revision.comments[child.skeleton.name])
+                self._set(child, "passed" if child.result.ok else "failed")
+
+            self._in_parallel(answer, commented)
+            if commented:
+                self._merge_and_test(node)
+
+    # ---- merging ---------------------------------------------------------------------------
+
+    def _merge_and_test(self, mother: Node) -> None:
+        """Merge every child whose newest work passes and is not merged yet, then test the whole."""
+        self._set(mother, "merging")
+        for child in mother.children:
+            tip = self.repo.branch_sha(child.branch)
+            if not child.result.ok or tip is None or tip == child.merged_tip:
+                continue
+            try:
+                sha = self.repo.merge(mother.branch, child.branch,
+                                      subject=f"merge: accept {child.skeleton.name} into {mother.skeleton.name}",
+                                      trailers={**self._trailers(mother, "merge", Usage()),
+                                                "Soa-Tests": child.result.summary()},
+                                      author=self._author(mother), worktree=mother.worktree)
+            except MergeConflict as conflict:
+                child.error = f"merge conflict in {', '.join(conflict.conflicts)}"
+                continue
+            child.merged_tip = tip
+            self._note(sha, {"agent": mother.path, "task": "merge", "child": child.path,
+                             "child_tip": tip, "tests": child.result.summary()})
+        self._test(mother)
+        self._note(self.repo.branch_sha(mother.branch),
+                   {"agent": mother.path, "task": "test", "tests": mother.result.summary()})
+
+    # ---- one agent's files, tests and commits ----------------------------------------------
+
+    def _apply(self, node: Node, plan: Plan, *, adopt_tests: bool) -> None:
+        node.imports, node.extra, node.body = plan.imports, plan.extra, plan.function.body
+        if adopt_tests:
+            own = plan.tests.get(node.skeleton.name, ())
+            if own:
+                node.tests.extend(own)
+                node.test_imports.extend(plan.imports)
+        self._write(node)
+
+    def _child_imports(self, node: Node) -> list[str]:
+        return layout.child_imports((c.skeleton.name, c.files) for c in node.children)
+
+    def _own_source(self, node: Node) -> str:
+        imports = [*node.imports, *self._child_imports(node)]
+        if node.parent is None:
+            body = "\n\n".join([*node.extra, node.body]) if node.body else "..."
+            return layout.root_source(self.original, node.skeleton.name, body, imports)
+        return layout.module_source(node.path, node.skeleton, node.body, imports, node.extra)
+
+    def _write(self, node: Node) -> None:
+        assert node.worktree is not None
+        module = node.worktree / node.files.module
+        module.parent.mkdir(parents=True, exist_ok=True)
+        source = self._own_source(node)
+        pycode.check_parses(source, node.files.module)
+        module.write_text(source, encoding="utf-8")
+        if node.tests:
+            tests = node.worktree / node.files.tests
+            tests.parent.mkdir(parents=True, exist_ok=True)
+            tests.write_text(layout.test_source(node.skeleton.name, node.files, node.tests,
+                                                node.test_imports), encoding="utf-8")
+
+    def _code(self, node: Node) -> str:
+        source = self._own_source(node)
+        if node.parent is None:
+            return pycode.find_function(source, node.skeleton.name).source
+        return source
+
+    def _test(self, node: Node) -> None:
+        if not node.tests or node.worktree is None:
+            node.result = NOT_RUN
+            return
+        self._set(node, "testing")
+        with self._test_slots:
+            node.result = run_tests(node.worktree, [node.files.tests],
+                                    python_path=[node.worktree / node.files.import_root],
+                                    timeout_s=self.settings.test_timeout,
+                                    memory_mb=self.settings.test_memory_mb)
+        self._set(node, node.state)
+
+    def _author(self, node: Node) -> Author:
+        return Author(name=f"soa agent {node.path}", email=f"{node.path}@soa-git.invalid")
+
+    def _trailers(self, node: Node, phase: str, usage: Usage, tested: bool = False,
+                  model: str | None = None) -> dict[str, str]:
+        """`model` is the name the server answered with, when a model call made this commit."""
+        trailers = {"Soa-Run": self.run_id, "Soa-Agent": node.path, "Soa-Role": node.role,
+                    "Soa-Phase": phase, "Soa-Round": str(node.rounds),
+                    "Soa-Model": model or self.model.name,
+                    "Soa-Tokens": str(usage.total) + (" (estimated)" if usage.estimated else "")}
+        if node.parent:
+            trailers["Soa-Parent"] = node.parent.path
+        if tested:
+            trailers["Soa-Tests"] = node.result.summary()
+        return trailers
+
+    def _commit(self, node: Node, step: Step, *, phase: str, subject: str, body: str = "",
+                tested: bool = True) -> None:
+        assert node.worktree is not None
+        reflection = step.reflection.strip()
+        text = "\n\n".join(part for part in (reflection, body) if part)
+        sha = self.repo.commit(node.worktree, subject=subject, body=text,
+                               trailers=self._trailers(node, phase, step.usage, tested, step.model),
+                               author=self._author(node),
+                               allowed_paths=(node.files.module, node.files.tests), allow_empty=True)
+        # Every model step is a commit, even one that changed nothing: it is part of the memory.
+        self._note(sha, {
+            "agent": node.path, "task": step.task, "phase": phase, "round": node.rounds,
+            "model": step.model, "tests": node.result.summary() if tested else None,
+            "usage": {"prompt_tokens": step.usage.prompt_tokens,
+                      "completion_tokens": step.usage.completion_tokens,
+                      "estimated": step.usage.estimated},
+            "messages": list(step.messages)})
+
+    def _note(self, sha: str | None, record: dict) -> None:
+        """Notes are JSON lines, so a step that changed nothing still joins its commit's note."""
+        if sha is None:
+            return
+        earlier = self.repo.read_note(sha)
+        line = json.dumps(record, ensure_ascii=False)
+        self.repo.add_note(sha, f"{earlier.rstrip()}\n{line}" if earlier else line)
+
+    @contextmanager
+    def _workspace(self, node: Node) -> Iterator[Path]:
+        if node.worktree is None:
+            node.worktree = self.repo.add_worktree(node.branch, f"{self.run_id}/{node.path}")
+        yield node.worktree
+
+    def _release(self, node: Node) -> None:
+        if node.worktree is not None:
+            self.repo.remove_worktree(node.worktree)
+            node.worktree = None
+
+    # ---- state and events ------------------------------------------------------------------
+
+    def _fail(self, node: Node, exc: Exception) -> None:
+        node.error = str(exc)
+        if isinstance(exc, (BudgetExhausted, ModelError)):
+            with self._lock:
+                self._halt = self._halt or str(exc)
+            self._set(node, "stopped")
+        else:
+            self._set(node, "failed")
+
+    def _halted(self, node: Node) -> bool:
+        if self._halt and node.state not in ("passed", "failed"):
+            self._set(node, "stopped")
+        return self._halt is not None
+
+    def _set(self, node: Node, state: str) -> None:
+        node.state = state
+        self.on_event(self._view(node))
+
+    def _view(self, node: Node) -> AgentView:
+        source = self._own_source(node) if node.body else ""
+        if source and node.parent is None:
+            source = pycode.find_function(source, node.skeleton.name).source
+        return AgentView(path=node.path, role=node.role, function=node.skeleton.name,
+                         file=node.files.module, test_file=node.files.tests, branch=node.branch,
+                         state=node.state, tests=node.result.summary(), passed=node.result.passed,
+                         rounds=node.rounds, lines=code_lines(source),
+                         tokens=self.ledger.for_agent(node.path).total, error=node.error)
+
+    def _summary(self, root: Node, seconds: float) -> RunSummary:
+        views = tuple(self._view(n) for n in sorted(self.nodes, key=lambda n: n.path))
+        if self._halt:
+            state, message = "stopped", f"the run stopped early: {self._halt}"
+        elif root.result.ok:
+            state, message = "done", f"all tests pass; review the branch {root.branch}"
+        else:
+            state, message = "failed", f"{root.skeleton.name} still fails its tests ({root.result.summary()})"
+        return RunSummary(run=self.run_id, target=self.target_, branch=root.branch, base=self.base,
+                          state=state, message=message, agents=views,
+                          depth=max(n.depth for n in self.nodes), lines=sum(v.lines for v in views),
+                          tests_passed=sum(v.passed for v in views), usage=self.ledger.total,
+                          seconds=seconds)

@@ -1,0 +1,372 @@
+"""Run an agent's unit tests (generated code) with pytest in a sandboxed subprocess.
+
+The tests run in the agent's worktree, in their own process group, under resource limits and
+with an environment built from scratch, so no secret reaches generated code. Nothing is written
+into the worktree: the JUnit report, the pytest config and HOME all live in a temporary
+directory that is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+OUTPUT_LIMIT = 4000
+DETAILS_LIMIT = 4000
+FILE_SIZE_LIMIT = 64 * 1024 * 1024
+# Tasks (processes and threads) the tests may start on top of what the user already runs.
+NPROC_HEADROOM = 256
+_TRUNCATED = "[...]"
+
+# Runs in the child before pytest: limits set here bind pytest and everything it starts.
+# A bootstrap that execs pytest is used instead of Popen(preexec_fn=...) because preexec_fn
+# may deadlock when the caller has threads, and the organizer runs siblings in parallel.
+_BOOTSTRAP = (
+    "import json, os, resource, sys\n"
+    "for which, soft, hard in json.loads(sys.argv[1]):\n"
+    "    resource.setrlimit(which, (soft, hard))\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
+)
+
+
+@dataclass(frozen=True)
+class TestCase:
+    """One JUnit testcase: a test, or a collection error of one test module."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    name: str
+    outcome: str  # "passed" | "failed" | "error" | "skipped"
+    message: str = ""
+    details: str = ""
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """The outcome of one pytest run; `timeout_s` is the wall limit the run had."""
+
+    __test__ = False
+
+    cases: tuple[TestCase, ...]
+    timed_out: bool = False
+    output: str = ""
+    timeout_s: float = 0.0
+
+    def _count(self, outcome: str) -> int:
+        return sum(1 for case in self.cases if case.outcome == outcome)
+
+    @property
+    def passed(self) -> int:
+        return self._count("passed")
+
+    @property
+    def failed(self) -> int:
+        return self._count("failed")
+
+    @property
+    def errors(self) -> int:
+        return self._count("error")
+
+    @property
+    def skipped(self) -> int:
+        return self._count("skipped")
+
+    @property
+    def ok(self) -> bool:
+        """At least one test passed, none failed or errored, and the run finished in time."""
+        return self.passed > 0 and not self.failed and not self.errors and not self.timed_out
+
+    def summary(self) -> str:
+        """pytest-style counts, e.g. "4 passed, 1 failed", as used in the Soa-Tests trailer."""
+        counts = [
+            (self.passed, "passed"),
+            (self.failed, "failed"),
+            (self.errors, "error" if self.errors == 1 else "errors"),
+            (self.skipped, "skipped"),
+        ]
+        parts = [f"{count} {label}" for count, label in counts if count]
+        if not parts:
+            parts = ["no tests ran"]
+        if self.timed_out:
+            parts.append(f"timed out after {self.timeout_s:g}s")
+        return ", ".join(parts)
+
+    def feedback(self, limit: int = 3000) -> str:
+        """Text for the model: the summary, then each failing case, else the output tail.
+
+        The budget is shared evenly between failing cases so that one huge traceback cannot
+        hide the others; within a case the end of the traceback is kept, where the error is.
+        """
+        head = self.summary()
+        bad = [case for case in self.cases if case.outcome in ("failed", "error")]
+        if bad:
+            share = max(0, (limit - len(head)) // len(bad) - 2)
+            blocks = [_case_block(case, share) for case in bad]
+        elif not self.cases and self.output:
+            blocks = [_tail(self.output, max(0, limit - len(head) - 2))]
+        else:
+            blocks = []
+        return _head("\n\n".join([head, *blocks]), limit)
+
+
+def run_tests(
+    worktree: Path,
+    test_files: Sequence[str],
+    *,
+    python_path: Sequence[Path] = (),
+    timeout_s: float = 60.0,
+    memory_mb: int = 1024,
+) -> TestResult:
+    """Run `test_files` (relative to `worktree`) with pytest in a sandbox and parse the result.
+
+    `python_path` entries are put on PYTHONPATH; the worktree itself is importable because
+    pytest runs as `python -m pytest` with the worktree as cwd.
+    """
+    worktree = worktree.resolve()
+    files = _checked_test_files(test_files)
+    with tempfile.TemporaryDirectory(prefix="soa-tests-", ignore_cleanup_errors=True) as tmp:
+        scratch = Path(tmp)
+        home = scratch / "home"
+        home.mkdir()
+        ini = scratch / "pytest.ini"
+        ini.write_text("[pytest]\n", encoding="utf-8")
+        xml_path = scratch / "junit.xml"
+        log_path = scratch / "output.log"
+        pytest_args = [
+            "-m", "pytest", *files, "-q",
+            "--junitxml", str(xml_path),
+            "-p", "no:cacheprovider",
+            # Isolate from the user's conftest.py, pytest.ini/pyproject addopts and plugins.
+            "--noconftest",
+            "--import-mode=importlib",
+            "--rootdir", str(worktree),
+            "-c", str(ini),
+            "-o", "console_output_style=classic",
+            # One broken test module should not hide the results of the others.
+            "--continue-on-collection-errors",
+        ]
+        limits = json.dumps(_limits(timeout_s, memory_mb))
+        command = [sys.executable, "-c", _BOOTSTRAP, limits, *pytest_args]
+        with open(log_path, "wb") as log:
+            # Output goes to a file, not a pipe: a straggler holding a pipe open would
+            # otherwise keep us waiting after pytest itself has exited.
+            proc = subprocess.Popen(
+                command,
+                cwd=worktree,
+                env=_sandbox_env(home, python_path),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            # Kill the whole group: on timeout or interrupt everything, after a normal exit
+            # any background process a test left behind.
+            _kill_group(proc.pid)
+            proc.wait()
+        # The CPU limit fires as SIGXCPU; to the caller that is a timeout too.
+        timed_out = timed_out or proc.returncode == -signal.SIGXCPU
+        output = _read_tail(log_path, OUTPUT_LIMIT)
+        cases = _parse_junit(xml_path, files)
+        if cases is None and not timed_out:
+            # Without a report the output may say nothing (os._exit, a crash): say how it ended.
+            output += "\n" + _how_it_ended(proc.returncode)
+    return TestResult(
+        cases=cases or (),
+        timed_out=timed_out,
+        output=_tail(output, OUTPUT_LIMIT),
+        timeout_s=timeout_s,
+    )
+
+
+def _checked_test_files(test_files: Sequence[str]) -> list[str]:
+    """Relative paths inside the worktree, none of which pytest could read as an option."""
+    if not test_files:
+        # pytest without paths would collect the whole worktree.
+        raise ValueError("no test files given")
+    files = []
+    for name in test_files:
+        path = Path(name)
+        if path.is_absolute() or ".." in path.parts or name.startswith("-"):
+            raise ValueError(f"test file {name!r} is not a relative path inside the worktree")
+        files.append(path.as_posix())
+    return files
+
+
+def _sandbox_env(home: Path, python_path: Sequence[Path]) -> dict[str, str]:
+    """A whitelist built from scratch: nothing else from os.environ (API keys, tokens)."""
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": str(home),
+        "TMPDIR": str(home),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONHASHSEED": "0",
+        "PYTHONIOENCODING": "utf-8",
+        # Installed pytest plugins could add options or write files; agent tests need none.
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+    }
+    if python_path:
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in python_path)
+    return env
+
+
+def _limits(timeout_s: float, memory_mb: int) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) for the sandbox; hard limits so tests cannot raise them again."""
+    # A little above the wall limit, so the wall timeout normally fires first; it still
+    # stops a busy loop that outlives us (e.g. if soa-git itself is killed).
+    cpu_s = math.ceil(timeout_s) + 1
+    wanted = [
+        (resource.RLIMIT_AS, memory_mb * 1024 * 1024, memory_mb * 1024 * 1024),
+        (resource.RLIMIT_CPU, cpu_s, cpu_s + 1),
+        (resource.RLIMIT_FSIZE, FILE_SIZE_LIMIT, FILE_SIZE_LIMIT),
+        # A crash (or SIGXCPU) would otherwise drop a core file into the worktree.
+        (resource.RLIMIT_CORE, 0, 0),
+    ]
+    nproc = _nproc_limit()
+    if nproc is not None:
+        wanted.append((resource.RLIMIT_NPROC, nproc, nproc))
+    return [_within_current(which, soft, hard) for which, soft, hard in wanted]
+
+
+def _within_current(which: int, soft: int, hard: int) -> tuple[int, int, int]:
+    """Never above the current hard limit: only root may raise a hard limit."""
+    _, current_hard = resource.getrlimit(which)
+    if current_hard != resource.RLIM_INFINITY:
+        hard = min(hard, current_hard)
+        soft = min(soft, hard)
+    return which, soft, hard
+
+
+def _nproc_limit() -> int | None:
+    """An RLIMIT_NPROC that leaves the tests NPROC_HEADROOM tasks, or None if meaningless.
+
+    RLIMIT_NPROC is checked against all tasks of the user, not just the sandbox's, so a fixed
+    value would either be useless or break a busy user; hence the current count plus headroom.
+    Root (CAP_SYS_RESOURCE) ignores the limit, and without /proc we cannot count.
+    """
+    if os.geteuid() == 0:
+        return None
+    uid = os.getuid()
+    tasks = 0
+    try:
+        entries = list(os.scandir("/proc"))
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid == uid:
+                tasks += len(os.listdir(f"/proc/{entry.name}/task"))
+        except OSError:
+            continue  # the process exited while we counted
+    return tasks + NPROC_HEADROOM
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # the group is already empty
+
+
+def _read_tail(path: Path, limit: int) -> str:
+    """The last `limit` characters of a file that may be as large as FILE_SIZE_LIMIT."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        # UTF-8 needs at most 4 bytes per character.
+        f.seek(max(0, size - 4 * limit))
+        return _tail(f.read().decode("utf-8", errors="replace"), limit)
+
+
+def _how_it_ended(returncode: int) -> str:
+    if returncode < 0:
+        reason = signal.strsignal(-returncode) or f"signal {-returncode}"
+        return f"pytest was killed without writing a report: {reason}"
+    return f"pytest exited with code {returncode} without writing a report"
+
+
+def _parse_junit(xml_path: Path, test_files: Sequence[str]) -> tuple[TestCase, ...] | None:
+    """The testcases of pytest's JUnit report, or None if it did not write a whole report."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    return tuple(_case(element, test_files) for element in root.iter("testcase"))
+
+
+def _case(element: ET.Element, test_files: Sequence[str]) -> TestCase:
+    name = _node_id(element.get("classname", ""), element.get("name", ""), test_files)
+    # pytest writes a failing teardown as its own testcase, so each has at most one of these.
+    for tag, outcome in (("failure", "failed"), ("error", "error"), ("skipped", "skipped")):
+        child = element.find(tag)
+        if child is not None:
+            return TestCase(
+                name=name,
+                outcome=outcome,
+                message=child.get("message", ""),
+                details=_tail(child.text or "", DETAILS_LIMIT),
+            )
+    return TestCase(name=name, outcome="passed")
+
+
+def _node_id(classname: str, name: str, test_files: Sequence[str]) -> str:
+    """Turn JUnit's dotted classname back into a pytest node id like "tests/test_x.py::test_a".
+
+    JUnit replaces "/" with "." and drops ".py"; the test files we passed tell which prefix
+    was the path. A collection error has an empty classname and the module as its name.
+    """
+    key = classname or name
+    best = ""
+    for path in test_files:
+        module = path.removesuffix(".py").replace("/", ".")
+        matches = key == module or key.startswith(module + ".")
+        if path.endswith(".py") and matches and len(path) > len(best):
+            best = path
+    if not best:
+        return f"{classname}::{name}" if classname else name
+    if not classname:
+        return best
+    # Whatever follows the module (and its ".") is the nesting of test classes.
+    inner = classname[len(best) - len(".py") + 1:].replace(".", "::")
+    return "::".join(part for part in (best, inner, name) if part)
+
+
+def _case_block(case: TestCase, limit: int) -> str:
+    head = _head(f"{case.name} ({case.outcome}): {case.message}", limit)
+    room = limit - len(head) - 1
+    if room <= len(_TRUNCATED) or not case.details:
+        return head
+    return f"{head}\n{_tail(case.details, room)}"
+
+
+def _head(text: str, limit: int) -> str:
+    """At most `limit` characters, keeping the beginning."""
+    if len(text) <= limit:
+        return text
+    return text[: max(0, limit - len(_TRUNCATED))] + _TRUNCATED[:limit]
+
+
+def _tail(text: str, limit: int) -> str:
+    """At most `limit` characters, keeping the end."""
+    if len(text) <= limit:
+        return text
+    keep = max(0, limit - len(_TRUNCATED))
+    return _TRUNCATED[:limit] + (text[-keep:] if keep else "")

@@ -1,0 +1,298 @@
+"""End-to-end runs: the real organizer, real git, the real openai client over loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from soa_git.commands.run import run
+from soa_git.errors import ModelError, SoaError
+from soa_git.scripted import Scripted
+
+from .conftest import git, make_repo, snapshot
+
+KEY = {"OPENAI_API_KEY": "sk-test-key"}
+
+SHAPES_SKELETON = '''"""Reports about shapes."""
+
+UNIT = "m2"
+
+
+def area_report(width: float, height: float) -> str:
+    """Describe a rectangle's area with two decimals.
+
+    >>> area_report(2, 3)
+    'area: 6.00'
+    """
+    ...
+
+
+def untouched() -> int:
+    return 42
+'''
+
+DECOMPOSE = '''I split the report into computing the area and formatting it.
+
+```python
+def area_report(width: float, height: float) -> str:
+    return "area: " + fmt(area(width, height))
+
+
+def area(width: float, height: float) -> float:
+    """Area of a rectangle.
+
+    >>> area(2, 3)
+    6
+    """
+    ...
+
+
+def fmt(value: float) -> str:
+    """Format a number for a report.
+
+    >>> isinstance(fmt(2), str)
+    True
+    """
+    ...
+
+
+def test_area():
+    assert area(2, 3) == 6
+
+
+def test_fmt():
+    assert isinstance(fmt(2.5), str)
+
+
+def test_area_report():
+    assert area_report(2, 3) == "area: 6.00"
+```
+'''
+
+
+def implementation(name: str, body: str, args: str = "width: float, height: float",
+                   returns: str = "float") -> str:
+    return f"Here it is.\n\n```python\ndef {name}({args}) -> {returns}:\n    {body}\n```\n"
+
+
+AREA_WRONG = implementation("area", "return width + height")
+AREA_RIGHT = implementation("area", "return width * height")
+FMT_RIGHT = implementation("fmt", 'return f"{value:.2f}"', "value: float", "str")
+FMT_LOOSE = implementation("fmt", "return str(value)", "value: float", "str")
+
+
+def shapes_script(area_first=AREA_RIGHT, fmt_first=FMT_RIGHT, extra=()) -> list[dict]:
+    return [
+        {"when": r"^soa-git task: decompose area_report$", "replies": [DECOMPOSE]},
+        {"when": r"^soa-git task: (decompose|implement) area_report[.]area$", "replies": [area_first]},
+        {"when": r"^soa-git task: (decompose|implement) area_report[.]fmt$", "replies": [fmt_first]},
+        *extra,
+    ]
+
+
+@pytest.fixture
+def shapes(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "shapes", {"shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON,
+                                           "README.md": "shapes\n"})
+
+
+def fill(repo: Path, server, target: str = "shapes/report.py::area_report", **flags):
+    return run(target, cwd=repo, flags={"base_url": server.base_url, **flags}, environ=KEY)
+
+
+def soa_branches(repo: Path) -> dict[str, str]:
+    out = git(repo, "for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads/soa/")
+    return dict(line.split() for line in out.splitlines())
+
+
+def trailers(repo: Path, rev: str) -> dict[str, str]:
+    out = git(repo, "log", "-1", "--format=%(trailers:only,unfold)", rev)
+    return dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+
+
+def file_at(repo: Path, rev: str, path: str) -> str:
+    return git(repo, "show", f"{rev}:{path}")
+
+
+def run_python_tests(repo: Path, rev: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    checkout = tmp_path / f"checkout-{rev.replace('/', '_')}"
+    git(repo, "worktree", "add", "-q", "--detach", str(checkout), rev)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+                          cwd=checkout, capture_output=True, text=True)
+
+
+def test_two_level_tree_passes_first_time(sample_repo, sample_script, serve, tmp_path):
+    before = snapshot(sample_repo)
+    server = serve(sample_script)
+    [summary] = fill(sample_repo, server, "pipeline/stats.py::summarize")
+
+    assert summary.state == "done", summary.message
+    run_id = summary.run
+    branches = soa_branches(sample_repo)
+    expected = {f"soa/{run_id}/summarize"} | {f"soa/{run_id}/summarize.{name}"
+                                               for name in ("mean_of", "median_of", "totals_by_city")}
+    assert set(branches) == expected
+    assert summary.branch == f"soa/{run_id}/summarize"
+    assert {a.role for a in summary.agents if a.path == "summarize"} == {"mother"}
+
+    # Each child joined the Mother's branch in a --no-ff merge whose second parent is the child's tip.
+    merges = git(sample_repo, "log", "--merges", "--format=%H %P", summary.branch).splitlines()
+    assert len(merges) == 3
+    child_tips = {branches[b] for b in expected - {summary.branch}}
+    assert {line.split()[2] for line in merges} == child_tips
+    for line in merges:
+        merge = line.split()[0]
+        assert trailers(sample_repo, merge)["Soa-Phase"] == "merge"
+        assert git(sample_repo, "show", "-s", "--format=%an", merge).strip() == "soa agent summarize"
+
+    tip_trailers = trailers(sample_repo, branches[f"soa/{run_id}/summarize.mean_of"])
+    assert tip_trailers["Soa-Run"] == run_id
+    assert tip_trailers["Soa-Agent"] == "summarize.mean_of"
+    assert tip_trailers["Soa-Parent"] == "summarize"
+    assert tip_trailers["Soa-Role"] == "child"
+    assert tip_trailers["Soa-Phase"] == "generate"
+    assert tip_trailers["Soa-Tests"] == "3 passed"
+    assert tip_trailers["Soa-Model"] == "scripted"
+    assert int(tip_trailers["Soa-Tokens"]) > 0
+
+    # The transcript of the step is a note on its commit: the exact messages, never the key.
+    note = git(sample_repo, "notes", "--ref=soa", "show", branches[f"soa/{run_id}/summarize.mean_of"])
+    record = json.loads(note.splitlines()[0])
+    assert record["agent"] == "summarize.mean_of"
+    assert record["messages"][1]["content"].startswith("soa-git task: decompose summarize.mean_of")
+    assert record["messages"][-1]["role"] == "assistant"
+    assert "sk-test-key" not in note
+
+    # One file per agent, next to the target; the user's other functions are byte-identical.
+    stats = file_at(sample_repo, summary.branch, "pipeline/stats.py")
+    original = (sample_repo / "pipeline/stats.py").read_text()
+    assert stats.split("def summarize")[0] == original.split("def summarize")[0]
+    assert stats.split("def top_cities")[1] == original.split("def top_cities")[1]
+    assert "from pipeline.summarize__mean_of import mean_of" in stats
+    assert "def mean_of" in file_at(sample_repo, summary.branch, "pipeline/summarize__mean_of.py")
+
+    # The result passes the sample project's own tests for summarize.
+    result = run_python_tests(sample_repo, summary.branch, tmp_path, "tests/test_pipeline.py", "-k", "summarize")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    assert snapshot(sample_repo) == before
+    assert not list((sample_repo / ".git" / "soa" / "worktrees").glob("*/*")), "worktrees left behind"
+    fsck = subprocess.run(["git", "-C", str(sample_repo), "fsck", "--strict"], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stderr
+
+
+def test_child_whose_first_answer_fails_is_repaired(shapes, serve):
+    server = serve(shapes_script(area_first=AREA_WRONG, extra=[
+        {"when": r"^soa-git task: repair area_report[.]area$",
+         "replies": [f"I added instead of multiplying.\n\n{AREA_RIGHT}"]}]))
+    [summary] = fill(shapes, server)
+
+    assert summary.state == "done", summary.message
+    area = next(a for a in summary.agents if a.path == "area_report.area")
+    assert area.rounds == 1 and area.state == "passed"
+    branch = f"soa/{summary.run}/area_report.area"
+    assert git(shapes, "log", "--format=%s", branch).splitlines()[:2] == [
+        "modify: repair area (round 1)", "generate: implement area"]
+    assert {k: trailers(shapes, branch)[k] for k in ("Soa-Phase", "Soa-Round", "Soa-Tests")} == {
+        "Soa-Phase": "modify", "Soa-Round": "1", "Soa-Tests": "1 passed"}
+    assert trailers(shapes, branch + "~1")["Soa-Tests"] == "1 failed"
+    body = git(shapes, "log", "-1", "--format=%B", f"soa/{summary.run}/area_report.area")
+    assert "I added instead of multiplying." in body
+    # The repair prompt carried the failing test's feedback.
+    repair = [r for r in server.requests if "repair area_report.area" in json.dumps(r["body"])]
+    assert "test_area" in repair[0]["body"]["messages"][-1]["content"]
+
+
+def test_mother_comment_fixes_a_child(shapes, serve):
+    revise = ("The report needs two decimals; fmt prints the plain number.\n\n"
+              "```comment fmt\nFormat the value with exactly two decimals, e.g. 6 -> '6.00'.\n```\n")
+    server = serve(shapes_script(fmt_first=FMT_LOOSE, extra=[
+        {"when": r"^soa-git task: revise area_report$", "replies": [revise]},
+        {"when": r"^soa-git task: repair area_report[.]fmt$", "replies": [f"Two decimals now.\n\n{FMT_RIGHT}"]},
+    ]))
+    [summary] = fill(shapes, server)
+
+    assert summary.state == "done", summary.message
+    run_id = summary.run
+    fmt_branch = f"soa/{run_id}/area_report.fmt"
+    # The child answered the comment on its own branch, and the Mother merged it again.
+    fmt_log = git(shapes, "log", "--format=%s", fmt_branch).splitlines()
+    assert fmt_log[0] == "modify: answer a comment on fmt (round 1)"
+    assert "exactly two decimals" in git(shapes, "log", "-1", "--format=%B", fmt_branch)
+    repair_prompt = next(r for r in server.requests if "repair area_report.fmt" in json.dumps(r["body"]))
+    assert "exactly two decimals" in repair_prompt["body"]["messages"][-1]["content"]
+    merged_parents = git(shapes, "log", "--merges", "--format=%P", summary.branch).split()
+    assert soa_branches(shapes)[fmt_branch] in merged_parents
+    mother_log = git(shapes, "log", "--first-parent", "--format=%s", summary.branch).splitlines()
+    assert mother_log[0] == "merge: accept fmt into area_report"
+    assert any(s.startswith("modify: revise area_report (round 1), comment to fmt") for s in mother_log)
+    assert 'return f"{value:.2f}"' in file_at(shapes, summary.branch, "shapes/area_report__fmt.py")
+
+
+def test_answer_that_does_not_parse_is_retried_with_the_error(shapes, serve):
+    script = shapes_script(extra=[{"when": r"^soa-git task: reformat area_report$",
+                                   "replies": [DECOMPOSE]}])
+    script[0]["replies"] = ["```python\ndef area_report(width, height:\n    return 1\n```"]
+    server = serve(script)
+    [summary] = fill(shapes, server)
+    assert summary.state == "done", summary.message
+    retry = server.requests[1]["body"]["messages"]
+    assert retry[-1]["content"].startswith("soa-git task: reformat area_report")
+    assert "does not parse (line 1, column" in retry[-1]["content"]
+    assert retry[-2]["role"] == "assistant"
+
+
+def test_rate_limit_then_success(shapes, serve):
+    limited = {"status": 429, "headers": {"Retry-After": "0"}}
+    script = shapes_script()
+    script[0]["replies"] = [limited, DECOMPOSE]
+    server = serve(script)
+    [summary] = fill(shapes, server)
+    assert summary.state == "done", summary.message
+    assert len(server.requests) == 4
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_endpoint_down_leaves_the_repository_untouched(shapes):
+    before = snapshot(shapes)
+    refs_before = git(shapes, "for-each-ref")
+    with pytest.raises(ModelError, match="unreachable"):
+        run("shapes/report.py::area_report", cwd=shapes,
+            flags={"base_url": f"http://127.0.0.1:{free_port()}/v1"}, environ=KEY)
+    assert snapshot(shapes) == before
+    assert git(shapes, "for-each-ref") == refs_before
+
+
+def test_nonsense_answers_end_cleanly_and_touch_nothing(shapes, serve):
+    before = snapshot(shapes)
+    server = serve(lambda request: "I am a teapot and write no code.")
+    with pytest.raises(SoaError, match="could not be used after 3 tries"):
+        fill(shapes, server)
+    assert snapshot(shapes) == before
+    assert not soa_branches(shapes)
+
+
+def test_scripted_usage_missing_is_marked_estimated(shapes, serve):
+    script = [Scripted(text=text, usage=False) for text in (DECOMPOSE, AREA_RIGHT, FMT_RIGHT)]
+    by_task = {"decompose area_report": script[0], "area_report.area": script[1], "area_report.fmt": script[2]}
+
+    def respond(request):
+        first = request["messages"][-1]["content"].splitlines()[0]
+        return next(reply for key, reply in by_task.items() if first.endswith(key))
+
+    server = serve(respond)
+    [summary] = fill(shapes, server)
+    assert summary.state == "done"
+    assert summary.usage.estimated
+    tokens = git(shapes, "log", "--format=%(trailers:key=Soa-Tokens,valueonly)", summary.branch)
+    assert "(estimated)" in tokens
