@@ -359,6 +359,38 @@ class GitRepo:
             self._git("reset", "--hard", "-q", worktree=wt, retry=True)
         return sha
 
+    def catch_up(self, branch: str, onto: str, keep_paths: Iterable[str], *, subject: str,
+                 trailers: Mapping[str, str], author: Author, worktree: Path | None = None) -> str:
+        """Bring `branch` onto the newer `onto` keeping its own `keep_paths`: a merge commit
+        whose tree is `onto`'s with those paths as `branch` has them.
+
+        This is how an agent redoes its work on a new base after a conflict: its own files win,
+        everything else is the base's. Made in a scratch index; `worktree` is reset to it.
+        """
+        ours, theirs = self.branch_sha(branch), self.branch_sha(onto)
+        if ours is None or theirs is None:
+            raise RepositoryError(f"branch {branch if ours is None else onto} does not exist")
+        wt = self._agent_worktree_path(worktree) if worktree is not None else None
+        self._check_merge_target(branch, wt)
+        with tempfile.TemporaryDirectory(dir=self._soa_dir) as scratch:
+            index = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
+            self._git("read-tree", theirs, env=index)
+            for path in (_posix(p) for p in keep_paths):
+                entry = self._git("ls-tree", ours, "--", path).text
+                if entry:
+                    mode, _, rest = entry.partition(" ")
+                    blob = rest.split()[1]
+                    self._git("update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}", env=index)
+                else:
+                    self._git("update-index", "--force-remove", "--", path, env=index)
+            tree = self._git("write-tree", env=index).text
+        sha = self._commit_tree(tree, (ours, theirs), _message(subject, "", trailers), author)
+        self._update_ref(f"refs/heads/{branch}", sha, ours, what=f"branch {branch}",
+                         reflog=f"catch up with {onto}")
+        if wt is not None:
+            self._git("reset", "--hard", "-q", worktree=wt, retry=True)
+        return sha
+
     # ---- notes --------------------------------------------------------------------------
 
     def add_note(self, sha: str, text: str) -> None:

@@ -9,6 +9,7 @@ test feedback, Mothers revise their own code and comment on the children they im
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import threading
@@ -317,23 +318,38 @@ class Organizer:
         self._set(mother, "merging")
         for child in mother.children:
             tip = self.repo.branch_sha(child.branch)
-            if not child.result.ok or tip is None or tip == child.merged_tip:
-                continue
-            try:
-                sha = self.repo.merge(mother.branch, child.branch,
-                                      subject=f"merge: accept {child.skeleton.name} into {mother.skeleton.name}",
-                                      trailers={**self._trailers(mother, "merge", Usage()),
-                                                "Soa-Tests": child.result.summary()},
-                                      author=self._author(mother), worktree=mother.worktree)
-            except MergeConflict as conflict:
-                child.error = f"merge conflict in {', '.join(conflict.conflicts)}"
-                continue
-            child.merged_tip = tip
-            self._note(sha, {"agent": mother.path, "task": "merge", "child": child.path,
-                             "child_tip": tip, "tests": child.result.summary()})
+            if child.result.ok and tip is not None and tip != child.merged_tip:
+                self._accept(mother, child)
         self._test(mother)
         self._note(self.repo.branch_sha(mother.branch),
                    {"agent": mother.path, "task": "test", "tests": mother.result.summary()})
+
+    def _accept(self, mother: Node, child: Node) -> None:
+        """A --no-ff merge; on a conflict the child first redoes its work on the new base."""
+        merge = functools.partial(
+            self.repo.merge, mother.branch, child.branch,
+            subject=f"merge: accept {child.skeleton.name} into {mother.skeleton.name}",
+            author=self._author(mother), worktree=mother.worktree)
+        try:
+            sha = merge(trailers={**self._trailers(mother, "merge", Usage()),
+                                  "Soa-Tests": child.result.summary()})
+        except MergeConflict as conflict:
+            with self._workspace(child):
+                self.repo.catch_up(child.branch, mother.branch, (child.files.module, child.files.tests),
+                                   subject=f"modify: redo {child.skeleton.name} on the new base "
+                                           f"of {mother.skeleton.name}",
+                                   trailers=self._trailers(child, "modify", Usage()),
+                                   author=self._author(child), worktree=child.worktree)
+                self._test(child)
+            if not child.result.ok:
+                child.error = f"{conflict}; on the new base its tests fail ({child.result.summary()})"
+                self._set(child, "failed")
+                return
+            sha = merge(trailers={**self._trailers(mother, "merge", Usage()),
+                                  "Soa-Tests": child.result.summary()})
+        child.merged_tip = self.repo.branch_sha(child.branch)
+        self._note(sha, {"agent": mother.path, "task": "merge", "child": child.path,
+                         "child_tip": child.merged_tip, "tests": child.result.summary()})
 
     # ---- one agent's files, tests and commits ----------------------------------------------
 

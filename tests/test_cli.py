@@ -1,0 +1,352 @@
+"""The command line: every bad input ends in one `Error: ...` line, a non-zero exit and an
+untouched repository; good input gives a summary as text or JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from soa_git import config
+from soa_git.cli import main
+
+from .conftest import git, make_repo, snapshot
+from .test_run import SHAPES_SKELETON, free_port, shapes_script
+
+KEY = "sk-cli-test-key"
+
+DONE_PY = '''"""Nothing left to write."""
+
+
+def ready() -> int:
+    """Already implemented."""
+    return 1
+'''
+
+BROKEN_PY = '''def half(x: int) -> float:
+    """Half of x."""
+    ...
+
+
+def oops(:
+    pass
+'''
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch) -> Path:
+    """The shapes repository plus a file without skeletons and one that does not parse; cwd."""
+    path = make_repo(tmp_path / "shapes", {
+        "shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON,
+        "shapes/done.py": DONE_PY, "shapes/broken.py": BROKEN_PY, "README.md": "shapes\n"})
+    monkeypatch.chdir(path)
+    return path
+
+
+def state(repo: Path) -> tuple[dict, str]:
+    return snapshot(repo), git(repo, "for-each-ref")
+
+
+def listing(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def assert_one_error(result: Result, *fragments: str, only_line: bool = True) -> str:
+    """A non-zero exit, nothing on stdout, and one `Error: <sentence>` as the last stderr line."""
+    assert result.exit_code not in (0, None), result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    if only_line:
+        assert lines == errors, result.stderr
+    message = errors[0]
+    assert "internal error" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+# ---- init ------------------------------------------------------------------------------------
+
+def test_init_outside_a_git_repository(runner, tmp_path, monkeypatch):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("hello\n")
+    monkeypatch.chdir(plain)
+    result = runner.invoke(main, ["init"])
+    assert_one_error(result, "not inside a git repository")
+    assert listing(plain) == {"notes.txt": b"hello\n"}
+
+
+def test_init_writes_then_keeps_the_configuration(runner, repo):
+    result = runner.invoke(main, ["init"])
+    assert result.exit_code == 0, result.output
+    path = repo / ".soa-git.toml"
+    assert result.stdout.strip() == f"wrote configuration in {path}"
+    assert config.resolve(repo, {}, {}) == config.Settings()
+    written = path.read_bytes()
+
+    again = runner.invoke(main, ["init", "--model", "other"])
+    assert again.exit_code == 0, again.output
+    assert "kept the existing configuration" in again.stdout
+    assert path.read_bytes() == written
+
+
+def test_init_with_flags_writes_those_values(runner, repo):
+    result = runner.invoke(main, ["init", "--model", "m", "--max-depth", "3"])
+    assert result.exit_code == 0, result.output
+    data = tomllib.loads((repo / ".soa-git.toml").read_text())
+    assert (data["model"], data["max-depth"]) == ("m", 3)
+    resolved = config.resolve(repo, {}, {})
+    assert (resolved.model, resolved.max_depth) == ("m", 3)
+
+
+def test_init_puts_the_table_in_an_existing_pyproject(runner, tmp_path, monkeypatch):
+    original = '[project]\nname = "shapes"\n\n[tool.black]\nline-length = 99\n'
+    path = make_repo(tmp_path / "proj", {"pyproject.toml": original, "shapes.py": SHAPES_SKELETON})
+    monkeypatch.chdir(path)
+    result = runner.invoke(main, ["init", "--jobs", "2"])
+    assert result.exit_code == 0, result.output
+    assert str(path / "pyproject.toml") in result.stdout
+    after = (path / "pyproject.toml").read_bytes()
+    assert after.startswith(original.encode())
+    assert tomllib.loads(after.decode())["tool"]["soa-git"]["jobs"] == 2
+    assert not (path / ".soa-git.toml").exists()
+
+
+def test_init_never_writes_the_key(runner, repo, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    assert runner.invoke(main, ["init"]).exit_code == 0
+    assert KEY not in (repo / ".soa-git.toml").read_text()
+
+
+@pytest.mark.parametrize("args, name", [(["--jobs", "0"], "jobs"), (["--max-depth", "-1"], "max_depth")])
+def test_init_with_a_bad_value_writes_nothing(runner, repo, args, name):
+    before = state(repo)
+    assert_one_error(runner.invoke(main, ["init", *args]), name)
+    assert state(repo) == before
+
+
+def test_init_with_a_broken_config_file_names_it(runner, repo):
+    (repo / ".soa-git.toml").write_text("jobs = = 2\n")
+    before = state(repo)
+    assert_one_error(runner.invoke(main, ["init"]), ".soa-git.toml")
+    assert state(repo) == before
+
+
+# ---- run: bad input --------------------------------------------------------------------------
+
+def test_run_outside_a_git_repository(runner, tmp_path, monkeypatch):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "report.py").write_text(SHAPES_SKELETON)
+    monkeypatch.chdir(plain)
+    assert_one_error(runner.invoke(main, ["run", "report.py::area_report"]),
+                     "not inside a git repository")
+    assert listing(plain) == {"report.py": SHAPES_SKELETON.encode()}
+
+
+def test_run_in_a_repository_without_commits(runner, tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    git(empty, "init", "-q", "-b", "main")
+    (empty / "report.py").write_text(SHAPES_SKELETON)
+    monkeypatch.chdir(empty)
+    files, status = listing(empty), git(empty, "status", "--porcelain", "--untracked-files=all")
+    assert_one_error(runner.invoke(main, ["run", "report.py::area_report"]), "no commits")
+    assert listing(empty) == files
+    assert git(empty, "status", "--porcelain", "--untracked-files=all") == status
+    assert git(empty, "for-each-ref") == ""
+
+
+@pytest.mark.parametrize("target, fragments", [
+    ("shapes/missing.py::area_report", ("shapes/missing.py", "not a file committed")),
+    ("README.md", ("README.md", "not a Python file")),
+    ("README.md::area_report", ("README.md", "not a Python file")),
+    ("shapes/report.py::nope", ("nope",)),
+    ("shapes/report.py::untouched", ("untouched", "not a skeleton")),
+    ("shapes/broken.py::half", ("shapes/broken.py", "does not parse", "line 6")),
+    ("shapes/broken.py", ("shapes/broken.py", "does not parse")),
+    ("shapes/done.py", ("shapes/done.py", "no skeletons")),
+], ids=["no-such-file", "not-python", "not-python-with-function", "no-such-function",
+        "not-a-skeleton", "does-not-parse", "does-not-parse-whole-file", "no-skeletons"])
+def test_run_bad_target(runner, repo, monkeypatch, target, fragments):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)  # the target is checked whether or not a key is set
+    before = state(repo)
+    assert_one_error(runner.invoke(main, ["run", target]), *fragments)
+    assert state(repo) == before
+
+
+def test_run_file_with_uncommitted_changes(runner, repo, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    report = repo / "shapes" / "report.py"
+    report.write_text(SHAPES_SKELETON + "\n# my unsaved thought\n")
+    before = state(repo)
+    assert_one_error(runner.invoke(main, ["run", "shapes/report.py::area_report"]),
+                     "shapes/report.py", "uncommitted changes")
+    assert state(repo) == before
+    assert report.read_text().endswith("# my unsaved thought\n")
+
+
+def test_run_from_a_subdirectory_resolves_the_target_against_cwd(runner, repo, monkeypatch):
+    monkeypatch.chdir(repo / "shapes")
+    before = state(repo)
+    # The path is relative to cwd, so the target is found and only the missing key stops the run.
+    assert_one_error(runner.invoke(main, ["run", "report.py::area_report"]), "OPENAI_API_KEY")
+    assert state(repo) == before
+
+
+def test_run_without_an_api_key_names_the_variable(runner, repo):
+    assert "OPENAI_API_KEY" not in os.environ
+    before = state(repo)
+    assert_one_error(runner.invoke(main, ["run", "shapes/report.py::area_report"]), "OPENAI_API_KEY")
+    assert_one_error(runner.invoke(main, ["run", "shapes/report.py::area_report",
+                                          "--api-key-env", "MY_SOA_KEY"]), "MY_SOA_KEY")
+    assert state(repo) == before
+
+
+def test_run_with_a_bad_setting(runner, repo, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    before = state(repo)
+    assert_one_error(runner.invoke(main, ["run", "shapes/report.py::area_report", "--jobs", "0"]),
+                     "jobs")
+    assert state(repo) == before
+
+
+def test_run_against_an_unreachable_endpoint(runner, repo, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    before = state(repo)
+    result = runner.invoke(main, ["run", "shapes/report.py::area_report",
+                                  "--base-url", f"http://127.0.0.1:{free_port()}/v1"])
+    message = assert_one_error(result, "unreachable", only_line=False)
+    assert KEY not in result.output
+    assert "\n" not in message
+    assert state(repo) == before
+
+
+def test_run_against_a_model_that_answers_nonsense(runner, repo, monkeypatch, serve):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    server = serve(lambda request: "no code here")
+    before = state(repo)
+    result = runner.invoke(main, ["run", "shapes/report.py::area_report", "--base-url", server.base_url])
+    assert_one_error(result, "could not be used", only_line=False)
+    assert KEY not in result.output
+    assert state(repo) == before
+    assert server.requests, "the model was never asked"
+
+
+# ---- run: success ----------------------------------------------------------------------------
+
+def test_run_json_summary(runner, repo, monkeypatch, serve):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    server = serve(shapes_script())
+    before = snapshot(repo)
+    result = runner.invoke(main, ["run", "shapes/report.py::area_report", "--json",
+                                  "--base-url", server.base_url, "--model", "scripted"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+
+    data = json.loads(result.stdout)
+    assert data["state"] == "done", data.get("message")
+    run_id = data["run"]
+    assert re.fullmatch(r"[\w.-]+", run_id)
+    assert data["branch"] == f"soa/{run_id}/area_report"
+    assert git(repo, "rev-parse", "--verify", "-q", f"refs/heads/{data['branch']}").strip()
+    assert data["depth"] >= 1
+    assert isinstance(data["lines"], int) and data["lines"] > 0
+    assert data["tests_passed"] >= 3
+    assert data["usage"]["total_tokens"] > 0
+    assert isinstance(data["seconds"], float | int) and data["seconds"] >= 0
+    agents = data["agents"]
+    assert [a["path"] for a in agents] == ["area_report", "area_report.area", "area_report.fmt"]
+    for agent in agents:
+        assert {"path", "role", "state", "tests", "lines", "tokens"} <= set(agent)
+        assert agent["state"] == "passed", agent
+        assert agent["tokens"] > 0
+    assert [a["role"] for a in agents] == ["mother", "child", "child"]
+    assert KEY not in result.output
+    # Progress went to stderr, one plain line per change; the user's work is untouched.
+    assert "area_report.fmt [child]" in result.stderr
+    assert snapshot(repo) == before
+
+
+def test_run_text_summary(runner, repo, monkeypatch, serve):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    server = serve(shapes_script())
+    result = runner.invoke(main, ["run", "shapes/report.py", "--base-url", server.base_url])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert re.search(r"^run \S+: done: ", out, re.M), out
+    assert "agents: 3" in out
+    assert "tokens:" in out
+    assert "review: git log --graph soa/" in out
+
+
+# ---- demo and version ------------------------------------------------------------------------
+
+def test_demo_runs_three_targets(runner, tmp_path):
+    target = tmp_path / "demo"
+    result = runner.invoke(main, ["demo", "--dir", str(target)])
+    assert result.exit_code == 0, result.output
+    assert len(re.findall(r"^run \S+: done: ", result.stdout, re.M)) == 3, result.stdout
+    assert f"sample repository: {target}" in result.stderr
+    assert (target / ".git").is_dir()
+    assert len(git(target, "for-each-ref", "--format=%(refname)", "refs/heads/soa/").split()) >= 3
+
+
+def test_demo_refuses_a_non_empty_directory(runner, tmp_path):
+    target = tmp_path / "busy"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine\n")
+    assert_one_error(runner.invoke(main, ["demo", "--dir", str(target)]), "not empty")
+    assert listing(target) == {"keep.txt": b"mine\n"}
+
+
+def test_version(runner):
+    result = runner.invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert re.search(r"version \d+\.\d+", result.stdout), result.stdout
+
+
+# ---- the real console script -----------------------------------------------------------------
+
+def console_script() -> list[str]:
+    installed = Path(sys.executable).parent / "soa-git"
+    if installed.exists():
+        return [str(installed)]
+    found = shutil.which("soa-git")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from soa_git.cli import main; main()"]
+
+
+def test_console_script_error_is_one_line(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k != "OPENAI_API_KEY"}
+    done = subprocess.run([*console_script(), "run", "report.py::area_report"], cwd=plain,
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("Error: ") and "not inside a git repository" in lines[0]
+    assert list(plain.iterdir()) == []
