@@ -53,18 +53,24 @@ class LiveView:
 
     def __call__(self, view: AgentView) -> None:
         with self.lock:
-            self.views[view.path] = view
             if not self.tty:
                 click.echo(report.event_line(view), file=self.stream)
                 return
-            lines = report.tree_lines(self.views.values())
-            erase = "\x1b[F\x1b[2K" * self.drawn
-            click.echo(erase + "\n".join(lines), file=self.stream)
+            if any(v.run != view.run for v in self.views.values()):
+                self.views.clear()
+            self.views[view.path] = view
+            lines = [f"run {view.run}", *report.tree_lines(self.views.values())]
+            click.echo(self._erase() + "\n".join(lines), file=self.stream)
             self.drawn = len(lines)
 
-    def reset(self) -> None:
+    def _erase(self) -> str:
+        return "\x1b[F\x1b[2K" * self.drawn
+
+    def close(self) -> None:
+        """The summary replaces the live tree."""
         with self.lock:
-            self.views.clear()
+            if self.tty and self.drawn:
+                click.echo(self._erase(), file=self.stream, nl=False)
             self.drawn = 0
 
 
@@ -84,7 +90,7 @@ def model_options(command: Callable) -> Callable:
         click.option("--model", help="Model name, e.g. gpt-4o-mini."),
         click.option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1."),
         click.option("--api-key-env", help="Name of the environment variable that holds the key."),
-        click.option("--max-depth", type=int, help="Deepest level of Mother agents (0: one agent)."),
+        click.option("--max-depth", type=int, help="Levels in the agent tree (1: a single agent; 2: a Mother over Children)."),
         click.option("--max-children", type=int, help="Most sub-functions one Mother may spawn."),
         click.option("--repair-rounds", type=int, help="Repair rounds per agent."),
         click.option("--jobs", "-j", type=int, help="Agents working (model calls, tests) at once."),
@@ -121,8 +127,12 @@ def init(**flags) -> None:
 @error_boundary
 def run(target: str, as_json: bool, **flags) -> None:
     """Fill TARGET (path/to/file.py::function, or every skeleton in path/to/file.py)."""
-    summaries = run_command(target, cwd=Path.cwd(), flags={k: flags[k] for k in FLAG_NAMES},
-                            on_event=LiveView())
+    live = LiveView()
+    try:
+        summaries = run_command(target, cwd=Path.cwd(), flags={k: flags[k] for k in FLAG_NAMES},
+                                on_event=live)
+    finally:
+        live.close()
     render(summaries, as_json)
 
 
@@ -133,6 +143,10 @@ def run(target: str, as_json: bool, **flags) -> None:
 @error_boundary
 def demo(directory: Path | None, as_json: bool) -> None:
     """Run soa-git on the sample repository against a SCRIPTED model on loopback (no API needed)."""
-    repo, summaries = demo_command(directory, on_event=LiveView())
+    live = LiveView()
+    try:
+        repo, summaries = demo_command(directory, on_event=live)
+    finally:
+        live.close()
     click.echo(f"sample repository: {repo}", err=True)
     render(summaries, as_json)

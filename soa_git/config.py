@@ -6,6 +6,7 @@ exists, else `.soa-git.toml` at the repository root.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, fields
@@ -24,7 +25,7 @@ class Settings:
     model: str = "gpt-4o-mini"
     base_url: str = "https://api.openai.com/v1"
     api_key_env: str = "OPENAI_API_KEY"
-    max_depth: int = 2
+    max_depth: int = 2          # levels in the agent tree: 2 is a Mother over Children
     max_children: int = 5
     repair_rounds: int = 3
     jobs: int = 4
@@ -47,24 +48,33 @@ ENV_ALIASES = {
 }
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
+# Zero is meaningful only for temperature (deterministic answers); other numbers must be positive.
+MAY_BE_ZERO = {"temperature"}
+KINDS = {"int": (int,), "float": (int, float), "str": (str,)}
+
+
+def _wanted(name: str, kind: str) -> str:
+    if kind == "str":
+        return "a string"
+    sign = "non-negative" if name in MAY_BE_ZERO else "positive"
+    return f"a {sign} {'whole ' if kind == 'int' else ''}number"
+
+
+def _coerce(name: str, where: str, value: Any) -> Any:
+    """Strings (environment, flags) are parsed; TOML values must already have the right type."""
     kind = {f.name: f.type for f in fields(Settings)}[name]
+    problem = ConfigError(f"{where} must be {_wanted(name, kind)}, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (str, *KINDS[kind])):
+        raise problem
+    if kind == "str":
+        return value
     try:
-        if kind == "int":
-            if isinstance(value, bool):
-                raise ValueError
-            number = int(value)
-            if number < 0:
-                raise ValueError
-            return number
-        if kind == "float":
-            number = float(value)
-            if number <= 0:
-                raise ValueError
-            return number
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: '{name}' must be a positive {kind}, not {value!r}") from None
+        number = (int if kind == "int" else float)(value)
+    except ValueError:
+        raise problem from None
+    if number < 0 or (number == 0 and name not in MAY_BE_ZERO and kind == "float"):
+        raise problem
+    return number
 
 
 def _from_mapping(values: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -74,7 +84,7 @@ def _from_mapping(values: Mapping[str, Any], source: str) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name not in known:
             raise ConfigError(f"{source}: unknown setting '{key}'")
-        result[name] = _coerce(name, value, source)
+        result[name] = _coerce(name, f"{source}: '{key}'", value)
     return result
 
 
@@ -109,7 +119,7 @@ def env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
     for f in fields(Settings):
         for var in (*ENV_ALIASES.get(f.name, ()), f"SOA_GIT_{f.name.upper()}"):
             if environ.get(var):
-                found[f.name] = _coerce(f.name, environ[var], f"environment variable {var}")
+                found[f.name] = _coerce(f.name, f"environment variable {var} ({f.name})", environ[var])
     return found
 
 
@@ -122,15 +132,15 @@ def resolve(root: Path, flags: Mapping[str, Any] | None = None,
     merged.update(env_settings(environ))
     merged.update(_from_mapping({k: v for k, v in (flags or {}).items() if v is not None}, "flag"))
     settings = Settings(**merged)
-    if settings.max_depth < 0 or settings.jobs < 1 or settings.max_children < 1:
-        raise ConfigError("jobs and max_children must be at least 1")
+    for name in ("max_depth", "max_children", "jobs"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"'{name.replace('_', '-')}' must be at least 1")
     return settings
 
 
 def _toml_value(value: Any) -> str:
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(value)
+    # A JSON string is a valid TOML basic string, control characters escaped included.
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
 
 
 def render_table(settings: Settings) -> str:
@@ -148,9 +158,11 @@ def write_config(root: Path, settings: Settings) -> tuple[Path, bool]:
     if path.exists() and (path.name == CONFIG_FILE or TABLE in _read_toml(path).get("tool", {})):
         return path, False
     if path.name == PYPROJECT:
-        text = path.read_text(encoding="utf-8")
-        separator = "" if text.endswith("\n") or not text else "\n"
-        path.write_text(f"{text}{separator}\n[tool.{TABLE}]\n{render_table(settings)}", encoding="utf-8")
+        # Bytes, not text: universal newlines would rewrite the user's CRLF line ends.
+        data = path.read_bytes()
+        separator = b"" if data.endswith(b"\n") or not data else b"\n"
+        table = f"\n[tool.{TABLE}]\n{render_table(settings)}".encode("utf-8")
+        path.write_bytes(data + separator + table)
     else:
         path.write_text(f"# soa-git configuration\n{render_table(settings)}", encoding="utf-8")
     return path, True

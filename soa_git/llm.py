@@ -26,6 +26,7 @@ __all__ = ["ChatModel", "OpenAIChat", "Reply", "TokenLedger", "Usage"]
 # The longest single pause between attempts, whether backoff or a server's Retry-After:
 # beyond it a run looks hung.
 MAX_WAIT_S = 60.0
+CONNECTION_ATTEMPTS = 2
 CHARS_PER_TOKEN = 4
 
 
@@ -200,6 +201,10 @@ class OpenAIChat:
                 retry_after = _retry_after_s(exc.response.headers)
             except openai.APIConnectionError as exc:  # includes APITimeoutError
                 failure = exc
+                # A refused connection means nothing listens there; one retry covers a dropped
+                # connection, and more would only delay the answer by seconds.
+                if attempt >= CONNECTION_ATTEMPTS - 1 and not isinstance(exc, openai.APITimeoutError):
+                    break
             except json.JSONDecodeError:
                 raise ModelError(self._not_a_completion()) from None
             if attempt + 1 < self._max_attempts:

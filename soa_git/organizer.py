@@ -42,6 +42,7 @@ class Target:
 class AgentView:
     """What the outside world sees of one agent, live and at the end."""
 
+    run: str
     path: str
     role: str
     function: str
@@ -66,7 +67,7 @@ class RunSummary:
     state: str              # done | failed | stopped
     message: str
     agents: tuple[AgentView, ...]
-    depth: int
+    depth: int              # levels in the tree, as max_depth counts them
     lines: int
     tests_passed: int
     usage: Usage
@@ -132,7 +133,11 @@ def committed_source(repo: GitRepo, file: Path) -> tuple[str, str]:
 
 def find_target(repo: GitRepo, file: Path, function: str) -> Target:
     relative, source = committed_source(repo, file)
-    if not pycode.find_function(source, function).is_skeleton:
+    try:
+        found = pycode.find_function(source, function)
+    except TargetError:
+        raise TargetError(f"{relative} has no top-level function named '{function}'") from None
+    if not found.is_skeleton:
         raise TargetError(f"{relative}::{function} is not a skeleton (its body must be only a "
                           "docstring and `...`, `pass` or `raise NotImplementedError`)")
     return Target(relative, function)
@@ -190,7 +195,7 @@ class Organizer:
         root = self._node(target.function, pycode.find_function(self.original, target.function), None)
         self._set(root, "thinking")
         # The first answer comes before any write: a failing endpoint leaves no trace.
-        step, plan = root.agent.generate(split=self.settings.max_depth > 0)
+        step, plan = root.agent.generate(split=self._may_split(root))
         self.repo.create_branch(root.branch, self.base)
         try:
             self._develop(root, step, plan)
@@ -250,12 +255,16 @@ class Organizer:
             if self._halted(node):
                 return
             self._set(node, "thinking")
-            step, plan = node.agent.generate(split=node.depth < self.settings.max_depth,
+            step, plan = node.agent.generate(split=self._may_split(node),
                                              tests=tuple(node.tests))
         except (AnswerError, ModelError, BudgetExhausted) as exc:
             self._fail(node, exc)
             return
         self._develop(node, step, plan)
+
+    def _may_split(self, node: Node) -> bool:
+        """max_depth counts levels, as in the paper: 2 is a Mother over Children."""
+        return node.depth + 1 < self.settings.max_depth
 
     # ---- modification phase ----------------------------------------------------------------
 
@@ -480,7 +489,7 @@ class Organizer:
         source = self._own_source(node) if node.body else ""
         if source and node.parent is None:
             source = pycode.find_function(source, node.skeleton.name).source
-        return AgentView(path=node.path, role=node.role, function=node.skeleton.name,
+        return AgentView(run=self.run_id, path=node.path, role=node.role, function=node.skeleton.name,
                          file=node.files.module, test_file=node.files.tests, branch=node.branch,
                          state=node.state, tests=node.result.summary(), passed=node.result.passed,
                          rounds=node.rounds, lines=code_lines(source),
@@ -496,6 +505,6 @@ class Organizer:
             state, message = "failed", f"{root.skeleton.name} still fails its tests ({root.result.summary()})"
         return RunSummary(run=self.run_id, target=self.target_, branch=root.branch, base=self.base,
                           state=state, message=message, agents=views,
-                          depth=max(n.depth for n in self.nodes), lines=sum(v.lines for v in views),
+                          depth=1 + max(n.depth for n in self.nodes), lines=sum(v.lines for v in views),
                           tests_passed=sum(v.passed for v in views), usage=self.ledger.total,
                           seconds=seconds)

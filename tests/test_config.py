@@ -22,8 +22,10 @@ LEVELS = [
                  ("OPENAI_BASE_URL", "OPENAI_API_BASE", "SOA_GIT_BASE_URL"),
                  "http://env.example/v1", "http://env.example/v1",
                  "http://flag.example/v1", "http://flag.example/v1", id="base_url"),
+    pytest.param("max_depth", "max-depth = 3", 3, ("SOA_GIT_MAX_DEPTH",), "4", 4, 1, 1, id="max_depth"),
     # A flag of 0 is a value, not "unset": only None is ignored.
-    pytest.param("max_depth", "max-depth = 1", 1, ("SOA_GIT_MAX_DEPTH",), "3", 3, 0, 0, id="max_depth"),
+    pytest.param("repair_rounds", "repair-rounds = 5", 5, ("SOA_GIT_REPAIR_ROUNDS",), "6", 6, 0, 0,
+                 id="repair_rounds"),
     pytest.param("jobs", "jobs = 2", 2, ("SOA_GIT_JOBS",), "3", 3, 7, 7, id="jobs"),
     pytest.param("test_timeout", "test-timeout = 5.5", 5.5, ("SOA_GIT_TEST_TIMEOUT",), "7.5", 7.5,
                  9.0, 9.0, id="test_timeout"),
@@ -171,8 +173,6 @@ def test_write_config_appends_to_pyproject_keeping_every_byte(tmp_path, existing
     assert config.resolve(tmp_path, {}, {}) == settings
 
 
-@pytest.mark.xfail(strict=True, reason="config.write_config reads and writes pyproject.toml in text "
-                   "mode (read_text/write_text), so universal newlines turn CRLF into LF")
 def test_write_config_keeps_crlf_bytes_of_pyproject(tmp_path):
     pyproject = tmp_path / "pyproject.toml"
     original = b'[project]\r\nname = "demo"\r\n'
@@ -223,8 +223,6 @@ def test_written_strings_with_quotes_and_backslashes_read_back(tmp_path):
     assert config.resolve(tmp_path, {}, {}) == settings
 
 
-@pytest.mark.xfail(strict=True, reason="config._toml_value escapes only backslash and quote, so a "
-                   "newline or other control character writes invalid TOML")
 def test_written_strings_with_control_characters_read_back(tmp_path):
     settings = Settings(model="line\nbreak\ttab")
     config.write_config(tmp_path, settings)
@@ -245,6 +243,7 @@ def test_written_strings_with_control_characters_read_back(tmp_path):
     ("repair-rounds = true", ("repair_rounds", "repair-rounds")),
     ("jobs = 0", ("jobs",)),
     ("max-children = 0", ("max_children", "max-children")),
+    ("max-depth = 0", ("max_depth", "max-depth")),
 ])
 @pytest.mark.parametrize("where", [".soa-git.toml", "pyproject.toml"])
 def test_bad_file_value_names_the_key(tmp_path, line, names, where):
@@ -276,6 +275,7 @@ def test_bad_environment_value_names_the_key_and_variable(tmp_path, var, value, 
     ({"jobs": "lots"}, "jobs"),
     ({"colour": "red"}, "colour"),
     ({"jobs": 0}, "jobs"),
+    ({"max_depth": 0}, "max.depth"),
 ])
 def test_bad_flag_value_names_the_key(tmp_path, flags, name):
     with pytest.raises(ConfigError, match=name):
@@ -288,16 +288,12 @@ def test_bad_flag_value_names_the_key(tmp_path, flags, name):
     ("test-timeout = true", "test_timeout"),  # bool is rejected for ints but float(True) == 1.0
     ("model = [1, 2]", "model"),          # str() of a list becomes the model name "[1, 2]"
 ])
-@pytest.mark.xfail(strict=True, reason="config._coerce accepts values of the wrong TOML type: "
-                   "int() truncates floats, float() accepts booleans, str() accepts arrays")
 def test_wrong_toml_type_is_rejected(tmp_path, line, key):
     write(tmp_path, ".soa-git.toml", line + "\n")
     with pytest.raises(ConfigError, match=key):
         config.resolve(tmp_path, {}, {})
 
 
-@pytest.mark.xfail(strict=True, reason="config._coerce requires every float to be > 0, so "
-                   "temperature = 0 (the usual deterministic setting) is rejected")
 def test_temperature_zero_is_allowed(tmp_path):
     write(tmp_path, ".soa-git.toml", "temperature = 0\n")
     assert config.resolve(tmp_path, {}, {}).temperature == 0

@@ -69,14 +69,11 @@ def test_many_siblings_in_parallel_keep_the_repository_sound(adder, serve):
     before = snapshot(adder)
     script = SlowScript(delay=0.3)
     server = serve(script)
-    started = time.monotonic()
     [summary] = run("adder/core.py::total", cwd=adder, environ=KEY,
                     flags={"base_url": server.base_url, "max_children": SIBLINGS, "jobs": 6})
-    elapsed = time.monotonic() - started
 
     assert summary.state == "done", summary.message
     assert script.most == 6, "siblings should work concurrently, bounded by jobs"
-    assert elapsed < SIBLINGS * script.delay, "siblings ran one after another"
     assert len(summary.agents) == SIBLINGS + 1
 
     fsck = subprocess.run(["git", "-C", str(adder), "fsck", "--strict", "--no-dangling"],

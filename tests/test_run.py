@@ -164,7 +164,7 @@ def test_two_level_tree_passes_first_time(sample_repo, sample_script, serve, tmp
     note = git(sample_repo, "notes", "--ref=soa", "show", branches[f"soa/{run_id}/summarize.mean_of"])
     record = json.loads(note.splitlines()[0])
     assert record["agent"] == "summarize.mean_of"
-    assert record["messages"][1]["content"].startswith("soa-git task: decompose summarize.mean_of")
+    assert record["messages"][1]["content"].startswith("soa-git task: implement summarize.mean_of")
     assert record["messages"][-1]["role"] == "assistant"
     assert "sk-test-key" not in note
 
@@ -296,3 +296,65 @@ def test_scripted_usage_missing_is_marked_estimated(shapes, serve):
     assert summary.usage.estimated
     tokens = git(shapes, "log", "--format=%(trailers:key=Soa-Tokens,valueonly)", summary.branch)
     assert "(estimated)" in tokens
+
+
+FMT_DECOMPOSE = '''fmt rounds, then pads.
+
+```python
+def fmt(value: float) -> str:
+    return pad(round2(value))
+
+
+def round2(value: float) -> float:
+    """Round to two decimals.
+
+    >>> round2(1.234)
+    1.23
+    """
+    ...
+
+
+def pad(value: float) -> str:
+    """Show exactly two decimals.
+
+    >>> pad(6)
+    '6.00'
+    """
+    ...
+
+
+def test_round2():
+    assert round2(1.234) == 1.23
+
+
+def test_pad():
+    assert pad(6) == "6.00"
+```
+'''
+
+
+def test_three_levels_a_child_mother_merges_its_own_children(shapes, serve):
+    server = serve(shapes_script(fmt_first=FMT_DECOMPOSE, extra=[
+        {"when": r"^soa-git task: implement area_report[.]fmt[.]round2$",
+         "replies": [implementation("round2", "return round(value, 2)", "value: float", "float")]},
+        {"when": r"^soa-git task: implement area_report[.]fmt[.]pad$",
+         "replies": [implementation("pad", 'return f"{value:.2f}"', "value: float", "str")]},
+    ]))
+    [summary] = fill(shapes, server, max_depth=3)
+
+    assert summary.state == "done", summary.message
+    assert summary.depth == 3
+    roles = {a.path: a.role for a in summary.agents}
+    assert roles == {"area_report": "mother", "area_report.area": "child", "area_report.fmt": "mother",
+                     "area_report.fmt.pad": "child", "area_report.fmt.round2": "child"}
+    fmt_branch = f"soa/{summary.run}/area_report.fmt"
+    fmt_merges = git(shapes, "log", "--merges", "--first-parent", "--format=%s", fmt_branch).splitlines()
+    assert sorted(fmt_merges) == ["merge: accept pad into fmt", "merge: accept round2 into fmt"]
+    # The grandchildren's code reached the root through two levels of merges.
+    module = file_at(shapes, summary.branch, "shapes/area_report__fmt__pad.py")
+    assert 'return f"{value:.2f}"' in module
+    assert "from shapes.area_report__fmt__pad import pad" in file_at(
+        shapes, summary.branch, "shapes/area_report__fmt.py")
+    prompts = [r["body"]["messages"][1]["content"].splitlines()[0] for r in server.requests]
+    assert "soa-git task: decompose area_report.fmt" in prompts
+    assert "soa-git task: implement area_report.fmt.pad" in prompts
