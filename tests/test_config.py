@@ -283,12 +283,12 @@ def test_bad_flag_value_names_the_key(tmp_path, flags, name):
 
 
 @pytest.mark.parametrize("line, key", [
-    ("max-depth = 2.7", "max_depth"),     # int() truncates it to 2
-    ("jobs = 3.5", "jobs"),               # int() truncates it to 3
-    ("test-timeout = true", "test_timeout"),  # bool is rejected for ints but float(True) == 1.0
-    ("model = [1, 2]", "model"),          # str() of a list becomes the model name "[1, 2]"
+    ("max-depth = 2.7", "'max-depth'"),       # not truncated to 2
+    ("jobs = 3.5", "'jobs'"),                 # not truncated to 3
+    ("test-timeout = true", "'test-timeout'"),  # a bool is not a number
+    ("model = [1, 2]", "'model'"),            # a list is not a model name
 ])
-def test_wrong_toml_type_is_rejected(tmp_path, line, key):
+def test_wrong_toml_type_is_rejected_naming_the_key_as_written(tmp_path, line, key):
     write(tmp_path, ".soa-git.toml", line + "\n")
     with pytest.raises(ConfigError, match=key):
         config.resolve(tmp_path, {}, {})
