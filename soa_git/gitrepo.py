@@ -19,10 +19,12 @@ Needs git 2.38 or newer (`git merge-tree --write-tree`).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -36,7 +38,7 @@ import git
 from .errors import OwnershipError, RepositoryError
 
 TRAILER_KEYS = ("Soa-Run", "Soa-Agent", "Soa-Role", "Soa-Parent", "Soa-Phase", "Soa-Round",
-                "Soa-Tests", "Soa-Model", "Soa-Tokens")
+                "Soa-Tests", "Soa-Model", "Soa-Tokens", "Soa-Target")
 NOTES_REF = "refs/notes/soa"
 
 _MIN_GIT = (2, 38)
@@ -54,6 +56,18 @@ _NOTE_ATTEMPTS = 20
 
 # Serializes worktree registrations and notes writes among the threads of this process.
 _shared_lock = threading.Lock()
+
+
+class RunLocked(RepositoryError):
+    """A live process holds the run's lock."""
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    pid: int
+    host: str
+    started: str
+    alive: bool
 
 
 class MergeConflict(RepositoryError):
@@ -391,6 +405,54 @@ class GitRepo:
             self._git("reset", "--hard", "-q", worktree=wt, retry=True)
         return sha
 
+    # ---- run locks ----------------------------------------------------------------------
+
+    def lock_run(self, run: str) -> None:
+        """Take the run's lock file, replacing one whose holder died; RunLocked if it lives."""
+        path = self._lock_path(run)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        for _ in range(_LOCK_ATTEMPTS):
+            try:
+                with open(path, "x", encoding="utf-8") as handle:
+                    handle.write(record)
+                return
+            except FileExistsError:
+                holder = self.run_lock_holder(run)
+                if holder is not None and holder.alive:
+                    raise RunLocked(f"run {run} is in use by process {holder.pid} on {holder.host} "
+                                    "since " + holder.started) from None
+                # Renaming is atomic: of two processes replacing a dead holder, one wins.
+                try:
+                    os.rename(path, path.with_name(f"{path.name}.stale-{uuid.uuid4().hex}"))
+                except FileNotFoundError:
+                    pass
+                for stale in path.parent.glob(f"{path.name}.stale-*"):
+                    stale.unlink(missing_ok=True)
+        raise RunLocked(f"run {run} is in use by another process")
+
+    def unlock_run(self, run: str) -> None:
+        path = self._lock_path(run)
+        holder = self.run_lock_holder(run)
+        if holder is not None and holder.pid == os.getpid() and holder.host == socket.gethostname():
+            path.unlink(missing_ok=True)
+
+    def run_lock_holder(self, run: str) -> LockHolder | None:
+        """Who holds the run's lock, and whether that process still lives (None: nobody)."""
+        try:
+            data = json.loads(self._lock_path(run).read_text(encoding="utf-8"))
+            pid, host, started = int(data["pid"]), str(data["host"]), str(data["started"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            # A holder killed while writing its record leaves a torn file: it is not alive.
+            return LockHolder(pid=0, host="", started="", alive=False)
+        return LockHolder(pid=pid, host=host, started=started, alive=_process_alive(pid, host))
+
+    def _lock_path(self, run: str) -> Path:
+        return self._soa_dir / "locks" / f"{run}.lock"
+
     # ---- notes --------------------------------------------------------------------------
 
     def add_note(self, sha: str, text: str) -> None:
@@ -603,6 +665,18 @@ def _worktree_git_dir(worktree: Path) -> Path:
     if not line.startswith("gitdir:"):
         raise RepositoryError(f"{worktree} is not a linked git worktree")
     return (worktree / line.removeprefix("gitdir:").strip()).resolve()
+
+
+def _process_alive(pid: int, host: str) -> bool:
+    if host != socket.gethostname():
+        return True    # another machine sharing this .git: its processes cannot be checked
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _worktree_dir_name(name: str) -> str:

@@ -193,16 +193,31 @@ class Organizer:
         self.base = self.repo.head()
         self.original = self.repo.read_file(self.base, target.file) or ""
         root = self._node(target.function, pycode.find_function(self.original, target.function), None)
-        self._set(root, "thinking")
-        # The first answer comes before any write: a failing endpoint leaves no trace.
-        step, plan = root.agent.generate(split=self._may_split(root))
-        self.repo.create_branch(root.branch, self.base)
+        self.repo.lock_run(self.run_id)
         try:
-            self._develop(root, step, plan)
+            self._set(root, "thinking")
+            # The first answer comes before any write: a failing endpoint leaves no trace.
+            step, plan = root.agent.generate(split=self._may_split(root))
+            self.repo.create_branch(root.branch, self.base)
+            try:
+                self._develop(root, step, plan)
+            finally:
+                for node in self.nodes:
+                    self._release(node)
+            return self._finish(root, time.monotonic() - started)
         finally:
-            for node in self.nodes:
-                self._release(node)
-        return self._summary(root, time.monotonic() - started)
+            self.repo.unlock_run(self.run_id)
+
+    def _finish(self, root: Node, seconds: float) -> RunSummary:
+        """The end record on the root's tip is how history tells a finished run from a killed one."""
+        summary = self._summary(root, seconds)
+        usage = summary.usage
+        self._note(self.repo.branch_sha(root.branch), {
+            "agent": root.path, "task": "end", "state": summary.state, "message": summary.message,
+            "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                      "estimated": usage.estimated},
+            "seconds": round(seconds, 3)})
+        return summary
 
     def _develop(self, node: Node, step: Step, plan: Plan) -> None:
         """Everything one agent does after its first answer, children included."""
@@ -424,6 +439,8 @@ class Organizer:
                     "Soa-Tokens": str(usage.total) + (" (estimated)" if usage.estimated else "")}
         if node.parent:
             trailers["Soa-Parent"] = node.parent.path
+        else:
+            trailers["Soa-Target"] = f"{self.target_.file}::{self.target_.function}"
         if tested:
             trailers["Soa-Tests"] = node.result.summary()
         return trailers
