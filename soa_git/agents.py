@@ -180,23 +180,24 @@ class Agent:
         """Ask, and re-ask with the parse error while the answer is unusable."""
         messages = [{"role": "system", "content": prompt("system")}, {"role": "user", "content": user}]
         usage = Usage()
-        for attempt in range(self.answer_retries + 1):
+        tries = 0
+        while True:
             reply = self.model.complete(messages, agent=self.path)
             usage = usage + reply.usage
+            tries += 1
             messages.append({"role": "assistant", "content": reply.text})
             try:
                 parsed = parse(reply.text)
             except (AnswerError, CodeSyntaxError) as exc:
-                if attempt == self.answer_retries:
+                if tries > self.answer_retries:
                     raise AnswerError(f"agent {self.path}: the model's answers could not be used "
-                                      f"after {attempt + 1} tries: {exc}") from None
+                                      f"after {tries} tries: {exc}") from None
                 messages.append({"role": "user",
                                  "content": prompt("format_error", agent=self.path, error=exc)})
                 continue
             step = Step(task=task, messages=tuple(messages), usage=usage, model=reply.model,
                         reflection=prose(reply.text))
             return step, parsed
-        raise AssertionError("unreachable")
 
     def generate(self, *, split: bool, tests: tuple[str, ...] = ()) -> tuple[Step, Plan]:
         """A Mother (split) decomposes or implements; a Child implements.
@@ -219,16 +220,23 @@ class Agent:
         return self._ask("decompose" if split else "implement", user, lambda text: parse_plan(
             text, self.function, max_children=limit, require_tests=not tests))
 
+    def remember(self, *, tests: str, reflection: str, received: str | None = None,
+                 sent: dict[str, str] | None = None) -> None:
+        """One attempt in memory: a live step calls this, and so does resume for a recorded one."""
+        if received:
+            self.memory.append(f"your Mother commented: {received}")
+        comments = "; ".join(f"to {k}: {v[:120]}" for k, v in (sent or {}).items())
+        self.memory.append(f"tests {tests}; you reflected: {reflection[:300]}"
+                           + (f"; you commented {comments}" if comments else ""))
+
     def repair(self, code: str, result: TestResult, *, comment: str | None = None) -> tuple[Step, Plan]:
-        if comment:
-            self.memory.append(f"your Mother commented: {comment}")
         shown = f"\nYour Mother agent asks for this change:\n\n{comment}\n" if comment else ""
         user = prompt("repair", agent=self.path, function=self.function, code=code,
                       summary=result.summary(), feedback=result.feedback(), comment=shown,
                       memory=self._memory_text())
         step, plan = self._ask("repair", user, lambda text: parse_plan(
             text, self.function, max_children=0, require_tests=False))
-        self.memory.append(f"tests {result.summary()}; you reflected: {step.reflection[:300]}")
+        self.remember(tests=result.summary(), reflection=step.reflection, received=comment)
         return step, plan
 
     def revise(self, code: str, result: TestResult,
@@ -241,7 +249,5 @@ class Agent:
         names = {c.name for c in children}
         step, revision = self._ask("revise", user,
                                    lambda text: parse_revision(text, self.function, names))
-        comments = "; ".join(f"to {k}: {v[:120]}" for k, v in revision.comments.items())
-        self.memory.append(f"tests {result.summary()}; you reflected: {step.reflection[:300]}"
-                           + (f"; you commented {comments}" if comments else ""))
+        self.remember(tests=result.summary(), reflection=step.reflection, sent=revision.comments)
         return step, revision

@@ -35,6 +35,7 @@ from typing import Iterable, Mapping, NamedTuple
 
 import git
 
+from . import faults
 from .errors import OwnershipError, RepositoryError
 
 TRAILER_KEYS = ("Soa-Run", "Soa-Agent", "Soa-Role", "Soa-Parent", "Soa-Phase", "Soa-Round",
@@ -103,6 +104,27 @@ class MergeCheck:
     clean: bool
     tree: str | None
     conflicts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BranchTip:
+    branch: str         # without refs/heads/
+    sha: str
+    date: str           # the tip's committer date, ISO 8601
+
+
+@dataclass(frozen=True)
+class LoggedCommit:
+    """One commit as `commits` reads it: its message, trailers, and its note under NOTES_REF."""
+
+    sha: str
+    parents: tuple[str, ...]
+    author: Author
+    date: str           # author date, ISO 8601
+    subject: str
+    body: str           # without the trailer block
+    trailers: dict[str, str]
+    note: str | None
 
 
 class _Result(NamedTuple):
@@ -302,9 +324,11 @@ class GitRepo:
     # ---- commits and merges -------------------------------------------------------------
 
     def commit(self, worktree: Path, *, subject: str, body: str = "", trailers: Mapping[str, str],
-               author: Author, allowed_paths: Iterable[str], allow_empty: bool = False) -> str | None:
+               author: Author, allowed_paths: Iterable[str], allow_empty: bool = False,
+               note: str | None = None) -> str | None:
         """Commit everything changed in `worktree`, if it only touches `allowed_paths`.
 
+        `note` is attached before the branch moves, so a commit on a branch always has its note.
         Returns the new commit's sha, or None when nothing changed and `allow_empty` is off. On a change outside
         `allowed_paths` the index is reset and OwnershipError raised; the files stay as they are.
         """
@@ -328,6 +352,9 @@ class GitRepo:
         tree = self._git("write-tree", worktree=wt, retry=True).text
         parent = self._git("rev-parse", "--verify", "HEAD", worktree=wt).text
         sha = self._commit_tree(tree, (parent,), message, author)
+        if note is not None:
+            self.add_note(sha, note)
+        faults.reached("commit")
         self._update_ref("HEAD", sha, parent, what=f"the branch checked out at {wt.name}",
                          worktree=wt, reflog=f"commit: {message.splitlines()[0]}")
         return sha
@@ -344,7 +371,7 @@ class GitRepo:
         return MergeCheck(clean=False, tree=None, conflicts=tuple(dict.fromkeys(paths)))
 
     def merge(self, branch: str, other_branch: str, *, subject: str, trailers: Mapping[str, str],
-              author: Author, worktree: Path | None = None) -> str:
+              author: Author, worktree: Path | None = None, note: str | None = None) -> str:
         """A --no-ff merge of `other_branch` into `branch`, made without any worktree.
 
         Raises MergeConflict (nothing changed) or BranchMoved (someone else moved `branch`
@@ -367,6 +394,9 @@ class GitRepo:
             raise MergeConflict(f"merging {other_branch} into {branch} conflicts in "
                                 f"{_join(check.conflicts)}", check.conflicts)
         sha = self._commit_tree(check.tree, (ours, theirs), message, author)
+        if note is not None:
+            self.add_note(sha, note)
+        faults.reached("merge")
         self._update_ref(f"refs/heads/{branch}", sha, ours, what=f"branch {branch}",
                          reflog=f"merge {other_branch}: {message.splitlines()[0]}")
         if wt is not None:
@@ -404,6 +434,81 @@ class GitRepo:
         if wt is not None:
             self._git("reset", "--hard", "-q", worktree=wt, retry=True)
         return sha
+
+    # ---- reading runs ---------------------------------------------------------------------
+
+    def branch_tips(self, folder: str) -> list[BranchTip]:
+        """Every branch under `folder` (e.g. "soa/"), with its tip and the tip's date: one call."""
+        if not folder.endswith("/") or folder.startswith("-"):
+            raise ValueError(f"{folder!r} is not a folder of branches (it must end with /)")
+        r = self._git("for-each-ref", "--format=%(objectname) %(committerdate:iso-strict) %(refname)",
+                      f"refs/heads/{folder}")
+        tips = []
+        for line in r.text.splitlines():
+            sha, date, name = line.split(" ", 2)
+            tips.append(BranchTip(branch=name.removeprefix("refs/heads/"), sha=sha, date=date))
+        return tips
+
+    def commits(self, revs: Iterable[str], *, containing: str | None = None) -> list[LoggedCommit]:
+        """Commits reachable from any of `revs`, newest first, each with its note: one git log.
+
+        `containing` keeps only commits whose message (or note) contains that exact text; git
+        still walks the whole history, but prints only those.
+        """
+        revs = [_rev(rev) for rev in dict.fromkeys(revs)]
+        if not revs:
+            return []
+        fields = ("%H", "%P", "%an", "%ae", "%aI", "%s", "%b",
+                  "%(trailers:only,unfold,separator=%x1e,key_value_separator=%x1f)", "%N")
+        grep = ("--fixed-strings", f"--grep={containing}") if containing else ()
+        # --no-notes first: a notes.displayRef in the user's config would add other notes to %N.
+        r = self._git("log", "-z", "--no-show-signature", "--no-notes", f"--notes={NOTES_REF}",
+                      f"--format={'%x00'.join(fields)}", *grep, "--stdin", "--",
+                      stdin="".join(f"{rev}\n" for rev in revs).encode("utf-8"), check=False)
+        if r.status != 0:
+            raise RepositoryError(f"cannot read the history of {_join(revs)}: {_reason(r.err)}")
+        values = r.out.decode("utf-8", errors="replace").split("\0")
+        commits = []
+        for i in range(0, len(values) - len(fields) + 1, len(fields)):
+            sha, parents, name, email, date, subject, body, raw_trailers, note = values[i:i + len(fields)]
+            trailers = dict(t.split("\x1f", 1) for t in raw_trailers.split("\x1e") if "\x1f" in t)
+            commits.append(LoggedCommit(
+                sha=sha.strip(), parents=tuple(parents.split()), author=Author(name, email),
+                date=date, subject=subject, body=_strip_trailers(body, trailers), trailers=trailers,
+                note=note.strip("\n") or None))
+        return commits
+
+    def read_blobs(self, specs: Iterable[tuple[str, str]]) -> list[str | None]:
+        """The text of each (rev, path); None where that file does not exist: one cat-file call."""
+        specs = [f"{_rev(rev)}:{_posix(path)}" for rev, path in specs]
+        if not specs:
+            return []
+        if any("\n" in spec for spec in specs):
+            raise ValueError("a path with a line break cannot be read in a batch")
+        out = self._git("cat-file", "--batch", stdin="".join(f"{s}\n" for s in specs).encode()).out
+        texts: list[str | None] = []
+        at = 0
+        for _ in specs:
+            end = out.index(b"\n", at)
+            header = out[at:end].split()
+            at = end + 1
+            if len(header) == 3 and header[2].isdigit():
+                size = int(header[2])
+                content = out[at:at + size]
+                at += size + 1
+                texts.append(content.decode("utf-8", errors="replace") if header[1] == b"blob" else None)
+            else:
+                texts.append(None)      # "<spec> missing" or "<spec> ambiguous"
+        return texts
+
+    def diff(self, old: str, new: str, paths: Iterable[str]) -> str:
+        """`git diff old new -- paths` as plain text, whatever the user's diff settings."""
+        r = self._git("diff", "--no-color", "--no-ext-diff", "--no-textconv", "--no-relative",
+                      "--src-prefix=a/", "--dst-prefix=b/", _rev(old), _rev(new), "--",
+                      *(_posix(p) for p in paths), check=False)
+        if r.status != 0:
+            raise RepositoryError(f"cannot compare {old} with {new}: {_reason(r.err)}")
+        return os.fsdecode(r.out)
 
     # ---- run locks ----------------------------------------------------------------------
 
@@ -466,6 +571,10 @@ class GitRepo:
                 _backoff(attempt)
         raise RepositoryError(f"could not attach a note to {sha}: other processes kept "
                               f"updating {NOTES_REF}")
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        return self._git("merge-base", "--is-ancestor", _rev(ancestor), _rev(descendant),
+                         check=False).status == 0
 
     def read_note(self, sha: str) -> str | None:
         r = self._git("notes", f"--ref={NOTES_REF}", "list", _rev(sha), check=False)

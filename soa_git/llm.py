@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import openai
 
+from soa_git import faults
 from soa_git.errors import BudgetExhausted, ModelError
 
 __all__ = ["ChatModel", "OpenAIChat", "Reply", "TokenLedger", "Usage"]
@@ -163,6 +164,7 @@ class OpenAIChat:
     def complete(self, messages: list[dict[str, str]], *, agent: str) -> Reply:
         self.ledger.check(agent)
         completion = self._create(messages)
+        faults.reached("model")
         # The client does not validate bodies: a wrong server or a proxy's page shows up here.
         choices = getattr(completion, "choices", None)
         if not isinstance(choices, list) or not choices:

@@ -9,9 +9,9 @@ test feedback, Mothers revise their own code and comment on the children they im
 
 from __future__ import annotations
 
-import functools
 import json
 import secrets
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import layout, pycode
-from .agents import Agent, ChildStatus, Plan, Step
+from .agents import Agent, ChildStatus, Plan, Step, parse_plan, parse_revision, prose
 from .config import Settings
 from .errors import AnswerError, BudgetExhausted, ModelError, TargetError
 from .gitrepo import Author, GitRepo, MergeConflict
@@ -74,6 +74,16 @@ class RunSummary:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Recording:
+    """What resume needs of a run, as history reads it from git."""
+
+    run: str
+    target: Target
+    base: str
+    steps: dict[str, tuple[dict, ...]]   # agent path -> its step records, oldest first
+
+
 @dataclass
 class Node:
     """One agent's live state in this run."""
@@ -96,6 +106,8 @@ class Node:
     test_imports: list[str] = field(default_factory=list)
     worktree: Path | None = None
     merged_tip: str | None = None
+    generated: bool = False            # its first answer is committed
+    pending_comment: str | None = None  # a Mother's comment not answered yet (resume)
     error: str | None = None
 
     @property
@@ -189,24 +201,46 @@ class Organizer:
 
     def run(self, target: Target) -> RunSummary:
         started = time.monotonic()
-        self.target_ = target
-        self.base = self.repo.head()
-        self.original = self.repo.read_file(self.base, target.file) or ""
-        root = self._node(target.function, pycode.find_function(self.original, target.function), None)
+        root = self._begin(target, self.repo.head())
         self.repo.lock_run(self.run_id)
         try:
             self._set(root, "thinking")
             # The first answer comes before any write: a failing endpoint leaves no trace.
             step, plan = root.agent.generate(split=self._may_split(root))
             self.repo.create_branch(root.branch, self.base)
-            try:
-                self._develop(root, step, plan)
-            finally:
-                for node in self.nodes:
-                    self._release(node)
-            return self._finish(root, time.monotonic() - started)
+            return self._complete(root, lambda: self._develop(root, step, plan), started)
         finally:
             self.repo.unlock_run(self.run_id)
+
+    def resume(self, recording: Recording) -> RunSummary:
+        """Continue a run from the last committed step of each agent.
+
+        Each agent's state is rebuilt by reading its recorded answers again through the same
+        parsers that accepted them, so no finished step costs a model call.
+        """
+        started = time.monotonic()
+        self.run_id = recording.run
+        self.repo.lock_run(self.run_id)
+        try:
+            root = self._begin(recording.target, recording.base)
+            self._restore(root, recording)
+            return self._complete(root, lambda: self._continue(root), started)
+        finally:
+            self.repo.unlock_run(self.run_id)
+
+    def _begin(self, target: Target, base: str) -> Node:
+        self.target_ = target
+        self.base = base
+        self.original = self.repo.read_file(base, target.file) or ""
+        return self._node(target.function, pycode.find_function(self.original, target.function), None)
+
+    def _complete(self, root: Node, work: Callable[[], None], started: float) -> RunSummary:
+        try:
+            work()
+        finally:
+            for node in self.nodes:
+                self._release(node)
+        return self._finish(root, time.monotonic() - started)
 
     def _finish(self, root: Node, seconds: float) -> RunSummary:
         """The end record on the root's tip is how history tells a finished run from a killed one."""
@@ -219,26 +253,74 @@ class Organizer:
             "seconds": round(seconds, 3)})
         return summary
 
+    # ---- generation: one agent's first answer, and everything after it ---------------------
+
+    def _start(self, node: Node) -> None:
+        """Branch, the skeleton commit (children only), the first answer; each skipped if done."""
+        try:
+            mother = node.parent
+            if mother is not None:
+                if self.repo.branch_sha(node.branch) is None:
+                    self.repo.create_branch(node.branch, self.repo.branch_sha(mother.branch) or self.base)
+                with self._workspace(node):
+                    self._write(node)
+                    self.repo.commit(node.worktree, subject=f"skeleton: {node.skeleton.name} from {mother.path}",
+                                     body="The signature, docstring and unit tests written by the Mother agent.",
+                                     trailers=self._trailers(node, "generate", Usage()),
+                                     author=self._author(node), allowed_paths=self._owned(node))
+            if self._halted(node):
+                return
+            self._set(node, "thinking")
+            step, plan = node.agent.generate(split=self._may_split(node), tests=tuple(node.tests))
+        except (AnswerError, ModelError, BudgetExhausted) as exc:
+            self._fail(node, exc)
+            return
+        self._develop(node, step, plan)
+
     def _develop(self, node: Node, step: Step, plan: Plan) -> None:
-        """Everything one agent does after its first answer, children included."""
         with self._workspace(node):
-            if plan.children:
-                node.role = "mother"
-                self._adopt_children(node, plan)
-            self._apply(node, plan, adopt_tests=True)
+            self._adopt_plan(node, plan)
+            self._write(node)
             if node.children:
                 self._commit(node, step, phase="generate", subject=(
                     f"generate: split {node.skeleton.name} into "
                     + ", ".join(c.skeleton.name for c in node.children)), tested=False)
-                self._in_parallel(self._start_child, node.children)
-                self._merge_and_test(node)
-                self._modify_mother(node)
             else:
                 self._test(node)
                 self._commit(node, step, phase="generate",
                              subject=f"generate: implement {node.skeleton.name}")
-                self._repair(node)
-        self._set(node, "passed" if node.result.ok else node.state if node.error else "failed")
+            self._carry_on(node)
+        self._settle(node)
+
+    def _adopt_plan(self, node: Node, plan: Plan) -> None:
+        """A first answer: the agent's code and tests, and for a Mother her children."""
+        if plan.children:
+            node.role = "mother"
+            self._adopt_children(node, plan)
+        self._adopt(node, plan, adopt_tests=True)
+        node.generated = True
+
+    def _continue(self, node: Node) -> None:
+        """Carry an agent on from whatever its branch already holds."""
+        if not node.generated:
+            self._start(node)
+            return
+        with self._workspace(node):
+            self._carry_on(node)
+        self._settle(node)
+
+    def _carry_on(self, node: Node) -> None:
+        """Children first (in parallel), then merging and the modification phase."""
+        if node.children:
+            self._in_parallel(self._continue, [c for c in node.children if not self._merged(c)])
+            self._merge_and_test(node)
+            self._answer_comments(node, {c.skeleton.name: c.pending_comment
+                                         for c in node.children if c.pending_comment})
+            self._modify_mother(node)
+        else:
+            if node.result is NOT_RUN:
+                self._test(node)
+            self._repair(node)
 
     def _adopt_children(self, mother: Node, plan: Plan) -> None:
         """One child agent per skeleton in the Mother's answer; siblings see each other's skeletons."""
@@ -256,36 +338,54 @@ class Organizer:
             for future in [pool.submit(work, node) for node in nodes]:
                 future.result()
 
-    def _start_child(self, node: Node) -> None:
-        mother = node.parent
-        assert mother is not None
-        self.repo.create_branch(node.branch, self.repo.branch_sha(mother.branch) or self.base)
-        try:
-            with self._workspace(node):
-                self._write(node)
-                self.repo.commit(node.worktree, subject=f"skeleton: {node.skeleton.name} from {mother.path}",
-                                 body="The signature, docstring and unit tests written by the Mother agent.",
-                                 trailers=self._trailers(node, "generate", Usage()), author=self._author(node),
-                                 allowed_paths=(node.files.module, node.files.tests))
-            if self._halted(node):
-                return
-            self._set(node, "thinking")
-            step, plan = node.agent.generate(split=self._may_split(node),
-                                             tests=tuple(node.tests))
-        except (AnswerError, ModelError, BudgetExhausted) as exc:
-            self._fail(node, exc)
-            return
-        self._develop(node, step, plan)
-
     def _may_split(self, node: Node) -> bool:
         """max_depth counts levels, as in the paper: 2 is a Mother over Children."""
         return node.depth + 1 < self.settings.max_depth
 
+    def _merged(self, node: Node) -> bool:
+        return node.merged_tip is not None and node.merged_tip == self.repo.branch_sha(node.branch)
+
+    # ---- resuming: an agent's state read back from its recorded steps ----------------------
+
+    def _restore(self, node: Node, recording: Recording) -> None:
+        for record in recording.steps.get(node.path, ()):
+            answer = record["messages"][-1]["content"]
+            task = record["task"]
+            sent: dict[str, str] = {}
+            if task in ("decompose", "implement"):
+                self._adopt_plan(node, parse_plan(answer, node.skeleton.name, require_tests=False,
+                                                  max_children=sys.maxsize if task == "decompose" else 0))
+            elif task == "repair":
+                self._adopt(node, parse_plan(answer, node.skeleton.name, max_children=0,
+                                             require_tests=False), adopt_tests=False)
+            elif task == "revise":
+                revision = parse_revision(answer, node.skeleton.name, {c.skeleton.name for c in node.children})
+                sent = revision.comments
+                if revision.plan:
+                    self._adopt(node, revision.plan, adopt_tests=False)
+                for child in node.children:
+                    child.pending_comment = revision.comments.get(child.skeleton.name, child.pending_comment)
+            if node.pending_comment and record.get("comment") == node.pending_comment:
+                node.pending_comment = None
+            node.rounds = int(record.get("round", node.rounds))
+            node.agent.remember(tests=str(record.get("tests")), reflection=prose(answer),
+                                received=record.get("comment"), sent=sent)
+        mother_tip = self.repo.branch_sha(node.branch)
+        for child in node.children:
+            self._restore(child, recording)
+            tip = self.repo.branch_sha(child.branch)
+            if child.generated and tip and mother_tip and self.repo.is_ancestor(tip, mother_tip):
+                child.merged_tip = tip
+
     # ---- modification phase ----------------------------------------------------------------
 
     def _repair(self, node: Node, comment: str | None = None) -> None:
-        """Reflexion-style self-repair: reflect on the failures, rewrite, test; bounded by rounds."""
-        for _ in range(self.settings.repair_rounds):
+        """Reflexion-style self-repair: reflect on the failures, rewrite, test; bounded by rounds.
+
+        A Mother's comment opens a new series of rounds, even for an agent whose tests pass.
+        """
+        limit = node.rounds + self.settings.repair_rounds if comment else self.settings.repair_rounds
+        while node.rounds < limit:
             if (node.result.ok and comment is None) or self._halted(node):
                 return
             self._set(node, "repairing")
@@ -295,16 +395,18 @@ class Organizer:
                 self._fail(node, exc)
                 return
             node.rounds += 1
-            self._apply(node, plan, adopt_tests=False)
+            self._adopt(node, plan, adopt_tests=False)
+            self._write(node)
             self._test(node)
             why = "answer a comment on" if comment else "repair"
             self._commit(node, step, phase="modify",
                          subject=f"modify: {why} {node.skeleton.name} (round {node.rounds})",
-                         body=f"Comment from the Mother agent:\n{comment}" if comment else "")
-            comment = None
+                         body=f"Comment from the Mother agent:\n{comment}" if comment else "",
+                         record={"comment": comment} if comment else {})
+            node.pending_comment = comment = None
 
     def _modify_mother(self, node: Node) -> None:
-        for _ in range(self.settings.repair_rounds):
+        while node.rounds < self.settings.repair_rounds:
             if node.result.ok or self._halted(node):
                 return
             self._set(node, "revising")
@@ -318,22 +420,27 @@ class Organizer:
                 return
             node.rounds += 1
             if revision.plan:
-                self._apply(node, revision.plan, adopt_tests=False)
+                self._adopt(node, revision.plan, adopt_tests=False)
+                self._write(node)
             self._test(node)
             self._commit(node, step, phase="modify", subject=(
                 f"modify: revise {node.skeleton.name} (round {node.rounds})"
                 + (", comment to " + ", ".join(revision.comments) if revision.comments else "")),
                 body="\n\n".join(f"Comment to {k}:\n{v}" for k, v in revision.comments.items()))
-            commented = [c for c in node.children if c.skeleton.name in revision.comments]
+            self._answer_comments(node, revision.comments)
 
-            def answer(child: Node) -> None:
-                with self._workspace(child):
-                    self._repair(child, revision.comments[child.skeleton.name])
-                self._set(child, "passed" if child.result.ok else "failed")
+    def _answer_comments(self, mother: Node, comments: dict[str, str]) -> None:
+        """The commented children rewrite in parallel; whoever then passes is merged again."""
+        commented = [c for c in mother.children if c.skeleton.name in comments]
 
-            self._in_parallel(answer, commented)
-            if commented:
-                self._merge_and_test(node)
+        def answer(child: Node) -> None:
+            with self._workspace(child):
+                self._repair(child, comments[child.skeleton.name])
+            self._settle(child)
+
+        self._in_parallel(answer, commented)
+        if commented:
+            self._merge_and_test(mother)
 
     # ---- merging ---------------------------------------------------------------------------
 
@@ -350,13 +457,17 @@ class Organizer:
 
     def _accept(self, mother: Node, child: Node) -> None:
         """A --no-ff merge; on a conflict the child first redoes its work on the new base."""
-        merge = functools.partial(
-            self.repo.merge, mother.branch, child.branch,
-            subject=f"merge: accept {child.skeleton.name} into {mother.skeleton.name}",
-            author=self._author(mother), worktree=mother.worktree)
+        def merge() -> str:
+            tip = self.repo.branch_sha(child.branch)
+            return self.repo.merge(
+                mother.branch, child.branch, author=self._author(mother), worktree=mother.worktree,
+                subject=f"merge: accept {child.skeleton.name} into {mother.skeleton.name}",
+                trailers={**self._trailers(mother, "merge", Usage()), "Soa-Tests": child.result.summary()},
+                note=json.dumps({"agent": mother.path, "task": "merge", "child": child.path,
+                                 "child_tip": tip, "tests": child.result.summary()}))
+
         try:
-            sha = merge(trailers={**self._trailers(mother, "merge", Usage()),
-                                  "Soa-Tests": child.result.summary()})
+            merge()
         except MergeConflict as conflict:
             with self._workspace(child):
                 self.repo.catch_up(child.branch, mother.branch, (child.files.module, child.files.tests),
@@ -369,22 +480,22 @@ class Organizer:
                 child.error = f"{conflict}; on the new base its tests fail ({child.result.summary()})"
                 self._set(child, "failed")
                 return
-            sha = merge(trailers={**self._trailers(mother, "merge", Usage()),
-                                  "Soa-Tests": child.result.summary()})
+            merge()
         child.merged_tip = self.repo.branch_sha(child.branch)
-        self._note(sha, {"agent": mother.path, "task": "merge", "child": child.path,
-                         "child_tip": child.merged_tip, "tests": child.result.summary()})
 
     # ---- one agent's files, tests and commits ----------------------------------------------
 
-    def _apply(self, node: Node, plan: Plan, *, adopt_tests: bool) -> None:
+    def _adopt(self, node: Node, plan: Plan, *, adopt_tests: bool) -> None:
+        """Take an answer's code (and, in a first answer, its tests) as the agent's own."""
         node.imports, node.extra, node.body = plan.imports, plan.extra, plan.function.body
         if adopt_tests:
             own = plan.tests.get(node.skeleton.name, ())
             if own:
                 node.tests.extend(own)
                 node.test_imports.extend(plan.imports)
-        self._write(node)
+
+    def _owned(self, node: Node) -> tuple[str, str]:
+        return node.files.module, node.files.tests
 
     def _child_imports(self, node: Node) -> list[str]:
         return layout.child_imports((c.skeleton.name, c.files) for c in node.children)
@@ -446,22 +557,26 @@ class Organizer:
         return trailers
 
     def _commit(self, node: Node, step: Step, *, phase: str, subject: str, body: str = "",
-                tested: bool = True) -> None:
+                tested: bool = True, record: dict | None = None) -> None:
+        """Every model step is a commit, even one that changed nothing: it is part of the memory.
+
+        Its transcript note is written before the branch moves, so resume always finds it.
+        """
         assert node.worktree is not None
         reflection = step.reflection.strip()
         text = "\n\n".join(part for part in (reflection, body) if part)
-        sha = self.repo.commit(node.worktree, subject=subject, body=text,
-                               trailers=self._trailers(node, phase, step.usage, tested, step.model),
-                               author=self._author(node),
-                               allowed_paths=(node.files.module, node.files.tests), allow_empty=True)
-        # Every model step is a commit, even one that changed nothing: it is part of the memory.
-        self._note(sha, {
+        note = json.dumps({
             "agent": node.path, "task": step.task, "phase": phase, "round": node.rounds,
             "model": step.model, "tests": node.result.summary() if tested else None,
             "usage": {"prompt_tokens": step.usage.prompt_tokens,
                       "completion_tokens": step.usage.completion_tokens,
                       "estimated": step.usage.estimated},
-            "messages": list(step.messages)})
+            **(record or {}),
+            "messages": list(step.messages)}, ensure_ascii=False)
+        self.repo.commit(node.worktree, subject=subject, body=text,
+                         trailers=self._trailers(node, phase, step.usage, tested, step.model),
+                         author=self._author(node), allowed_paths=self._owned(node),
+                         allow_empty=True, note=note)
 
     def _note(self, sha: str | None, record: dict) -> None:
         """Notes are JSON lines, so a step that changed nothing still joins its commit's note."""
@@ -483,6 +598,9 @@ class Organizer:
             node.worktree = None
 
     # ---- state and events ------------------------------------------------------------------
+
+    def _settle(self, node: Node) -> None:
+        self._set(node, "passed" if node.result.ok else node.state if node.error else "failed")
 
     def _fail(self, node: Node, exc: Exception) -> None:
         node.error = str(exc)

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import faults
+
 OUTPUT_LIMIT = 4000
 DETAILS_LIMIT = 4000
 FILE_SIZE_LIMIT = 64 * 1024 * 1024
@@ -169,6 +171,7 @@ def run_tests(
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        faults.reached("test")
         timed_out = False
         try:
             proc.wait(timeout=timeout_s)
