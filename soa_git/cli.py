@@ -8,14 +8,16 @@ import sys
 import tempfile
 import threading
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import click
 
 from . import report
 from .commands.demo import demo as demo_command
 from .commands.init import init as init_command
+from .commands.resume import resume as resume_command
 from .commands.run import run as run_command
 from .errors import SoaError
 from .organizer import AgentView, RunSummary
@@ -74,6 +76,15 @@ class LiveView:
             self.drawn = 0
 
 
+@contextmanager
+def live_view() -> Iterator[LiveView]:
+    live = LiveView()
+    try:
+        yield live
+    finally:
+        live.close()
+
+
 def render(summaries: list[RunSummary], as_json: bool) -> None:
     if as_json:
         data = [report.summary_json(s) for s in summaries]
@@ -127,13 +138,23 @@ def init(**flags) -> None:
 @error_boundary
 def run(target: str, as_json: bool, **flags) -> None:
     """Fill TARGET (path/to/file.py::function, or every skeleton in path/to/file.py)."""
-    live = LiveView()
-    try:
+    with live_view() as live:
         summaries = run_command(target, cwd=Path.cwd(), flags={k: flags[k] for k in FLAG_NAMES},
                                 on_event=live)
-    finally:
-        live.close()
     render(summaries, as_json)
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@error_boundary
+def resume(run_id: str, as_json: bool, **flags) -> None:
+    """Continue RUN (killed or stopped) from the last committed step of each agent."""
+    with live_view() as live:
+        summary = resume_command(run_id, cwd=Path.cwd(), flags={k: flags[k] for k in FLAG_NAMES},
+                                 on_event=live)
+    render([summary], as_json)
 
 
 @main.command()
@@ -143,10 +164,149 @@ def run(target: str, as_json: bool, **flags) -> None:
 @error_boundary
 def demo(directory: Path | None, as_json: bool) -> None:
     """Run soa-git on the sample repository against a SCRIPTED model on loopback (no API needed)."""
-    live = LiveView()
-    try:
+    with live_view() as live:
         repo, summaries = demo_command(directory, on_event=live)
-    finally:
-        live.close()
     click.echo(f"sample repository: {repo}", err=True)
     render(summaries, as_json)
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--squash", is_flag=True, help="One ordinary commit instead of a merge commit.")
+@error_boundary
+def accept(run_id: str, squash: bool) -> None:
+    """Merge finished run RUN's result into your current branch (your hooks run)."""
+    from .commands.accept import accept as accept_command
+
+    done = accept_command(run_id, cwd=Path.cwd(), squash=squash)
+    how = "squashed" if done.squash else "merged"
+    click.echo(f"accepted run {done.run} ({done.target}) into {done.into}: {done.commit}")
+    click.echo(f"{how} {done.branch}, {len(done.files)} file{'s' * (len(done.files) != 1)} changed")
+
+
+@main.command()
+@click.argument("run_id", metavar="[RUN]", required=False)
+@click.option("--all", "all_runs", is_flag=True, help="Every run that is not in use.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan or the result as JSON.")
+def clean(run_id: str | None, all_runs: bool, dry_run: bool, as_json: bool) -> None:
+    """Remove run RUN's (or --all runs') branches, worktrees, notes and lock."""
+    if (run_id is None) == (not all_runs):
+        raise click.UsageError("give a RUN or --all" if run_id is None
+                               else "give a RUN or --all, not both")
+    _clean(run_id, all_runs, dry_run, as_json)
+
+
+@error_boundary
+def _clean(run_id: str | None, all_runs: bool, dry_run: bool, as_json: bool) -> None:
+    from .commands.clean import clean as clean_command
+
+    plan = clean_command(run_id, cwd=Path.cwd(), all_runs=all_runs, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(_clean_json(plan), indent=2))
+    else:
+        click.echo("\n".join(_clean_lines(plan)))
+    if plan.kept:
+        raise click.ClickException("kept " + "; ".join(f"run {run}: {why}" for run, why in plan.kept))
+
+
+def _clean_json(plan) -> dict:
+    return {"dry_run": plan.dry_run,
+            "runs": [{"run": r.run, "branches": list(r.branches), "worktrees": list(r.worktrees),
+                      "notes": len(r.notes), "lock": r.lock} for r in plan.runs],
+            "orphan_notes": len(plan.orphan_notes), "pending_refs": list(plan.pending_refs),
+            "kept": [{"run": run, "reason": why} for run, why in plan.kept]}
+
+
+def _clean_lines(plan) -> list[str]:
+    verb = "would remove" if plan.dry_run else "removed"
+    if plan.empty:
+        return ["nothing to remove"]
+    lines = []
+    for run in plan.runs:
+        lines.append(f"{verb} run {run.run}:")
+        lines += [f"  branch    {b}" for b in run.branches]
+        lines += [f"  worktree  {w}" for w in run.worktrees]
+        if run.notes:
+            lines.append(f"  notes     on {len(run.notes)} commit{'s' * (len(run.notes) != 1)}")
+        if run.lock:
+            lines.append(f"  lock      {run.lock}")
+    if plan.orphan_notes:
+        lines.append(f"{verb} notes on {len(plan.orphan_notes)} commits no branch reaches")
+    if plan.pending_refs:
+        lines.append(f"{verb} {len(plan.pending_refs)} scratch notes "
+                     f"ref{'s' * (len(plan.pending_refs) != 1)} (refs/notes/soa-pending/)")
+    return lines
+
+
+# ---- reviewing runs: read back from git alone ---------------------------------------------
+
+
+def _print(as_json: bool, data: Callable[[], dict], lines: Callable[[], list[str]]) -> None:
+    click.echo(json.dumps(data(), indent=2, ensure_ascii=False) if as_json else "\n".join(lines()))
+
+
+@main.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@error_boundary
+def list_command(as_json: bool) -> None:
+    """The runs in this repository, newest first."""
+    from .commands.list import list_runs
+
+    runs = list_runs(Path.cwd())
+    _print(as_json, lambda: report.runs_json(runs), lambda: report.runs_lines(runs))
+
+
+@main.command()
+@click.argument("run_id", metavar="[RUN]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the tree as JSON.")
+@error_boundary
+def tree(run_id: str | None, as_json: bool) -> None:
+    """The agent tree of run RUN (default: the newest run)."""
+    from .commands.tree import tree as tree_command
+
+    run = tree_command(Path.cwd(), run_id)
+    _print(as_json, lambda: report.run_json(run), lambda: report.run_tree_lines(run))
+
+
+@main.command()
+@click.argument("agent")
+@click.option("--json", "as_json", is_flag=True, help="Print the attempts as JSON.")
+@error_boundary
+def log(agent: str, as_json: bool) -> None:
+    """AGENT's attempts in order (AGENT: RUN/agent.path, or agent.path in the newest run)."""
+    from .commands.log import log as log_command
+
+    found = log_command(Path.cwd(), agent)
+    _print(as_json, lambda: report.agent_log_json(found), lambda: report.agent_log_lines(found))
+
+
+@main.command()
+@click.argument("spec", metavar="RUN|AGENT")
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@error_boundary
+def show(spec: str, as_json: bool) -> None:
+    """A run's summary and tree, or an agent's attempts and current code."""
+    from .commands.show import show as show_command
+    from .history import RunRecord
+
+    shown = show_command(Path.cwd(), spec)
+    if isinstance(shown, RunRecord):
+        _print(as_json, lambda: report.run_show_json(shown),
+               lambda: report.run_summary_lines(shown))
+    else:
+        _print(as_json, lambda: report.agent_show_json(shown),
+               lambda: report.agent_show_lines(shown))
+
+
+@main.command()
+@click.argument("agent")
+@click.option("--json", "as_json", is_flag=True, help="Print the steps as JSON.")
+@error_boundary
+def transcript(agent: str, as_json: bool) -> None:
+    """The exact model messages of each of AGENT's steps, from the notes."""
+    from .commands.transcript import transcript as transcript_command
+
+    run, found, steps = transcript_command(Path.cwd(), agent)
+    _print(as_json, lambda: report.transcript_json(run, found, steps),
+           lambda: report.transcript_lines(run, found, steps))

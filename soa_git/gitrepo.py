@@ -275,6 +275,17 @@ class GitRepo:
 
     # ---- branches -----------------------------------------------------------------------
 
+    def start_branch(self, branch: str, base: str, *, subject: str, trailers: Mapping[str, str],
+                     author: Author, note: str) -> str:
+        """Create `branch` at a new empty commit on `base` that carries `note`: the branch and
+        its record appear together, or not at all."""
+        parent = self._require_commit(base)
+        tree = self._git("rev-parse", "--verify", f"{parent}^{{tree}}").text
+        sha = self._commit_tree(tree, (parent,), _message(subject, "", trailers), author)
+        self.add_note(sha, note)
+        self.create_branch(branch, sha)
+        return sha
+
     def create_branch(self, branch: str, start: str) -> None:
         sha = self._require_commit(start)
         r = self._git("update-ref", "-m", f"branch: created from {start}", f"refs/heads/{branch}",
@@ -435,13 +446,14 @@ class GitRepo:
             self._git("reset", "--hard", "-q", worktree=wt, retry=True)
         return sha
 
-    # ---- reading runs ---------------------------------------------------------------------
+    # ---- reading runs -------------------------------------------------------------------
 
     def branch_tips(self, folder: str) -> list[BranchTip]:
         """Every branch under `folder` (e.g. "soa/"), with its tip and the tip's date: one call."""
         if not folder.endswith("/") or folder.startswith("-"):
             raise ValueError(f"{folder!r} is not a folder of branches (it must end with /)")
-        r = self._git("for-each-ref", "--format=%(objectname) %(committerdate:iso-strict) %(refname)",
+        r = self._git("for-each-ref",
+                      "--format=%(objectname) %(committerdate:iso-strict) %(refname)",
                       f"refs/heads/{folder}")
         tips = []
         for line in r.text.splitlines():
@@ -470,7 +482,8 @@ class GitRepo:
         values = r.out.decode("utf-8", errors="replace").split("\0")
         commits = []
         for i in range(0, len(values) - len(fields) + 1, len(fields)):
-            sha, parents, name, email, date, subject, body, raw_trailers, note = values[i:i + len(fields)]
+            sha, parents, name, email, date, subject, body, raw_trailers, note = (
+                values[i:i + len(fields)])
             trailers = dict(t.split("\x1f", 1) for t in raw_trailers.split("\x1e") if "\x1f" in t)
             commits.append(LoggedCommit(
                 sha=sha.strip(), parents=tuple(parents.split()), author=Author(name, email),
@@ -496,7 +509,8 @@ class GitRepo:
                 size = int(header[2])
                 content = out[at:at + size]
                 at += size + 1
-                texts.append(content.decode("utf-8", errors="replace") if header[1] == b"blob" else None)
+                is_blob = header[1] == b"blob"
+                texts.append(content.decode("utf-8", errors="replace") if is_blob else None)
             else:
                 texts.append(None)      # "<spec> missing" or "<spec> ambiguous"
         return texts
@@ -508,7 +522,314 @@ class GitRepo:
                       *(_posix(p) for p in paths), check=False)
         if r.status != 0:
             raise RepositoryError(f"cannot compare {old} with {new}: {_reason(r.err)}")
-        return os.fsdecode(r.out)
+        return r.out.decode("utf-8", errors="replace")
+
+    # ---- accepting and cleaning ---------------------------------------------------------
+
+    # What makes git look somewhere other than the working tree it runs in.
+    _USER_LOCATION_VARS = frozenset({
+        "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_PREFIX", "GIT_QUARANTINE_PATH"})
+
+    @staticmethod
+    def _few(paths: list[str], shown: int = 3) -> str:
+        if len(paths) <= shown:
+            return _join(paths)
+        return f"{', '.join(paths[:shown])} and {len(paths) - shown} more"
+
+    def user_status(self) -> list[tuple[str, str]]:
+        """(XY, path) of every change in the user's own index and working tree, `??` for an
+        untracked file, as `git status --porcelain` shows them. Only reads: the user's index is
+        not even refreshed."""
+        r = self._git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames",
+                      "--ignore-submodules=none",
+                      env={"GIT_INDEX_FILE": str(self._own_git_dir / "index"),
+                           "GIT_OPTIONAL_LOCKS": "0"}, check=False)
+        if r.status != 0:
+            raise RepositoryError(f"cannot read the state of your working tree: {_reason(r.err)}")
+        return [(entry[:2], entry[3:]) for entry in _split_z(r.out)]
+
+    def merge_into_head(self, branch: str, message: str, *, squash: bool = False) -> str:
+        """Merge `branch` into the user's current branch, in the user's working tree, with the
+        user's hooks and configuration; returns the new commit's sha.
+
+        The one method that changes the user's branch, index and files. It refuses, changing
+        nothing, on a detached HEAD, uncommitted changes to tracked files, an untracked file the
+        merge would overwrite, a branch already merged, and a conflict (checked with
+        `merge-tree` first). A merge (`--no-ff --no-commit`, or `--squash`) is concluded by
+        `git commit`, so the user's pre-commit, prepare-commit-msg, commit-msg and post-commit
+        hooks run; if git or a hook refuses, the merge is aborted and everything is as before.
+        """
+        theirs = self.branch_sha(branch)
+        if theirs is None:
+            raise RepositoryError(f"branch {branch} does not exist")
+        current = self.head_branch()
+        if current is None:
+            raise RepositoryError("HEAD is detached; check out the branch to merge into first")
+        if current.startswith("soa/"):
+            raise RepositoryError(f"you are on soa-git's own branch {current}; check out the "
+                                  "branch to merge into first")
+        ours = self.head()
+        if self._git("merge-base", "--is-ancestor", theirs, ours, check=False).status == 0:
+            raise RepositoryError(f"{branch} is already merged into {current}")
+        check = self.merge_check(ours, theirs)
+        if not check.clean or check.tree is None:
+            raise MergeConflict(f"merging {branch} into {current} conflicts in "
+                                f"{_join(check.conflicts)}; nothing was changed", check.conflicts)
+        incoming = set(self.changed_paths(ours, check.tree))
+        if not incoming:
+            raise RepositoryError(f"{branch} changes nothing on {current} (was it accepted "
+                                  "with --squash already?)")
+        status = self.user_status()
+        changed = sorted(path for code, path in status if code != "??")
+        if changed:
+            raise RepositoryError(f"your working tree has uncommitted changes ({self._few(changed)}); "
+                                  "commit or stash them first")
+        # git would refuse to overwrite an untracked file, but silently overwrites an ignored one.
+        tracked = set(_split_z(self._git("ls-tree", "-r", "-z", "--name-only", ours, "--",
+                                         *sorted(incoming)).out))
+        blocking = sorted(path for path in incoming - tracked
+                          if os.path.lexists(self.root / path))
+        if blocking:
+            raise RepositoryError(f"the untracked {self._few(blocking)} would be overwritten by the "
+                                  "merge; move or remove them first")
+        squash_msg = self._own_git_dir / "SQUASH_MSG"
+        had_squash_msg = squash_msg.exists()
+        mode = ("--squash",) if squash else ("--no-ff", "--no-commit")
+        r = self._user_git("merge", *mode, "--no-edit", theirs)
+        if r.status != 0:
+            conflicts = tuple(_split_z(self._user_git("diff", "--name-only", "--diff-filter=U",
+                                                      "-z").out))
+            # A merge git refused outright (it checks before writing) left nothing to undo.
+            if (self._own_git_dir / "MERGE_HEAD").exists() or \
+                    any(code != "??" for code, _ in self.user_status()):
+                self._undo_user_merge(squash_msg if squash and not had_squash_msg else None)
+            if conflicts:
+                raise MergeConflict(f"merging {branch} into {current} conflicts in "
+                                    f"{_join(conflicts)}; nothing was changed", conflicts)
+            raise RepositoryError(f"git merge refused to merge {branch} ({self._last_words(r)}); "
+                                  "nothing was changed")
+        r = self._user_git("commit", "-q", "-m", message)
+        if r.status != 0:
+            self._undo_user_merge(squash_msg if squash and not had_squash_msg else None)
+            raise RepositoryError(f"the commit was refused ({self._last_words(r)}); "
+                                  f"the merge was aborted and {current} is as before")
+        sha = self.head()
+        if squash_msg.exists() and not had_squash_msg:
+            squash_msg.unlink()
+        return sha
+
+    def run_ids(self) -> list[str]:
+        """Every run that left anything in this repository: a branch, a worktree, a lock file."""
+        runs = {name.split("/")[1] for name in self.list_branches("soa/") if name.count("/") >= 2}
+        runs |= {path.name.split("__")[0] for path in self._soa_worktree_paths()
+                 if "__" in path.name}
+        locks = self._soa_dir / "locks"
+        if locks.is_dir():
+            runs |= {p.name.split(".lock")[0] for p in locks.iterdir() if ".lock" in p.name}
+        return sorted(r for r in runs if r)
+
+    def run_worktrees(self, run: str) -> list[Path]:
+        """The run's worktrees: registered with git, or only left on disk, or only registered."""
+        prefix = _worktree_dir_name(run) + "__"
+        return [p for p in self._soa_worktree_paths() if p.name.startswith(prefix)]
+
+    def remove_worktrees(self, paths: Iterable[Path]) -> None:
+        """Remove these worktrees of soa-git's and their registrations; none of any other run."""
+        with _shared_lock:
+            for path in paths:
+                self._remove_worktree_locked(self._agent_worktree_path(path))
+
+    def foreign_checkouts(self, branches: Iterable[str]) -> dict[str, Path]:
+        """Branch -> working tree, for those of `branches` checked out outside soa-git's worktrees
+        (the user's own checkout, or a worktree the user made)."""
+        wanted = set(branches)
+        root = self._worktrees_root.resolve()
+        return {wt.branch: wt.path for wt in self._worktrees()
+                if wt.branch in wanted and not wt.prunable and not wt.path.is_relative_to(root)}
+
+    def run_lock_file(self, run: str) -> Path | None:
+        path = self._lock_path(run)
+        return path if path.exists() else None
+
+    def unshared_notes(self, branches: Iterable[str], *, going: Iterable[str] = (),
+                       orphans: bool = False) -> list[str]:
+        """Commits with a note under NOTES_REF that `branches` reach and nothing else does.
+
+        Nothing else: no other branch, tag, remote-tracking ref or stash, and no HEAD of a
+        working tree outside soa-git's worktrees. Branches in `going` (about to be removed as
+        well) do not count as something else. `orphans` adds the noted commits that nothing
+        else reaches at all, or that no longer exist. Notes of a run merged into your branch
+        are therefore kept: they are the transcript of your history.
+        """
+        noted = self._noted_commits()
+        if not noted:
+            return []
+        branches = list(branches)
+        keep = self._kept_commits({f"refs/heads/{b}" for b in (*branches, *going)})
+        positives = [self.branch_sha(b) for b in branches]
+        candidates = set(noted)
+        missing: set[str] = set()
+        if orphans:
+            kinds = self._object_kinds(noted)
+            missing = {sha for sha, kind in kinds.items() if kind == "missing"}
+            positives += [sha for sha, kind in kinds.items() if kind == "commit"]
+        positives = [p for p in dict.fromkeys(positives) if p]
+        if not positives:
+            return sorted(missing)
+        lines = [*positives, *(f"^{sha}" for sha in keep)]
+        r = self._git("rev-list", "--stdin", stdin="".join(f"{l}\n" for l in lines).encode(),
+                      check=False)
+        if r.status != 0:
+            raise RepositoryError(f"cannot tell which commits only soa-git's branches reach: "
+                                  f"{_reason(r.err)}")
+        return sorted((set(r.text.split()) & candidates) | missing)
+
+    def remove_notes(self, shas: Iterable[str]) -> None:
+        """Drop the notes of these commits from NOTES_REF (compare-and-swap, like add_note);
+        the ref itself goes when no note is left."""
+        shas = sorted(set(shas))
+        if not shas:
+            return
+        with _shared_lock:
+            for attempt in range(_NOTE_ATTEMPTS):
+                if self._try_remove_notes(shas):
+                    return
+                _backoff(attempt)
+        raise RepositoryError(f"could not remove notes: other processes kept updating {NOTES_REF}")
+
+    def pending_note_refs(self) -> list[str]:
+        """Scratch refs of note writes (refs/notes/soa-pending/*) a killed process left behind."""
+        r = self._git("for-each-ref", "--format=%(refname)", "refs/notes/soa-pending/")
+        return r.text.splitlines()
+
+    def delete_pending_note_ref(self, ref: str) -> None:
+        if not ref.startswith("refs/notes/soa-pending/"):
+            raise RepositoryError(f"{ref} is not one of soa-git's scratch notes refs")
+        sha = self._git("show-ref", "--verify", "-s", ref, check=False).text
+        if sha:
+            self._update_ref(ref, "", sha, what=ref, delete=True)
+
+    def commit_trailers(self, rev: str) -> dict[str, str]:
+        """The trailers of one commit."""
+        r = self._git("log", "-1", "--no-show-signature",
+                      "--format=%(trailers:only,unfold,separator=%x1e,key_value_separator=%x1f)",
+                      _rev(rev), "--", check=False)
+        if r.status != 0:
+            raise RepositoryError(f"{rev} is not a commit in this repository")
+        return dict(t.split("\x1f", 1) for t in os.fsdecode(r.out).strip("\n").split("\x1e")
+                    if "\x1f" in t)
+
+    def _user_git(self, *args: str) -> _Result:
+        """git as the user runs it in their own working tree: their index, their hooks, their
+        configuration. No location inherited from our environment (a hook's GIT_DIR, say)
+        steers it, and none of ours leaks into their hooks."""
+        import subprocess
+
+        env = {k: v for k, v in os.environ.items() if k not in self._USER_LOCATION_VARS}
+        try:
+            done = subprocess.run([git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git", *args],
+                                  cwd=self.root, env=env, stdin=subprocess.DEVNULL,
+                                  capture_output=True)
+        except FileNotFoundError:
+            raise RepositoryError("git is not installed or not on PATH") from None
+        return _Result(done.returncode, done.stdout, os.fsdecode(done.stderr))
+
+    @staticmethod
+    def _last_words(r: _Result) -> str:
+        """Why a command failed: git's own first error line, else the last line a hook printed."""
+        lines = [line.strip() for line in (r.err + "\n" + os.fsdecode(r.out)).splitlines()
+                 if line.strip()]
+        if not lines:
+            return f"git exited with status {r.status} and said nothing; a hook may have refused"
+        errors = [line for line in lines if line.startswith(("fatal:", "error:"))]
+        return _reason(errors[0] if errors else lines[-1])
+
+    def _undo_user_merge(self, squash_msg: Path | None) -> None:
+        """Put the user's index and files back after a merge that did not become a commit."""
+        if (self._own_git_dir / "MERGE_HEAD").exists():
+            r = self._user_git("merge", "--abort")
+        else:
+            r = self._user_git("reset", "-q", "--merge")
+        if r.status != 0:
+            raise RepositoryError(f"the merge failed and could not be undone ({_reason(r.err)}); "
+                                  "run `git merge --abort` or `git reset --merge`")
+        if squash_msg is not None:
+            squash_msg.unlink(missing_ok=True)
+
+    def _soa_worktree_paths(self) -> list[Path]:
+        """soa-git's worktrees: registered under its folder, or left there without registration."""
+        root = self._worktrees_root.resolve()
+        found = {wt.path for wt in self._worktrees() if wt.path.parent == root}
+        if root.is_dir():
+            found |= {p.resolve() for p in root.iterdir()}
+        return sorted(found)
+
+    def _noted_commits(self) -> list[str]:
+        if not self._git("show-ref", "--verify", "-q", NOTES_REF, check=False).status == 0:
+            return []
+        r = self._git("notes", f"--ref={NOTES_REF}", "list")
+        return [line.split()[1] for line in r.text.splitlines() if len(line.split()) == 2]
+
+    def _object_kinds(self, shas: Iterable[str]) -> dict[str, str]:
+        """sha -> object type, or "missing"."""
+        shas = list(shas)
+        out = self._git("cat-file", "--batch-check=%(objectname) %(objecttype)",
+                        stdin="".join(f"{s}\n" for s in shas).encode()).text
+        kinds = {}
+        for sha, line in zip(shas, out.splitlines()):
+            parts = line.split()
+            kinds[sha] = parts[1] if len(parts) == 2 and parts[1] != "missing" else "missing"
+        return kinds
+
+    def _kept_commits(self, leaving: set[str]) -> list[str]:
+        """The commits that every ref but `leaving` (and notes refs) points at, and the HEAD of
+        every working tree outside soa-git's folder."""
+        r = self._git("for-each-ref", "--format=%(refname) %(objecttype) %(objectname) "
+                      "%(*objecttype) %(*objectname)")
+        kept = []
+        for line in r.text.splitlines():
+            name, kind, sha, *peeled = line.split()
+            if name in leaving or name.startswith("refs/notes/"):
+                continue
+            if kind == "commit":
+                kept.append(sha)
+            elif peeled and peeled[0] == "commit":
+                kept.append(peeled[1])
+        root = self._worktrees_root.resolve()
+        out = self._git("worktree", "list", "--porcelain", "-z").out
+        for record in os.fsdecode(out).split("\0\0"):
+            attrs = dict((line.split(" ", 1) + [""])[:2] for line in record.split("\0") if line)
+            if "worktree" in attrs and attrs.get("HEAD") and \
+                    not Path(attrs["worktree"]).resolve().is_relative_to(root):
+                kept.append(attrs["HEAD"])
+        return list(dict.fromkeys(kept))
+
+    def _try_remove_notes(self, shas: list[str]) -> bool:
+        """One compare-and-swap attempt, on a scratch ref as in _try_add_note."""
+        old = self._git("show-ref", "--verify", "-s", NOTES_REF, check=False).text
+        if not old:
+            return True
+        scratch = f"refs/notes/soa-pending/{uuid.uuid4().hex}"
+        try:
+            self._git("update-ref", scratch, old, "", retry=True)
+            r = self._git("notes", f"--ref={scratch}", "remove", "--ignore-missing", "--stdin",
+                          env=_SOA_AUTHOR | _SOA_IDENTITY,
+                          stdin="".join(f"{s}\n" for s in shas).encode(), check=False, retry=True)
+            if r.status != 0:
+                raise RepositoryError(f"cannot remove notes: {_reason(r.err)}")
+            new = self._git("rev-parse", "--verify", scratch).text
+            empty = not self._git("ls-tree", new).text
+            try:
+                if empty:
+                    self._update_ref(NOTES_REF, "", old, what=NOTES_REF, delete=True)
+                elif new != old:
+                    self._update_ref(NOTES_REF, new, old, what=NOTES_REF, reflog="notes: remove")
+            except BranchMoved:
+                return False
+            return True
+        finally:
+            self._git("update-ref", "-d", scratch, check=False, retry=True)
 
     # ---- run locks ----------------------------------------------------------------------
 
@@ -554,6 +875,16 @@ class GitRepo:
             # A holder killed while writing its record leaves a torn file: it is not alive.
             return LockHolder(pid=0, host="", started="", alive=False)
         return LockHolder(pid=pid, host=host, started=started, alive=_process_alive(pid, host))
+
+    def clear_stale_locks(self, run: str) -> list[Path]:
+        """Remove git lock files a killed process left on this run's branches.
+
+        Only the holder of the run's lock calls this, so no live process can own them.
+        """
+        stale = [p for p in (self.git_dir / "refs" / "heads" / "soa" / run).rglob("*.lock")]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
 
     def _lock_path(self, run: str) -> Path:
         return self._soa_dir / "locks" / f"{run}.lock"

@@ -12,7 +12,8 @@ import math
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -22,7 +23,7 @@ import openai
 from soa_git import faults
 from soa_git.errors import BudgetExhausted, ModelError
 
-__all__ = ["ChatModel", "OpenAIChat", "Reply", "TokenLedger", "Usage"]
+__all__ = ["ChatModel", "OpenAIChat", "ReplayModel", "Reply", "TokenLedger", "Usage"]
 
 # The longest single pause between attempts, whether backoff or a server's Retry-After:
 # beyond it a run looks hung.
@@ -128,6 +129,61 @@ def _status_text(status: int) -> str:
         return f"{status} {HTTPStatus(status).phrase}"
     except ValueError:
         return str(status)
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    step: int                         # 1-based, in the agent's own order
+    request: list[dict[str, str]]
+    reply: str
+    usage: Usage
+    model: str
+
+
+class ReplayModel:
+    """Answers every call from a recorded run's transcripts, in each agent's own order.
+
+    The recording is the step records of the run's notes (`messages` ending in the answer);
+    a step that needed a re-ask holds several answers. A request that differs from the
+    recorded one ends the replay: the run being replayed no longer asks what was asked.
+    """
+
+    def __init__(self, run: str, steps: Mapping[str, Sequence[Mapping[str, Any]]],
+                 ledger: TokenLedger) -> None:
+        self.name = f"replay:{run}"
+        self.run = run
+        self.ledger = ledger
+        self._lock = threading.Lock()
+        self._queues = {agent: deque(_exchanges(records)) for agent, records in steps.items()}
+
+    def complete(self, messages: list[dict[str, str]], *, agent: str) -> Reply:
+        self.ledger.check(agent)
+        with self._lock:
+            queue = self._queues.get(agent)
+            recorded = queue.popleft() if queue else None
+        if recorded is None:
+            raise ModelError(f"replay of run {self.run}: agent {agent} asks for more answers "
+                             "than the recording holds")
+        if [dict(m) for m in messages] != recorded.request:
+            raise ModelError(f"replay of run {self.run}: agent {agent}, step {recorded.step}, "
+                             "asks with a prompt that differs from the recording")
+        self.ledger.record(agent, recorded.usage)
+        return Reply(text=recorded.reply, usage=recorded.usage, model=recorded.model)
+
+
+def _exchanges(records: Sequence[Mapping[str, Any]]) -> list[_Recorded]:
+    """Every (request, answer) pair of an agent's steps; a step's usage goes with its last answer."""
+    exchanges = []
+    for number, record in enumerate(records, start=1):
+        messages = [dict(m) for m in record["messages"]]
+        answers = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+        spent = record.get("usage") or {}
+        for i in answers:
+            usage = Usage(int(spent.get("prompt_tokens", 0)), int(spent.get("completion_tokens", 0)),
+                          bool(spent.get("estimated"))) if i == answers[-1] else Usage()
+            exchanges.append(_Recorded(number, messages[:i], messages[i]["content"], usage,
+                                       str(record.get("model") or "replay")))
+    return exchanges
 
 
 class OpenAIChat:

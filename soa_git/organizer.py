@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -207,7 +207,11 @@ class Organizer:
             self._set(root, "thinking")
             # The first answer comes before any write: a failing endpoint leaves no trace.
             step, plan = root.agent.generate(split=self._may_split(root))
-            self.repo.create_branch(root.branch, self.base)
+            self.repo.start_branch(root.branch, self.base, author=self._author(root),
+                                   subject=f"start: run {self.run_id} on {target.file}::{target.function}",
+                                   trailers=self._trailers(root, "start", Usage()),
+                                   note=json.dumps({"agent": root.path, "task": "start",
+                                                    "settings": self._recorded_settings()}))
             return self._complete(root, lambda: self._develop(root, step, plan), started)
         finally:
             self.repo.unlock_run(self.run_id)
@@ -222,11 +226,18 @@ class Organizer:
         self.run_id = recording.run
         self.repo.lock_run(self.run_id)
         try:
+            # What a killed process left behind: its worktrees and any git lock on its branches.
+            self.repo.remove_worktrees(self.repo.run_worktrees(self.run_id))
+            self.repo.clear_stale_locks(self.run_id)
             root = self._begin(recording.target, recording.base)
             self._restore(root, recording)
             return self._complete(root, lambda: self._continue(root), started)
         finally:
             self.repo.unlock_run(self.run_id)
+
+    def _recorded_settings(self) -> dict:
+        """The run's settings as a reviewer needs them; the key's variable name, never a value."""
+        return {f.name: getattr(self.settings, f.name) for f in fields(self.settings)}
 
     def _begin(self, target: Target, base: str) -> Node:
         self.target_ = target
@@ -476,6 +487,8 @@ class Organizer:
                                    trailers=self._trailers(child, "modify", Usage()),
                                    author=self._author(child), worktree=child.worktree)
                 self._test(child)
+            self._note(self.repo.branch_sha(child.branch),
+                       {"agent": child.path, "task": "test", "tests": child.result.summary()})
             if not child.result.ok:
                 child.error = f"{conflict}; on the new base its tests fail ({child.result.summary()})"
                 self._set(child, "failed")
@@ -604,6 +617,8 @@ class Organizer:
 
     def _fail(self, node: Node, exc: Exception) -> None:
         node.error = str(exc)
+        self._note(self.repo.branch_sha(node.branch), {"agent": node.path, "task": "error",
+                                                       "error": node.error})
         if isinstance(exc, (BudgetExhausted, ModelError)):
             with self._lock:
                 self._halt = self._halt or str(exc)

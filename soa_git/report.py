@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import datetime, timezone
 from typing import Iterable
 
+from .history import AgentLog, AgentRecord, Attempt, RunRecord
 from .organizer import AgentView, RunSummary
 
 
@@ -58,3 +60,188 @@ def summary_json(summary: RunSummary) -> dict:
     data["agents"] = [asdict(v) for v in _ordered(summary.agents)]
     data["seconds"] = round(summary.seconds, 3)
     return data
+
+
+# ---- reviewing a run read back from git: list, tree, log, show, transcript -----------------
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _table(rows: list[list[str]], right: Iterable[int] = ()) -> list[str]:
+    """Columns padded to their widest cell; `right` columns (numbers) aligned right."""
+    right = set(right)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
+
+
+def _indent(text: str, spaces: int) -> list[str]:
+    pad = " " * spaces
+    return [pad + line if line.strip() else "" for line in text.rstrip("\n").splitlines()]
+
+
+def _age(started: str, now: datetime) -> str:
+    try:
+        seconds = (now - datetime.fromisoformat(started)).total_seconds()
+    except (TypeError, ValueError):
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return "just now"
+
+
+def _root_tests(run: RunRecord) -> str | None:
+    root = run.agent(run.root)
+    return root.tests if root else None
+
+
+def _agent_row(agent: AgentRecord) -> list[str]:
+    return ["  " * agent.path.count(".") + agent.function, agent.role, agent.state,
+            agent.tests or "-", str(agent.rounds), str(agent.lines), f"{agent.tokens:,}",
+            agent.file or "?", agent.branch]
+
+
+def run_tree_lines(run: RunRecord) -> list[str]:
+    """The agent hierarchy of one run, as `soa-git tree` prints it."""
+    header = ["agent", "role", "state", "tests", "rounds", "lines", "tokens", "file", "branch"]
+    return [f"run {run.run}: {run.state}, {run.target or 'target not known yet'}", "",
+            *_table([header, *(_agent_row(a) for a in run.agents)], right=(4, 5, 6))]
+
+
+def runs_lines(runs: Iterable[RunRecord], now: datetime | None = None) -> list[str]:
+    """`soa-git list`: one line per run, newest first."""
+    now = now or datetime.now(timezone.utc)
+    rows = [[r.run, r.target or "?", r.state, str(len(r.agents)), _root_tests(r) or "-",
+             f"{r.tokens:,}", _age(r.started, now)] for r in runs]
+    if not rows:
+        return ["no soa-git runs here yet; start one with `soa-git run path/to/file.py::function`"]
+    return _table([["run", "target", "state", "agents", "tests", "tokens", "age"], *rows],
+                  right=(3, 5))
+
+
+def run_summary_lines(run: RunRecord) -> list[str]:
+    """`soa-git show RUN`: the outcome, the tree and the totals."""
+    lines = sum(a.lines for a in run.agents)
+    per_agent = lines / max(len(run.agents), 1)
+    return [
+        f"run {run.run}: {run.state}: {run.message}",
+        f"target {run.target or '?'}, from {run.base[:7] or '?'}; started {run.started}, "
+        f"last commit {run.updated}",
+        "", *run_tree_lines(run)[2:], "",
+        f"agents: {len(run.agents)}, depth: {run.depth}",
+        f"lines of code: {lines} in total, {per_agent:.1f} per agent",
+        f"tests passed: {run.tests_passed}",
+        f"tokens: {run.tokens:,}",
+        f"review: git log --graph {run.branch}",
+    ]
+
+
+def agent_log_lines(log: AgentLog) -> list[str]:
+    """`soa-git log AGENT`: each attempt with its outcome, reflection, comments and diff."""
+    agent = log.agent
+    place = f" under {agent.parent}" if agent.parent else ", the root"
+    lines = [f"agent {agent.path} in run {log.run.run}: {agent.role}{place}, {agent.state} "
+             f"({agent.tests or 'not tested'}), {_plural(agent.rounds, 'round')}",
+             f"file {agent.file or '?'}, tests {agent.test_file or '?'}",
+             f"branch {agent.branch} at {agent.tip[:7]}"]
+    for attempt in log.attempts:
+        commit = attempt.commit
+        facts = [f"{commit.phase or '?'}, round {commit.round}",
+                 f"tests: {attempt.tests or 'not run'}", f"tokens: {commit.tokens:,}", commit.date]
+        lines += ["", f"#{attempt.number} {attempt.kind}  {commit.sha[:7]}  {commit.subject}",
+                  "   " + ", ".join(facts)]
+        if attempt.merged:
+            lines.append(f"   merged {attempt.merged} (its tests: {attempt.child_tests or '?'})")
+        if attempt.reflection:
+            lines += ["   reflection:", *_indent(attempt.reflection, 5)]
+        if attempt.comment:
+            lines += ["   comment from the Mother:", *_indent(attempt.comment, 5)]
+        for name, comment in attempt.comments_sent.items():
+            lines += [f"   comment to {name}:", *_indent(comment, 5)]
+        if attempt.diff.strip():
+            lines += ["   diff:", *_indent(attempt.diff, 5)]
+    return lines
+
+
+def agent_show_lines(log: AgentLog) -> list[str]:
+    """`soa-git show AGENT`: its log, then its code and tests as they are at its tip."""
+    agent = log.agent
+    own = "function" if agent.parent is None else "module"
+    lines = agent_log_lines(log)
+    lines += ["", f"its {own} at {agent.tip[:7]} ({agent.file or '?'}):",
+              *_indent(log.code or "(none)", 4)]
+    lines += ["", f"its tests at {agent.tip[:7]} ({agent.test_file or '?'}):",
+              *_indent(log.test_code or "(none)", 4)]
+    return lines
+
+
+def transcript_lines(run: RunRecord, agent: AgentRecord, steps: list[dict]) -> list[str]:
+    """`soa-git transcript AGENT`: every message of every step, verbatim, under a role header."""
+    lines = [f"transcript of {agent.path} in run {run.run}: {_plural(len(steps), 'step')}"]
+    for number, step in enumerate(steps, start=1):
+        usage = step.get("usage") or {}
+        prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        estimated = " (estimated)" if usage.get("estimated") else ""
+        lines += ["", f"=== step {number} of {len(steps)}: {step.get('task', '?')} "
+                      f"({step.get('phase', '?')}, round {step.get('round', '?')}), commit "
+                      f"{str(step.get('commit', ''))[:7]} {step.get('subject', '')}",
+                  f"model: {step.get('model', '?')}, tokens: {prompt + completion:,} "
+                  f"({prompt:,} prompt, {completion:,} completion){estimated}, "
+                  f"tests: {step.get('tests') or 'not run'}"]
+        for message in step.get("messages", []):
+            lines += [f"--- {message.get('role', '?')}", str(message.get("content", ""))]
+    return lines
+
+
+def _agent_json(agent: AgentRecord) -> dict:
+    return {"path": agent.path, "role": agent.role, "function": agent.function,
+            "parent": agent.parent, "file": agent.file, "test_file": agent.test_file,
+            "branch": agent.branch, "tip": agent.tip, "state": agent.state, "tests": agent.tests,
+            "passed": agent.passed, "rounds": agent.rounds, "commits": len(agent.commits),
+            "lines": agent.lines, "tokens": agent.tokens}
+
+
+def _run_head_json(run: RunRecord) -> dict:
+    return {"run": run.run, "target": run.target, "branch": run.branch, "base": run.base,
+            "state": run.state, "message": run.message, "started": run.started,
+            "updated": run.updated, "depth": run.depth, "lines": sum(a.lines for a in run.agents),
+            "tests_passed": run.tests_passed, "tokens": run.tokens}
+
+
+def runs_json(runs: Iterable[RunRecord]) -> dict:
+    return {"runs": [{**_run_head_json(r), "agent_count": len(r.agents), "tests": _root_tests(r)}
+                     for r in runs]}
+
+
+def run_json(run: RunRecord) -> dict:
+    return {**_run_head_json(run), "agents": [_agent_json(a) for a in run.agents]}
+
+
+def _attempt_json(attempt: Attempt) -> dict:
+    commit = attempt.commit
+    return {"number": attempt.number, "commit": commit.sha, "previous": attempt.previous,
+            "subject": commit.subject, "kind": attempt.kind, "phase": commit.phase,
+            "round": commit.round, "date": commit.date, "model": commit.trailers.get("Soa-Model"),
+            "tokens": commit.tokens, "tests": attempt.tests, "child_tests": attempt.child_tests,
+            "merged": attempt.merged, "reflection": attempt.reflection, "comment": attempt.comment,
+            "comments_sent": dict(attempt.comments_sent), "diff": attempt.diff}
+
+
+def agent_log_json(log: AgentLog) -> dict:
+    return {"run": log.run.run, "agent": _agent_json(log.agent),
+            "attempts": [_attempt_json(a) for a in log.attempts]}
+
+
+def run_show_json(run: RunRecord) -> dict:
+    return {"kind": "run", **run_json(run)}
+
+
+def agent_show_json(log: AgentLog) -> dict:
+    return {"kind": "agent", **agent_log_json(log), "code": log.code, "test_code": log.test_code}
+
+
+def transcript_json(run: RunRecord, agent: AgentRecord, steps: list[dict]) -> dict:
+    return {"run": run.run, "agent": agent.path, "steps": steps}

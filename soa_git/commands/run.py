@@ -6,11 +6,14 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .. import config
+from .. import config, history
 from ..errors import ConfigError, TargetError
 from ..gitrepo import GitRepo
-from ..llm import ChatModel, OpenAIChat, TokenLedger
+from ..llm import ChatModel, OpenAIChat, ReplayModel, TokenLedger
 from ..organizer import AgentView, Organizer, RunSummary, find_target, skeleton_names
+
+
+REPLAY = "replay:"
 
 
 def split_target(spec: str) -> tuple[str, str | None]:
@@ -21,8 +24,13 @@ def split_target(spec: str) -> tuple[str, str | None]:
     return path, function or None
 
 
-def open_model(settings: config.Settings, ledger: TokenLedger,
-               environ: Mapping[str, str]) -> ChatModel:
+def open_model(settings: config.Settings, ledger: TokenLedger, environ: Mapping[str, str],
+               repo: GitRepo) -> ChatModel:
+    """The endpoint of the settings; or, for `replay:RUN`, that run's recorded answers."""
+    if settings.model.startswith(REPLAY):
+        recorded = history.load_run(repo, settings.model.removeprefix(REPLAY))
+        return ReplayModel(recorded.run, {a.path: history.transcript(a) for a in recorded.agents},
+                           ledger)
     key = settings.api_key(environ)
     if key is None:
         raise ConfigError(f"no API key: set the environment variable {settings.api_key_env} "
@@ -44,6 +52,6 @@ def run(spec: str, *, cwd: Path, flags: Mapping[str, Any],
     names = [function] if function else skeleton_names(repo, file)
     targets = [find_target(repo, file, name) for name in names]
     ledger = TokenLedger(settings.run_token_budget, settings.agent_token_budget)
-    model = open_model(settings, ledger, environ)
+    model = open_model(settings, ledger, environ, repo)
     return [Organizer(repo, settings, model, ledger, on_event).run(target) for target in targets]
 

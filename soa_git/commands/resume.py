@@ -1,0 +1,38 @@
+"""`soa-git resume`: continue a run that was killed or stopped, from what its branches hold."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .. import config, history
+from ..errors import RepositoryError
+from ..gitrepo import GitRepo
+from ..llm import TokenLedger
+from ..organizer import AgentView, Organizer, Recording, RunSummary, Target
+from .run import open_model
+
+RESUMABLE = {"interrupted", "stopped"}
+
+
+def recording(record: history.RunRecord) -> Recording:
+    """Each agent's own step records, oldest first, from the notes on its commits."""
+    file, _, function = record.target.partition("::")
+    steps = {agent.path: tuple(history.transcript(agent)) for agent in record.agents}
+    return Recording(run=record.run, target=Target(file, function), base=record.base, steps=steps)
+
+
+def resume(run: str, *, cwd: Path, flags: Mapping[str, Any],
+           on_event: Callable[[AgentView], None] = lambda view: None,
+           environ: Mapping[str, str] | None = None) -> RunSummary:
+    environ = os.environ if environ is None else environ
+    repo = GitRepo.open(cwd)
+    settings = config.resolve(repo.root, flags, environ)
+    record = history.load_run(repo, run)
+    if record.state not in RESUMABLE:
+        raise RepositoryError(f"run {run} is {record.state}, so there is nothing to resume"
+                              + ("" if record.state == "running" else f" ({record.message})"))
+    ledger = TokenLedger(settings.run_token_budget, settings.agent_token_budget)
+    model = open_model(settings, ledger, environ, repo)
+    return Organizer(repo, settings, model, ledger, on_event).resume(recording(record))

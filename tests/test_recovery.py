@@ -1,0 +1,172 @@
+"""Kill a real `soa-git run` at exact points, then resume: same tree, no finished step redone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from soa_git.commands.resume import resume
+from soa_git.commands.run import run
+from soa_git.errors import RepositoryError
+from soa_git.gitrepo import GitRepo
+
+from .conftest import git, make_repo, snapshot
+from .test_run import AREA_RIGHT, AREA_WRONG, DECOMPOSE, FMT_LOOSE, FMT_RIGHT, KEY, SHAPES_SKELETON
+
+REVISE = ("The report needs two decimals; fmt prints the plain number.\n\n"
+          "```comment fmt\nFormat the value with exactly two decimals, e.g. 6 -> '6.00'.\n```\n")
+# One answer per (task, agent), whatever the order or the number of times asked: a resumed run
+# that asks again for a step whose answer was lost gets the same answer.
+ANSWERS = {
+    "decompose area_report": DECOMPOSE,
+    "implement area_report.area": AREA_WRONG,
+    "repair area_report.area": f"Multiply, not add.\n\n{AREA_RIGHT}",
+    "implement area_report.fmt": FMT_LOOSE,
+    "revise area_report": REVISE,
+    "repair area_report.fmt": f"Two decimals.\n\n{FMT_RIGHT}",
+}
+STEP_TASKS = {"decompose", "implement", "repair", "revise"}
+AGENT_FILES = ("shapes/report.py", "shapes/area_report__area.py", "shapes/area_report__fmt.py",
+               "tests/soa/test_area_report.py", "tests/soa/test_area_report__area.py",
+               "tests/soa/test_area_report__fmt.py")
+
+
+def respond(request: dict) -> str:
+    first = request["messages"][-1]["content"].splitlines()[0]
+    return ANSWERS[first.removeprefix("soa-git task: ")]
+
+
+def shapes_repo(path: Path) -> Path:
+    return make_repo(path, {"shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON})
+
+
+def runs(repo: Path) -> set[str]:
+    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/soa/").split()
+    return {ref.split("/")[3] for ref in refs}
+
+
+def shape(repo: Path, run_id: str) -> dict:
+    """The tree (agents and their roles) and the code the root branch ends with."""
+    refs = git(repo, "for-each-ref", "--format=%(refname:short)", f"refs/heads/soa/{run_id}/").split()
+    roles = {ref.split("/", 2)[2]: git(repo, "log", "-1", "--format=%(trailers:key=Soa-Role,valueonly)",
+                                       ref).strip() for ref in refs}
+    root = f"soa/{run_id}/area_report"
+    return {"roles": roles, "files": {path: git(repo, "show", f"{root}:{path}") for path in AGENT_FILES}}
+
+
+def committed_steps(repo: Path) -> int:
+    """Steps on the run's branches (a commit killed before its branch moved does not count)."""
+    on_branches = set(git(repo, "rev-list", "--branches=soa/*").split())
+    notes = git(repo, "notes", "--ref=soa", "list").split()
+    blobs = [blob for blob, commit in zip(notes[::2], notes[1::2]) if commit in on_branches]
+    return sum(1 for blob in blobs for line in git(repo, "cat-file", "blob", blob).splitlines()
+               if json.loads(line).get("task") in STEP_TASKS)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[dict, int]:
+    """An uninterrupted run of the same scenario: its shape and how many model calls it made."""
+    from soa_git.scripted import ScriptedServer
+    repo = shapes_repo(tmp_path_factory.mktemp("reference") / "shapes")
+    with ScriptedServer(respond) as server:
+        [summary] = run("shapes/report.py::area_report", cwd=repo, flags={"base_url": server.base_url},
+                        environ=KEY)
+        calls = len(server.requests)
+    assert summary.state == "done", summary.message
+    assert calls == len(ANSWERS)
+    return shape(repo, summary.run), calls
+
+
+def killed_run(repo: Path, base_url: str, kill_at: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **KEY, "SOA_GIT_KILL_AT": kill_at}
+    return subprocess.run([sys.executable, "-c", "from soa_git.cli import main; main()", "run",
+                           "shapes/report.py::area_report", "--base-url", base_url],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+
+
+# Points across the whole run: the first answer, children's answers, repairs, the Mother's
+# revision; test runs; commits (skeletons, steps) between writing and moving the branch; merges.
+KILL_POINTS = ["model:2", "model:4", "model:5", "model:6", "test:1", "test:4", "test:6",
+               "commit:1", "commit:3", "commit:5", "commit:7", "merge:1", "merge:2", "merge:3"]
+
+
+@pytest.mark.parametrize("kill_at", KILL_POINTS)
+def test_killed_anywhere_then_resumed_ends_like_an_uninterrupted_run(kill_at, reference, tmp_path, serve):
+    expected_shape, expected_calls = reference
+    repo = shapes_repo(tmp_path / "shapes")
+    before = snapshot(repo)
+    server = serve(respond)
+
+    killed = killed_run(repo, server.base_url, kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    fsck = subprocess.run(["git", "-C", str(repo), "fsck", "--strict"], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert snapshot(repo) == before
+    [run_id] = runs(repo)
+
+    calls_before, steps_before = len(server.requests), committed_steps(repo)
+    summary = resume(run_id, cwd=repo, flags={"base_url": server.base_url}, environ=KEY)
+    assert summary.state == "done", summary.message
+    assert shape(repo, run_id) == expected_shape
+    # Only the steps that were never committed cost a model call again.
+    assert len(server.requests) - calls_before == expected_calls - steps_before
+    assert snapshot(repo) == before
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert subprocess.run(["git", "-C", str(repo), "fsck", "--strict"]).returncode == 0
+
+
+def test_killed_before_anything_was_written_leaves_no_run(tmp_path, serve):
+    repo = shapes_repo(tmp_path / "shapes")
+    before = snapshot(repo)
+    refs = git(repo, "for-each-ref")
+    killed = killed_run(repo, serve(respond).base_url, "model:1")
+    assert killed.returncode == -signal.SIGKILL
+    assert snapshot(repo) == before
+    assert git(repo, "for-each-ref") == refs
+
+
+def test_resume_is_refused_while_the_run_lives_and_for_a_finished_run(tmp_path, serve):
+    repo = shapes_repo(tmp_path / "shapes")
+    server = serve(respond)
+    assert killed_run(repo, server.base_url, "commit:3").returncode == -signal.SIGKILL
+    [run_id] = runs(repo)
+    holder = subprocess.Popen(["sleep", "30"])
+    try:
+        lock = Path(GitRepo.open(repo).git_dir) / "soa" / "locks" / f"{run_id}.lock"
+        lock.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": "now"}))
+        with pytest.raises(RepositoryError, match=f"run {run_id} is (running|in use by process {holder.pid})"):
+            resume(run_id, cwd=repo, flags={"base_url": server.base_url}, environ=KEY)
+    finally:
+        holder.kill()
+        holder.wait()
+    # Its holder died: the lock is taken over, and the run finishes.
+    assert resume(run_id, cwd=repo, flags={"base_url": server.base_url}, environ=KEY).state == "done"
+    with pytest.raises(RepositoryError, match="is done, so there is nothing to resume"):
+        resume(run_id, cwd=repo, flags={"base_url": server.base_url}, environ=KEY)
+
+
+def test_two_runs_at_once_in_one_repository_keep_apart(tmp_path, serve):
+    repo = shapes_repo(tmp_path / "shapes")
+    before = snapshot(repo)
+    server = serve(respond)
+    env = {**os.environ, **KEY}
+    command = [sys.executable, "-c", "from soa_git.cli import main; main()", "run",
+               "shapes/report.py::area_report", "--base-url", server.base_url, "--json"]
+    processes = [subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [json.loads(p.communicate(timeout=120)[0]) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0]
+    first, second = (r["run"] for r in results)
+    assert first != second and runs(repo) == {first, second}
+    assert shape(repo, first) == shape(repo, second)
+    # Each run's every step kept its transcript although both wrote refs/notes/soa at once.
+    assert committed_steps(repo) == 2 * len(ANSWERS)
+    assert snapshot(repo) == before
+    assert subprocess.run(["git", "-C", str(repo), "fsck", "--strict"]).returncode == 0
