@@ -15,11 +15,19 @@ from typing import Callable, Iterator
 import click
 
 from . import report
+from .commands.accept import accept as accept_command
+from .commands.clean import clean as clean_command
 from .commands.demo import demo as demo_command
 from .commands.init import init as init_command
+from .commands.list import list_runs
+from .commands.log import log as log_command
 from .commands.resume import resume as resume_command
 from .commands.run import run as run_command
+from .commands.show import show as show_command
+from .commands.transcript import transcript as transcript_command
+from .commands.tree import tree as tree_command
 from .errors import SoaError
+from .history import RunRecord
 from .organizer import AgentView, RunSummary
 
 
@@ -32,6 +40,8 @@ def error_boundary(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except SoaError as exc:
             raise click.ClickException(str(exc)) from None
+        except click.ClickException:
+            raise
         except KeyboardInterrupt:
             raise click.ClickException("interrupted") from None
         except Exception as exc:  # noqa: BLE001 - the boundary exists to catch what we did not foresee
@@ -45,7 +55,6 @@ def error_boundary(command: Callable) -> Callable:
 
 class LiveView:
     """The tree redrawn in place on a terminal; one plain line per change elsewhere."""
-
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
@@ -94,6 +103,10 @@ def render(summaries: list[RunSummary], as_json: bool) -> None:
             click.echo("\n".join(report.summary_lines(summary)))
     if any(s.state != "done" for s in summaries):
         sys.exit(1)
+
+
+def _print(as_json: bool, data: Callable[[], dict], lines: Callable[[], list[str]]) -> None:
+    click.echo(json.dumps(data(), indent=2, ensure_ascii=False) if as_json else "\n".join(lines()))
 
 
 def model_options(command: Callable) -> Callable:
@@ -176,12 +189,8 @@ def demo(directory: Path | None, as_json: bool) -> None:
 @error_boundary
 def accept(run_id: str, squash: bool) -> None:
     """Merge finished run RUN's result into your current branch (your hooks run)."""
-    from .commands.accept import accept as accept_command
-
     done = accept_command(run_id, cwd=Path.cwd(), squash=squash)
-    how = "squashed" if done.squash else "merged"
-    click.echo(f"accepted run {done.run} ({done.target}) into {done.into}: {done.commit}")
-    click.echo(f"{how} {done.branch}, {len(done.files)} file{'s' * (len(done.files) != 1)} changed")
+    click.echo("\n".join(report.accept_lines(done)))
 
 
 @main.command()
@@ -189,61 +198,19 @@ def accept(run_id: str, squash: bool) -> None:
 @click.option("--all", "all_runs", is_flag=True, help="Every run that is not in use.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or the result as JSON.")
+@error_boundary
 def clean(run_id: str | None, all_runs: bool, dry_run: bool, as_json: bool) -> None:
     """Remove run RUN's (or --all runs') branches, worktrees, notes and lock."""
     if (run_id is None) == (not all_runs):
         raise click.UsageError("give a RUN or --all" if run_id is None
                                else "give a RUN or --all, not both")
-    _clean(run_id, all_runs, dry_run, as_json)
-
-
-@error_boundary
-def _clean(run_id: str | None, all_runs: bool, dry_run: bool, as_json: bool) -> None:
-    from .commands.clean import clean as clean_command
-
     plan = clean_command(run_id, cwd=Path.cwd(), all_runs=all_runs, dry_run=dry_run)
-    if as_json:
-        click.echo(json.dumps(_clean_json(plan), indent=2))
-    else:
-        click.echo("\n".join(_clean_lines(plan)))
+    _print(as_json, lambda: report.clean_json(plan), lambda: report.clean_lines(plan))
     if plan.kept:
         raise click.ClickException("kept " + "; ".join(f"run {run}: {why}" for run, why in plan.kept))
 
 
-def _clean_json(plan) -> dict:
-    return {"dry_run": plan.dry_run,
-            "runs": [{"run": r.run, "branches": list(r.branches), "worktrees": list(r.worktrees),
-                      "notes": len(r.notes), "lock": r.lock} for r in plan.runs],
-            "orphan_notes": len(plan.orphan_notes), "pending_refs": list(plan.pending_refs),
-            "kept": [{"run": run, "reason": why} for run, why in plan.kept]}
-
-
-def _clean_lines(plan) -> list[str]:
-    verb = "would remove" if plan.dry_run else "removed"
-    if plan.empty:
-        return ["nothing to remove"]
-    lines = []
-    for run in plan.runs:
-        lines.append(f"{verb} run {run.run}:")
-        lines += [f"  branch    {b}" for b in run.branches]
-        lines += [f"  worktree  {w}" for w in run.worktrees]
-        if run.notes:
-            lines.append(f"  notes     on {len(run.notes)} commit{'s' * (len(run.notes) != 1)}")
-        if run.lock:
-            lines.append(f"  lock      {run.lock}")
-    if plan.orphan_notes:
-        lines.append(f"{verb} notes on {len(plan.orphan_notes)} commits no branch reaches")
-    if plan.pending_refs:
-        lines.append(f"{verb} {len(plan.pending_refs)} scratch notes "
-                     f"ref{'s' * (len(plan.pending_refs) != 1)} (refs/notes/soa-pending/)")
-    return lines
-
-
 # ---- reviewing runs: read back from git alone ---------------------------------------------
-
-
-def _print(as_json: bool, data: Callable[[], dict], lines: Callable[[], list[str]]) -> None:
-    click.echo(json.dumps(data(), indent=2, ensure_ascii=False) if as_json else "\n".join(lines()))
 
 
 @main.command("list")
@@ -251,8 +218,6 @@ def _print(as_json: bool, data: Callable[[], dict], lines: Callable[[], list[str
 @error_boundary
 def list_command(as_json: bool) -> None:
     """The runs in this repository, newest first."""
-    from .commands.list import list_runs
-
     runs = list_runs(Path.cwd())
     _print(as_json, lambda: report.runs_json(runs), lambda: report.runs_lines(runs))
 
@@ -263,8 +228,6 @@ def list_command(as_json: bool) -> None:
 @error_boundary
 def tree(run_id: str | None, as_json: bool) -> None:
     """The agent tree of run RUN (default: the newest run)."""
-    from .commands.tree import tree as tree_command
-
     run = tree_command(Path.cwd(), run_id)
     _print(as_json, lambda: report.run_json(run), lambda: report.run_tree_lines(run))
 
@@ -275,8 +238,6 @@ def tree(run_id: str | None, as_json: bool) -> None:
 @error_boundary
 def log(agent: str, as_json: bool) -> None:
     """AGENT's attempts in order (AGENT: RUN/agent.path, or agent.path in the newest run)."""
-    from .commands.log import log as log_command
-
     found = log_command(Path.cwd(), agent)
     _print(as_json, lambda: report.agent_log_json(found), lambda: report.agent_log_lines(found))
 
@@ -287,7 +248,6 @@ def log(agent: str, as_json: bool) -> None:
 @error_boundary
 def show(spec: str, as_json: bool) -> None:
     """A run's summary and tree, or an agent's attempts and current code."""
-    from .commands.show import show as show_command
     from .history import RunRecord
 
     shown = show_command(Path.cwd(), spec)
@@ -305,8 +265,6 @@ def show(spec: str, as_json: bool) -> None:
 @error_boundary
 def transcript(agent: str, as_json: bool) -> None:
     """The exact model messages of each of AGENT's steps, from the notes."""
-    from .commands.transcript import transcript as transcript_command
-
     run, found, steps = transcript_command(Path.cwd(), agent)
     _print(as_json, lambda: report.transcript_json(run, found, steps),
            lambda: report.transcript_lines(run, found, steps))

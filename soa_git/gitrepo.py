@@ -619,7 +619,7 @@ class GitRepo:
             squash_msg.unlink()
         return sha
 
-    def run_ids(self) -> list[str]:
+    def runs_with_traces(self) -> list[str]:
         """Every run that left anything in this repository: a branch, a worktree, a lock file."""
         runs = {name.split("/")[1] for name in self.list_branches("soa/") if name.count("/") >= 2}
         runs |= {path.name.split("__")[0] for path in self._soa_worktree_paths()
@@ -693,7 +693,10 @@ class GitRepo:
             return
         with _shared_lock:
             for attempt in range(_NOTE_ATTEMPTS):
-                if self._try_remove_notes(shas):
+                if not self._git("show-ref", "--verify", "-q", NOTES_REF, check=False).status == 0:
+                    return
+                if self._swap_notes("remove", "--ignore-missing", "--stdin", reflog="notes: remove",
+                                    stdin="".join(f"{s}\n" for s in shas).encode()):
                     return
                 _backoff(attempt)
         raise RepositoryError(f"could not remove notes: other processes kept updating {NOTES_REF}")
@@ -805,32 +808,6 @@ class GitRepo:
                 kept.append(attrs["HEAD"])
         return list(dict.fromkeys(kept))
 
-    def _try_remove_notes(self, shas: list[str]) -> bool:
-        """One compare-and-swap attempt, on a scratch ref as in _try_add_note."""
-        old = self._git("show-ref", "--verify", "-s", NOTES_REF, check=False).text
-        if not old:
-            return True
-        scratch = f"refs/notes/soa-pending/{uuid.uuid4().hex}"
-        try:
-            self._git("update-ref", scratch, old, "", retry=True)
-            r = self._git("notes", f"--ref={scratch}", "remove", "--ignore-missing", "--stdin",
-                          env=_SOA_AUTHOR | _SOA_IDENTITY,
-                          stdin="".join(f"{s}\n" for s in shas).encode(), check=False, retry=True)
-            if r.status != 0:
-                raise RepositoryError(f"cannot remove notes: {_reason(r.err)}")
-            new = self._git("rev-parse", "--verify", scratch).text
-            empty = not self._git("ls-tree", new).text
-            try:
-                if empty:
-                    self._update_ref(NOTES_REF, "", old, what=NOTES_REF, delete=True)
-                elif new != old:
-                    self._update_ref(NOTES_REF, new, old, what=NOTES_REF, reflog="notes: remove")
-            except BranchMoved:
-                return False
-            return True
-        finally:
-            self._git("update-ref", "-d", scratch, check=False, retry=True)
-
     # ---- run locks ----------------------------------------------------------------------
 
     def lock_run(self, run: str) -> None:
@@ -897,7 +874,9 @@ class GitRepo:
         with _shared_lock:
             blob = self._git("hash-object", "-w", "--stdin", stdin=text.encode("utf-8")).text
             for attempt in range(_NOTE_ATTEMPTS):
-                if self._try_add_note(target, blob):
+                # -C reuses the blob byte for byte, where -m/-F would reformat whitespace.
+                if self._swap_notes("add", "-f", "--allow-empty", "-C", blob, target,
+                                   reflog="notes: add"):
                     return
                 _backoff(attempt)
         raise RepositoryError(f"could not attach a note to {sha}: other processes kept "
@@ -1001,25 +980,28 @@ class GitRepo:
             raise BranchMoved(f"{what} moved while soa-git was updating it; try again")
         raise RepositoryError(f"cannot update {what}: {_reason(r.err)}")
 
-    def _try_add_note(self, target: str, blob: str) -> bool:
-        """One compare-and-swap attempt; False when another process moved the notes ref first.
+    def _swap_notes(self, *notes_args: str, stdin: bytes | None = None, reflog: str) -> bool:
+        """Run `git notes <notes_args>` on a scratch copy of NOTES_REF, then swap the result in
+        with a compare-and-swap; False when another process moved NOTES_REF first.
 
-        `git notes add` overwrites the notes ref without checking its old value, so the note is
-        written on a private ref and then swapped in: two processes never drop each other's notes.
+        `git notes` overwrites the notes ref without checking its old value, so two processes
+        writing at once would drop each other's notes. The ref goes when no note is left.
         """
         old = self._git("show-ref", "--verify", "-s", NOTES_REF, check=False).text
         scratch = f"refs/notes/soa-pending/{uuid.uuid4().hex}"
         try:
             if old:
                 self._git("update-ref", scratch, old, "", retry=True)
-            # -C reuses the blob byte for byte, where -m/-F would reformat whitespace.
-            r = self._git("notes", f"--ref={scratch}", "add", "-f", "--allow-empty", "-C", blob,
-                          target, env=_SOA_AUTHOR | _SOA_IDENTITY, check=False, retry=True)
+            r = self._git("notes", f"--ref={scratch}", *notes_args, env=_SOA_AUTHOR | _SOA_IDENTITY,
+                          stdin=stdin, check=False, retry=True)
             if r.status != 0:
-                raise RepositoryError(f"cannot attach a note to {target}: {_reason(r.err)}")
-            new = self._git("rev-parse", "--verify", scratch).text
+                raise RepositoryError(f"cannot update {NOTES_REF}: {_reason(r.err)}")
+            new = self._git("rev-parse", "--verify", "-q", scratch, check=False).text
             try:
-                self._update_ref(NOTES_REF, new, old, what=NOTES_REF, reflog="notes: add")
+                if old and not (new and self._git("ls-tree", new).text):
+                    self._update_ref(NOTES_REF, "", old, what=NOTES_REF, delete=True)
+                elif new and new != old:
+                    self._update_ref(NOTES_REF, new, old, what=NOTES_REF, reflog=reflog)
             except BranchMoved:
                 return False
             return True

@@ -6,6 +6,8 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Iterable
 
+from .commands.accept import Accepted
+from .commands.clean import CleanPlan
 from .history import AgentLog, AgentRecord, Attempt, RunRecord
 from .organizer import AgentView, RunSummary
 
@@ -245,3 +247,38 @@ def agent_show_json(log: AgentLog) -> dict:
 
 def transcript_json(run: RunRecord, agent: AgentRecord, steps: list[dict]) -> dict:
     return {"run": run.run, "agent": agent.path, "steps": steps}
+
+
+def accept_lines(done: Accepted) -> list[str]:
+    how = "squashed" if done.squash else "merged"
+    return [f"accepted run {done.run} ({done.target}) into {done.into}: {done.commit}",
+            f"{how} {done.branch}, {len(done.files)} file{'s' * (len(done.files) != 1)} changed"]
+
+
+def clean_json(plan: CleanPlan) -> dict:
+    return {"dry_run": plan.dry_run,
+            "runs": [{"run": r.run, "branches": list(r.branches), "worktrees": list(r.worktrees),
+                      "notes": len(r.notes), "lock": r.lock} for r in plan.runs],
+            "orphan_notes": len(plan.orphan_notes), "pending_refs": list(plan.pending_refs),
+            "kept": [{"run": run, "reason": why} for run, why in plan.kept]}
+
+
+def clean_lines(plan: CleanPlan) -> list[str]:
+    verb = "would remove" if plan.dry_run else "removed"
+    if plan.empty:
+        return ["nothing to remove"]
+    lines = []
+    for run in plan.runs:
+        lines.append(f"{verb} run {run.run}:")
+        lines += [f"  branch    {b}" for b in run.branches]
+        lines += [f"  worktree  {w}" for w in run.worktrees]
+        if run.notes:
+            lines.append(f"  notes     on {len(run.notes)} commit{'s' * (len(run.notes) != 1)}")
+        if run.lock:
+            lines.append(f"  lock      {run.lock}")
+    if plan.orphan_notes:
+        lines.append(f"{verb} notes on {len(plan.orphan_notes)} commits no branch reaches")
+    if plan.pending_refs:
+        lines.append(f"{verb} {len(plan.pending_refs)} scratch notes "
+                     f"ref{'s' * (len(plan.pending_refs) != 1)} (refs/notes/soa-pending/)")
+    return lines

@@ -54,7 +54,7 @@ def clean(run: str | None, *, cwd: Path, all_runs: bool = False, dry_run: bool =
 
 
 def _clean_one(repo: GitRepo, run: str, dry_run: bool) -> CleanPlan:
-    if run not in repo.run_ids():
+    if run not in repo.runs_with_traces():
         raise RepositoryError(f"there is no run {run} in this repository")
     _refuse_live(repo, run)
     if dry_run:
@@ -69,7 +69,7 @@ def _clean_one(repo: GitRepo, run: str, dry_run: bool) -> CleanPlan:
 
 def _clean_all(repo: GitRepo, dry_run: bool) -> CleanPlan:
     kept, runs = [], []
-    for run in repo.run_ids():
+    for run in repo.runs_with_traces():
         holder = repo.run_lock_holder(run)
         outside = repo.foreign_checkouts(repo.list_branches(f"soa/{run}/"))
         if holder is not None and holder.alive:
@@ -142,7 +142,7 @@ def _remove_run(repo: GitRepo, run: str) -> RunPlan:
 
 def _pending_refs(repo: GitRepo) -> tuple[str, ...]:
     """Scratch notes refs, when no live process can be using one (every writer holds a lock)."""
-    for run in repo.run_ids():
+    for run in repo.runs_with_traces():
         holder = repo.run_lock_holder(run)
         if holder is not None and holder.alive:
             return ()
