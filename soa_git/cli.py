@@ -16,11 +16,18 @@ import click
 
 from . import report
 from .commands.accept import accept as accept_command
+from .commands.check import check as check_command
+from .commands.check import report_json as check_json
+from .commands.check import report_lines as check_lines
 from .commands.clean import clean as clean_command
 from .commands.demo import demo as demo_command
+from .commands.hooks import fill as fill_command, install_hook
 from .commands.init import init as init_command
 from .commands.list import list_runs
 from .commands.log import log as log_command
+from .commands.pr import pr as pr_command
+from .commands.push import push as push_command
+from .commands.report import build as build_report
 from .commands.resume import resume as resume_command
 from .commands.run import run as run_command
 from .commands.show import show as show_command
@@ -137,11 +144,18 @@ def main() -> None:
 
 @main.command()
 @model_options
+@click.option("--hooks", is_flag=True,
+              help="Also install a plain git pre-commit hook that runs `soa-git check`.")
 @error_boundary
-def init(**flags) -> None:
+def init(hooks: bool, **flags) -> None:
     """Write soa-git's configuration for this repository."""
+    if hooks:
+        install_hook(Path.cwd(), check_only=True)
     path, written = init_command(Path.cwd(), {k: flags[k] for k in FLAG_NAMES})
     click.echo(f"{'wrote' if written else 'kept the existing'} configuration in {path}")
+    if hooks:
+        hook, changed = install_hook(Path.cwd())
+        click.echo(f"{'installed' if changed else 'kept'} the pre-commit hook {hook}")
 
 
 @main.command()
@@ -248,7 +262,6 @@ def log(agent: str, as_json: bool) -> None:
 @error_boundary
 def show(spec: str, as_json: bool) -> None:
     """A run's summary and tree, or an agent's attempts and current code."""
-    from .history import RunRecord
 
     shown = show_command(Path.cwd(), spec)
     if isinstance(shown, RunRecord):
@@ -268,3 +281,86 @@ def transcript(agent: str, as_json: bool) -> None:
     run, found, steps = transcript_command(Path.cwd(), agent)
     _print(as_json, lambda: report.transcript_json(run, found, steps),
            lambda: report.transcript_lines(run, found, steps))
+
+
+# ---- publishing a run: report, push, pull request -------------------------------------------
+
+
+@main.command("report")
+@click.argument("run_id", metavar="[RUN]", required=False)
+@click.option("--format", "fmt", type=click.Choice(["markdown", "text", "json"]),
+              default="text", show_default=True, help="Markdown is for a PR comment.")
+@click.option("--remote", default="origin", show_default=True,
+              help="The remote the fetch commands in the report name.")
+@error_boundary
+def report_run(run_id: str | None, fmt: str, remote: str) -> None:
+    """A review of run RUN (default: the newest): tree, attempts, branches, diff stat."""
+    built = build_report(Path.cwd(), run_id, remote=remote)
+    if fmt == "markdown":
+        click.echo(report.run_markdown(built), nl=False)
+    else:
+        _print(fmt == "json", lambda: report.report_json(built), lambda: report.report_lines(built))
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@click.argument("remote", default="origin", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print what was pushed as JSON.")
+@error_boundary
+def push(run_id: str, remote: str, as_json: bool) -> None:
+    """Push RUN's branches and the notes (transcripts) to REMOTE (default: origin)."""
+    done = push_command(Path.cwd(), run_id, remote)
+    _print(as_json, lambda: report.push_json(done), lambda: report.push_lines(done))
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--repo", "github_repo", metavar="OWNER/NAME",
+              help="The GitHub repository (default: from the remote's URL).")
+@click.option("--base", help="The branch to merge into (default: your current branch).")
+@click.option("--remote", default="origin", show_default=True, help="The remote the run is on.")
+@click.option("--json", "as_json", is_flag=True, help="Print the pull request as JSON.")
+@error_boundary
+def pr(run_id: str, github_repo: str | None, base: str | None, remote: str,
+       as_json: bool) -> None:
+    """Open or update the pull request of RUN's root branch (token: GITHUB_TOKEN)."""
+    built = build_report(Path.cwd(), run_id, remote=remote)
+    done = pr_command(built, cwd=Path.cwd(), body=report.run_markdown, repo=github_repo,
+                      base=base)
+    _print(as_json, lambda: report.pull_json(done), lambda: report.pull_lines(done))
+
+
+# ---- hooks: the commit gate and the manual-stage fill ---------------------------------------
+
+
+@main.command()
+@click.argument("files", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@error_boundary
+def check(files: tuple[str, ...], as_json: bool) -> None:
+    """Fail when FILES (default: the staged Python files) break an accepted run's recorded tests
+    or hold a skeleton marked `# soa-git: fill`. No model, no network."""
+    result = check_command(list(files) or None, cwd=Path.cwd())
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    _print(as_json, lambda: check_json(result), lambda: check_lines(result))
+    if not result.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("files", nargs=-1)
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
+@error_boundary
+def fill(files: tuple[str, ...], as_json: bool, **flags) -> None:
+    """Run soa-git on the skeletons marked `# soa-git: fill` in FILES (default: the staged Python
+    files), as staged; each result waits on a run branch. Your commit is never changed."""
+    with live_view() as live:
+        _, summaries = fill_command(list(files) or None, cwd=Path.cwd(),
+                                    flags={k: flags[k] for k in FLAG_NAMES}, on_event=live)
+    if not summaries:
+        click.echo("[]" if as_json else "no skeleton marked for soa-git (`# soa-git: fill`) "
+                   "in the files given; nothing to fill")
+        return
+    render(summaries, as_json)

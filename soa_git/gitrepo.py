@@ -53,10 +53,28 @@ _LOCK_BUSY = re.compile(r"\.lock'?: File exists")
 # update-ref's compare-and-swap lost: the ref is not (or no longer) at the expected value.
 _CAS_LOST = re.compile(r"but expected|reference already exists|unable to resolve reference")
 _LOCK_ATTEMPTS = 12
+# Commands in a worktree that has a sparse-checkout pattern file run in cone mode.
+_SPARSE_CONFIG = ["-c", "core.sparseCheckout=true", "-c", "core.sparseCheckoutCone=true"]
 _NOTE_ATTEMPTS = 20
 
-# Serializes worktree registrations and notes writes among the threads of this process.
+# Serializes notes writes among the threads of this process.
 _shared_lock = threading.Lock()
+# Serializes worktree registrations (re-entrant: removing a stale one happens inside adding);
+# apart from the notes lock so neither waits for the other.
+_worktree_lock = threading.RLock()
+
+
+@dataclass
+class _PendingNote:
+    target: str
+    blob: str
+    done: bool = False
+
+
+# Per repository (common git dir), the notes waiting to be written by whichever thread holds
+# the notes lock next (see add_note).
+_pending_notes: dict[Path, list[_PendingNote]] = {}
+_pending_notes_lock = threading.Lock()
 
 
 class RunLocked(RepositoryError):
@@ -279,6 +297,7 @@ class GitRepo:
                      author: Author, note: str) -> str:
         """Create `branch` at a new empty commit on `base` that carries `note`: the branch and
         its record appear together, or not at all."""
+        _guard_hook()
         parent = self._require_commit(base)
         tree = self._git("rev-parse", "--verify", f"{parent}^{{tree}}").text
         sha = self._commit_tree(tree, (parent,), _message(subject, "", trailers), author)
@@ -287,6 +306,7 @@ class GitRepo:
         return sha
 
     def create_branch(self, branch: str, start: str) -> None:
+        _guard_hook()
         sha = self._require_commit(start)
         r = self._git("update-ref", "-m", f"branch: created from {start}", f"refs/heads/{branch}",
                       sha, "", check=False, retry=True)
@@ -309,12 +329,18 @@ class GitRepo:
 
     # ---- worktrees ----------------------------------------------------------------------
 
-    def add_worktree(self, branch: str, name: str) -> Path:
-        """A worktree under .git/soa/worktrees with `branch` checked out, replacing a stale one."""
+    def add_worktree(self, branch: str, name: str, *, sparse: Iterable[str] | None = None) -> Path:
+        """A worktree under .git/soa/worktrees with `branch` checked out, replacing a stale one.
+
+        `sparse` (folders, posix, from the root) makes it a cone-mode sparse checkout: only the
+        files directly in the root and in each ancestor of those folders, and everything under
+        them, are written. The pattern file lives in the worktree's own admin dir and every
+        command in the worktree is told so with `-c`: the user's config is never changed.
+        """
         if self.branch_sha(branch) is None:
             raise RepositoryError(f"branch {branch} does not exist")
         path = self._worktrees_root / _worktree_dir_name(name)
-        with _shared_lock:
+        with _worktree_lock:
             self._drop_stale_worktrees(also=path)
             # --no-checkout: git's own checkout here would inherit an index path from our
             # caller's environment; the checkout below runs with the new worktree's index pinned.
@@ -322,13 +348,17 @@ class GitRepo:
                           check=False, retry=True)
             if r.status != 0:
                 raise RepositoryError(f"cannot create a worktree for {branch}: {_reason(r.err)}")
+        if sparse is not None:
+            info = _worktree_git_dir(path) / "info"
+            info.mkdir(parents=True, exist_ok=True)
+            _write_if_changed(info / "sparse-checkout", _cone_patterns(sparse))
         self._git("reset", "--hard", "-q", worktree=path, retry=True)
         return path
 
     def remove_worktree(self, path: Path) -> None:
         """Remove one of soa-git's worktrees; one that is already gone is fine."""
         wt = self._agent_worktree_path(path)
-        with _shared_lock:
+        with _worktree_lock:
             self._remove_worktree_locked(wt)
             self._drop_stale_worktrees()
 
@@ -343,6 +373,7 @@ class GitRepo:
         Returns the new commit's sha, or None when nothing changed and `allow_empty` is off. On a change outside
         `allowed_paths` the index is reset and OwnershipError raised; the files stay as they are.
         """
+        _guard_hook()
         wt = self._agent_worktree_path(worktree)
         message = _message(subject, body, trailers)
         allowed = {_posix(p) for p in allowed_paths}
@@ -390,6 +421,7 @@ class GitRepo:
         to the merge: uncommitted changes there are discarded. Returns the merge commit's sha,
         or the branch's sha when `other_branch` is already merged.
         """
+        _guard_hook()
         message = _message(subject, "", trailers)
         ours, theirs = self.branch_sha(branch), self.branch_sha(other_branch)
         for name, sha in ((branch, ours), (other_branch, theirs)):
@@ -422,6 +454,7 @@ class GitRepo:
         This is how an agent redoes its work on a new base after a conflict: its own files win,
         everything else is the base's. Made in a scratch index; `worktree` is reset to it.
         """
+        _guard_hook()
         ours, theirs = self.branch_sha(branch), self.branch_sha(onto)
         if ours is None or theirs is None:
             raise RepositoryError(f"branch {branch if ours is None else onto} does not exist")
@@ -560,6 +593,7 @@ class GitRepo:
         `git commit`, so the user's pre-commit, prepare-commit-msg, commit-msg and post-commit
         hooks run; if git or a hook refuses, the merge is aborted and everything is as before.
         """
+        _guard_hook()
         theirs = self.branch_sha(branch)
         if theirs is None:
             raise RepositoryError(f"branch {branch} does not exist")
@@ -636,7 +670,7 @@ class GitRepo:
 
     def remove_worktrees(self, paths: Iterable[Path]) -> None:
         """Remove these worktrees of soa-git's and their registrations; none of any other run."""
-        with _shared_lock:
+        with _worktree_lock:
             for path in paths:
                 self._remove_worktree_locked(self._agent_worktree_path(path))
 
@@ -678,7 +712,7 @@ class GitRepo:
         if not positives:
             return sorted(missing)
         lines = [*positives, *(f"^{sha}" for sha in keep)]
-        r = self._git("rev-list", "--stdin", stdin="".join(f"{l}\n" for l in lines).encode(),
+        r = self._git("rev-list", "--stdin", stdin="".join(f"{line}\n" for line in lines).encode(),
                       check=False)
         if r.status != 0:
             raise RepositoryError(f"cannot tell which commits only soa-git's branches reach: "
@@ -808,9 +842,155 @@ class GitRepo:
                 kept.append(attrs["HEAD"])
         return list(dict.fromkeys(kept))
 
+    # ---- pushing ----------------------------------------------------------------------------
+
+    # A remote that wants a password fails with a sentence instead of waiting for a terminal.
+    _NO_PROMPT = {"GIT_TERMINAL_PROMPT": "0"}
+
+    def remote_url(self, remote: str) -> str | None:
+        """The URL `git push REMOTE` pushes to (its pushurl if set); None if there is no such
+        remote."""
+        if not remote or remote.startswith("-"):
+            raise RepositoryError(f"{remote!r} is not a valid remote name")
+        r = self._git("remote", "get-url", "--push", remote, check=False)
+        return r.text if r.status == 0 and r.text else None
+
+    def ref_sha(self, ref: str) -> str | None:
+        """The sha a full ref name (refs/...) points at, None if it does not exist."""
+        r = self._git("show-ref", "--verify", "-s", ref, check=False)
+        return r.text if r.status == 0 and r.text else None
+
+    def remote_ref_sha(self, remote: str, ref: str) -> str | None:
+        """The sha `ref` has on `remote` (one `ls-remote`), None if the remote has no such ref."""
+        r = self._git("ls-remote", "--refs", _rev(remote), ref, env=self._NO_PROMPT, check=False)
+        if r.status != 0:
+            raise RepositoryError(f"cannot read {ref} from {remote}: {_reason(r.err)}")
+        for line in r.text.splitlines():
+            sha, _, name = line.partition("\t")
+            if name == ref:
+                return sha
+        return None
+
+    def fetch_ref(self, remote: str, ref: str, into: str) -> str:
+        """Fetch `ref` of `remote` into the local ref `into` (forced); its sha."""
+        r = self._git("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", _rev(remote),
+                      f"+{ref}:{into}", env=self._NO_PROMPT, check=False)
+        if r.status != 0:
+            raise RepositoryError(f"cannot fetch {ref} from {remote}: {_reason(r.err)}")
+        return self._git("rev-parse", "--verify", "-q", into).text
+
+    def scratch_notes_ref(self, purpose: str) -> str:
+        """A fresh scratch ref under refs/notes/soa-pending/ (`clean` removes leftovers)."""
+        return f"refs/notes/soa-pending/{purpose}-{uuid.uuid4().hex}"
+
+    def delete_ref(self, ref: str) -> None:
+        """Delete a scratch ref soa-git made (refs/notes/soa-pending/* only)."""
+        if not ref.startswith("refs/notes/soa-pending/"):
+            raise RepositoryError(f"{ref} is not one of soa-git's scratch refs")
+        self._git("update-ref", "-d", ref, check=False, retry=True)
+
+    def merge_notes(self, other: str) -> None:
+        """Merge the notes ref `other` into NOTES_REF (a fast-forward when it can be). Two
+        notes on one commit are concatenated, one line each, sorted, duplicates dropped
+        (`cat_sort_uniq`): every record is one JSON line, so none is lost or torn."""
+        self._require_commit(other)
+        with _shared_lock:
+            for attempt in range(_NOTE_ATTEMPTS):
+                if self._swap_notes("merge", "-q", "--strategy=cat_sort_uniq", other,
+                                    reflog=f"notes: merge {other}"):
+                    return
+                _backoff(attempt)
+        raise RepositoryError(f"could not merge notes into {NOTES_REF}: other processes kept "
+                              "updating it")
+
+    def push(self, remote: str, refspecs: Iterable[str]) -> list[tuple[str, str, str]]:
+        """`git push --porcelain REMOTE REFSPECS`, never forced, without the user's hooks:
+        (flag, remote ref, git's summary) per ref, where the flag is `*` new, ` ` fast-forward,
+        `=` up to date, `!` rejected. A push git could not even attempt raises."""
+        refspecs = list(refspecs)
+        if any(not spec or spec.startswith(("-", "+")) for spec in refspecs):
+            raise ValueError(f"refspecs {refspecs!r} must not force or look like options")
+        r = self._git("push", "--porcelain", _rev(remote), *refspecs, env=self._NO_PROMPT, check=False)
+        outcomes = []
+        for line in os.fsdecode(r.out).splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 3 and len(parts[0]) == 1 and ":" in parts[1]:
+                outcomes.append((parts[0], parts[1].rpartition(":")[2], parts[2]))
+        if r.status != 0 and not any(flag == "!" for flag, _, _ in outcomes):
+            raise RepositoryError(f"cannot push to {remote}: {_reason(r.err)}")
+        return outcomes
+
+    def diff_stat(self, base: str, rev: str) -> str:
+        """`git diff --stat base rev`: one line per changed file and a total, at a fixed width
+        (the terminal's does not matter), whatever the user's diff settings."""
+        r = self._git("diff", "--no-color", "--no-ext-diff", "--no-textconv", "--no-relative",
+                      "--stat=100,70", "--stat-graph-width=20", _rev(base), _rev(rev), "--",
+                      check=False)
+        if r.status != 0:
+            raise RepositoryError(f"cannot compare {base} with {rev}: {_reason(r.err)}")
+        return r.out.decode("utf-8", errors="replace")
+
+    # ---- what a sparse worktree needs -----------------------------------------------------
+
+    def subfolders(self, rev: str, folder: str) -> set[str]:
+        """Names of the folders directly inside `folder` ('' is the root) at `rev`."""
+        spec = f"{_rev(rev)}:{_posix(folder)}" if folder else f"{_rev(rev)}^{{tree}}"
+        r = self._git("ls-tree", "-z", spec, check=False)
+        if r.status != 0:
+            return set()
+        names = set()
+        for entry in _split_z(r.out):
+            meta, _, name = entry.partition("\t")
+            if meta.split()[1:2] == ["tree"]:
+                names.add(name)
+        return names
+
+    def import_lines(self, rev: str, folders: Iterable[str], files: Iterable[str] = ()) -> list[str]:
+        """Every line that starts an import (`import x`, `from x import y`) in the Python files
+        under `folders` and in `files`, at `rev`: one `git grep`."""
+        specs = [f":(glob){_posix(f).strip('/')}/**/*.py" for f in folders if f.strip("/")]
+        specs += [f":(literal){_posix(f)}" for f in files]
+        if not specs:
+            return []
+        r = self._git("grep", "-h", "-I", "--no-color", "-E", r"^[[:space:]]*(from|import)[[:space:]]",
+                      _rev(rev), "--", *specs, check=False)
+        return os.fsdecode(r.out).splitlines() if r.status == 0 else []
+
+    # ---- hooks ------------------------------------------------------------------------
+
+    def snapshot_index(self, message: str) -> str:
+        """A commit of the index (parent HEAD, on no branch); HEAD itself when nothing is staged.
+
+        write-tree runs on a copy of the index, because it would store its cache in the user's.
+        """
+        head = self.head()
+        with tempfile.TemporaryDirectory(prefix="soa-git-index-") as tmp:
+            index = Path(tmp) / "index"
+            shutil.copyfile(self._own_git_dir / "index", index)
+            r = self._git("write-tree", env={"GIT_INDEX_FILE": str(index)}, check=False)
+        if r.status != 0:
+            raise RepositoryError("cannot read your staged files (is a merge unfinished?); "
+                                  "resolve it first")
+        if r.text == self._git("rev-parse", "--verify", f"{head}^{{tree}}").text:
+            return head
+        ident = self._user_git("var", "GIT_AUTHOR_IDENT")
+        author = Author("soa-git", "soa-git@localhost")
+        if ident.status == 0 and "<" in ident.text:
+            name, _, rest = ident.text.partition("<")
+            author = Author(name.strip(), rest.partition(">")[0])
+        return self._commit_tree(r.text, (head,), message, author)
+
+    def hooks_dir(self) -> Path:
+        """Where git looks for this repository's hooks (core.hooksPath when set)."""
+        r = self._user_git("rev-parse", "--git-path", "hooks")
+        if r.status != 0:
+            raise RepositoryError("cannot find this repository's hooks directory")
+        return (self.root / r.text).resolve()
+
     # ---- run locks ----------------------------------------------------------------------
 
     def lock_run(self, run: str) -> None:
+        _guard_hook()
         """Take the run's lock file, replacing one whose holder died; RunLocked if it lives."""
         path = self._lock_path(run)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -869,16 +1049,42 @@ class GitRepo:
     # ---- notes --------------------------------------------------------------------------
 
     def add_note(self, sha: str, text: str) -> None:
-        """Attach `text` to commit `sha` under NOTES_REF, replacing an earlier note."""
+        """Attach `text` to commit `sha` under NOTES_REF, replacing an earlier note.
+
+        Returns once the note is on NOTES_REF. Threads that arrive while another writes are
+        served together: whoever takes the lock next writes every waiting note in one swap
+        (one scratch ref, one compare-and-swap), so the notes lock is held for about one
+        `git notes add` per note, not a whole swap per note.
+        """
         target = self._require_commit(sha)
+        # Writing the blob needs no lock: objects are content-addressed.
+        blob = self._git("hash-object", "-w", "--stdin", stdin=text.encode("utf-8")).text
+        mine = _PendingNote(target, blob)
+        with _pending_notes_lock:
+            queue = _pending_notes.setdefault(self.git_dir, [])
+            queue.append(mine)
         with _shared_lock:
-            blob = self._git("hash-object", "-w", "--stdin", stdin=text.encode("utf-8")).text
-            for attempt in range(_NOTE_ATTEMPTS):
-                # -C reuses the blob byte for byte, where -m/-F would reformat whitespace.
-                if self._swap_notes("add", "-f", "--allow-empty", "-C", blob, target,
-                                   reflog="notes: add"):
-                    return
-                _backoff(attempt)
+            if mine.done:
+                return
+            with _pending_notes_lock:
+                batch = [mine, *(n for n in queue if n is not mine and not n.done)]
+                queue.clear()
+            # -C reuses the blob byte for byte, where -m/-F would reformat whitespace.
+            commands = [("add", "-f", "--allow-empty", "-C", n.blob, n.target) for n in batch]
+            try:
+                for attempt in range(_NOTE_ATTEMPTS):
+                    if self._swap_notes(*commands[0], more=commands[1:], reflog="notes: add",
+                                        adds=True):
+                        for note in batch:
+                            note.done = True
+                        return
+                    _backoff(attempt)
+            finally:
+                # Notes of other threads not written: each writes its own when it gets the lock.
+                left = [n for n in batch if n is not mine and not n.done]
+                if left:
+                    with _pending_notes_lock:
+                        queue.extend(left)
         raise RepositoryError(f"could not attach a note to {sha}: other processes kept "
                               f"updating {NOTES_REF}")
 
@@ -907,10 +1113,13 @@ class GitRepo:
         command = [git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git",
                    "-c", f"core.hooksPath={self._hooks_dir}", "-c", "core.fsmonitor=false"]
         command += [a for c in config for a in ("-c", c)]
+        location = self._location_env(worktree)
         if worktree is not None:
+            if os.path.exists(os.path.join(location["GIT_DIR"], "info", "sparse-checkout")):
+                command += _SPARSE_CONFIG
             command += ["-C", str(worktree)]
         command += args
-        full_env = {**self._location_env(worktree), **(env or {})}
+        full_env = {**location, **(env or {})}
         for attempt in range(_LOCK_ATTEMPTS if retry else 1):
             if attempt:
                 _backoff(attempt)
@@ -980,25 +1189,29 @@ class GitRepo:
             raise BranchMoved(f"{what} moved while soa-git was updating it; try again")
         raise RepositoryError(f"cannot update {what}: {_reason(r.err)}")
 
-    def _swap_notes(self, *notes_args: str, stdin: bytes | None = None, reflog: str) -> bool:
+    def _swap_notes(self, *notes_args: str, stdin: bytes | None = None, reflog: str,
+                    adds: bool = False, more: Iterable[tuple[str, ...]] = ()) -> bool:
         """Run `git notes <notes_args>` on a scratch copy of NOTES_REF, then swap the result in
         with a compare-and-swap; False when another process moved NOTES_REF first.
 
         `git notes` overwrites the notes ref without checking its old value, so two processes
-        writing at once would drop each other's notes. The ref goes when no note is left.
+        writing at once would drop each other's notes. The ref goes when no note is left
+        (`adds`: the command only adds a note, so none can be left empty; no need to look).
+        `more` are further `git notes` commands run on the same scratch ref, swapped in at once.
         """
         old = self._git("show-ref", "--verify", "-s", NOTES_REF, check=False).text
         scratch = f"refs/notes/soa-pending/{uuid.uuid4().hex}"
         try:
             if old:
                 self._git("update-ref", scratch, old, "", retry=True)
-            r = self._git("notes", f"--ref={scratch}", *notes_args, env=_SOA_AUTHOR | _SOA_IDENTITY,
-                          stdin=stdin, check=False, retry=True)
-            if r.status != 0:
-                raise RepositoryError(f"cannot update {NOTES_REF}: {_reason(r.err)}")
+            for args in (notes_args, *more):
+                r = self._git("notes", f"--ref={scratch}", *args, env=_SOA_AUTHOR | _SOA_IDENTITY,
+                              stdin=stdin if args is notes_args else None, check=False, retry=True)
+                if r.status != 0:
+                    raise RepositoryError(f"cannot update {NOTES_REF}: {_reason(r.err)}")
             new = self._git("rev-parse", "--verify", "-q", scratch, check=False).text
             try:
-                if old and not (new and self._git("ls-tree", new).text):
+                if old and not adds and not (new and self._git("ls-tree", new).text):
                     self._update_ref(NOTES_REF, "", old, what=NOTES_REF, delete=True)
                 elif new and new != old:
                     self._update_ref(NOTES_REF, new, old, what=NOTES_REF, reflog=reflog)
@@ -1009,7 +1222,16 @@ class GitRepo:
             self._git("update-ref", "-d", scratch, check=False, retry=True)
 
     def _worktrees(self) -> list[_Worktree]:
-        out = self._git("worktree", "list", "--porcelain", "-z").out
+        for attempt in range(6):
+            # A worktree half added or half removed (by another thread or process) makes
+            # `git worktree list` fail ("failed to read", "Invalid path"): look again.
+            r = self._git("worktree", "list", "--porcelain", "-z", check=False)
+            if r.status == 0:
+                break
+            _backoff(attempt)
+        if r.status != 0:
+            raise RepositoryError(f"git worktree failed: {_reason(r.err)}")
+        out = r.out
         worktrees = []
         for record in os.fsdecode(out).split("\0\0"):
             attrs = dict((line.split(" ", 1) + [""])[:2] for line in record.split("\0") if line)
@@ -1026,12 +1248,35 @@ class GitRepo:
         Scoped to our own directory, unlike `git worktree prune`, which would also drop the
         user's worktrees that merely live on a disk that is not mounted right now.
         """
+        if not self._may_have_stale_worktrees(also):
+            return
         root = self._worktrees_root.resolve()
         for wt in self._worktrees():
             if wt.path.is_relative_to(root) and (wt.prunable or wt.path == also):
                 self._remove_worktree_locked(wt.path)
         if also is not None and also.exists():
             self._remove_worktree_locked(also)
+
+    def _may_have_stale_worktrees(self, also: Path | None) -> bool:
+        """Whether `_drop_stale_worktrees` could find anything: a look at the registrations'
+        `gitdir` files, so the common case (nothing stale) costs no `git worktree list`, whose
+        cost grows with the number of worktrees."""
+        if also is not None and also.exists():
+            return True
+        admin = self.git_dir / "worktrees"
+        if not admin.is_dir():
+            return False
+        root = self._worktrees_root.resolve()
+        for entry in admin.iterdir():
+            if also is not None and entry.name == also.name:
+                return True
+            try:
+                gitdir = Path((entry / "gitdir").read_text(encoding="utf-8").strip())
+            except OSError:
+                return True     # half made or half removed: let git judge
+            if gitdir.parent.is_relative_to(root) and not gitdir.exists():
+                return True
+        return False
 
     def _remove_worktree_locked(self, path: Path) -> None:
         # Twice --force: also a worktree that is locked or has uncommitted changes.
@@ -1042,7 +1287,8 @@ class GitRepo:
             shutil.rmtree(path)
             if r.status != 0:
                 self._git(*remove, check=False, retry=True)
-        if any(wt.path == path for wt in self._worktrees()):
+        # git removed it (status 0), or look whether a registration is left.
+        if r.status != 0 and any(wt.path == path for wt in self._worktrees()):
             raise RepositoryError(f"cannot remove the worktree {path}: {_reason(r.err)}")
 
     def _agent_worktree_path(self, path: Path) -> Path:
@@ -1068,6 +1314,20 @@ class GitRepo:
             raise RepositoryError(f"{worktree} does not have branch {branch} checked out")
 
 
+HOOK_ALLOW_ENV = "SOA_GIT_ALLOW_IN_HOOK"
+
+
+def _guard_hook() -> None:
+    """Inside a pre-commit framework hook (PRE_COMMIT=1) soa-git starts no run and writes no
+    branch or commit, unless the hook was invoked on purpose and says so with
+    SOA_GIT_ALLOW_IN_HOOK=1 (the manual-stage soa-git-fill does). Locking a run counts as
+    starting it, so `soa-git run` refuses before its first model call."""
+    if os.environ.get("PRE_COMMIT") == "1" and os.environ.get(HOOK_ALLOW_ENV) != "1":
+        raise RepositoryError("soa-git makes no branches or commits while PRE_COMMIT=1 is set "
+                              "(inside a pre-commit hook); run `soa-git run` yourself, or the "
+                              "manual-stage hook soa-git-fill")
+
+
 def _write_if_changed(path: Path, text: str) -> None:
     """Written aside and renamed, so a git reading it concurrently never sees half a file."""
     if path.exists() and path.read_text(encoding="utf-8") == text:
@@ -1076,6 +1336,25 @@ def _write_if_changed(path: Path, text: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as stream:
         stream.write(text)
     os.replace(temp, path)
+
+
+def _cone_patterns(folders: Iterable[str]) -> str:
+    """A cone-mode sparse-checkout file, as `git sparse-checkout set --cone` writes it: the root's
+    files, each folder's ancestors' own files, and each folder whole."""
+    named = {_posix(f).strip("/") for f in folders} - {"", "."}
+    # A folder inside another wanted folder is covered by it.
+    wanted = sorted(f for f in named if not any(f.startswith(o + "/") for o in named))
+    lines = ["/*", "!/*/"]
+    parents: set[str] = set()
+    for folder in wanted:
+        parts = folder.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent not in parents:
+                parents.add(parent)
+                lines += [f"/{parent}/", f"!/{parent}/*/"]
+    lines += [f"/{f}/" for f in wanted]
+    return "\n".join(lines) + "\n"
 
 
 def _worktree_git_dir(worktree: Path) -> Path:

@@ -10,6 +10,7 @@ test feedback, Mothers revise their own code and comment on the children they im
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import sys
 import threading
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
 from . import layout, pycode
@@ -30,6 +31,9 @@ from .llm import ChatModel, TokenLedger, Usage
 from .testing import TestResult, run_tests
 
 NOT_RUN = TestResult(cases=())
+# Up to this many siblings, a child sees all their skeletons; beyond, only those it names.
+SHOWN_SIBLINGS = 8
+_IMPORTED = re.compile(r"^\s*(?:from\s+([A-Za-z_]\w*)|import\s+(.+))")
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,11 @@ class Organizer:
         self.on_event = on_event
         self.run_id = new_run_id()
         self._test_slots = threading.BoundedSemaphore(settings.jobs)
+        # Agents working at once (each holds a worktree). A Mother gives her slot back while she
+        # waits for her children, so slots never run out; twice `jobs`, so that while some agents
+        # commit and test, others keep all `jobs` model slots busy.
+        self._work_slots = threading.BoundedSemaphore(2 * settings.jobs)
+        self._holds_slot = threading.local()
         self._halt: str | None = None       # why the whole run stops early
         self._lock = threading.Lock()
         self.nodes: list[Node] = []
@@ -243,7 +252,40 @@ class Organizer:
         self.target_ = target
         self.base = base
         self.original = self.repo.read_file(base, target.file) or ""
-        return self._node(target.function, pycode.find_function(self.original, target.function), None)
+        root = self._node(target.function, pycode.find_function(self.original, target.function), None)
+        self.checkout = self._checkout_folders(root.files.import_root)
+        return root
+
+    def _checkout_folders(self, import_root: str) -> list[str]:
+        """The folders an agent's worktree holds (a sparse checkout; the root's own files always):
+        the target's top package (where every agent's module lives), the agents' tests, and
+        every folder of the import root that code in those imports, followed to a fixed point.
+
+        A full checkout of a large repository per agent costs more than all else an agent does;
+        the tests of generated code need only what the code under test can import.
+        """
+        target_dir = PurePosixPath(self.target_.file).parent
+        root = PurePosixPath(import_root) if import_root else PurePosixPath(".")
+        inner = target_dir.relative_to(root).parts if target_dir != root else ()
+        own = str(root / inner[0]) if inner else (import_root or None)
+        folders = {layout.TEST_DIR} | ({own} if own else set())
+        available = self.repo.subfolders(self.base, import_root)
+        scanned: set[str] = set()
+        files = [self.target_.file]
+        while True:
+            fresh = sorted(f for f in folders - scanned if f != layout.TEST_DIR)
+            if not fresh and not files:
+                return sorted(folders)
+            scanned |= set(fresh)
+            found = set()
+            for line in self.repo.import_lines(self.base, fresh, files):
+                match = _IMPORTED.match(line)
+                if match:
+                    names = [match[1]] if match[1] else [part.split()[0].split(".")[0]
+                                                         for part in match[2].split(",") if part.split()]
+                    found |= {n for n in names if n in available}
+            files = []
+            folders |= {str(root / name) if import_root else name for name in found}
 
     def _complete(self, root: Node, work: Callable[[], None], started: float) -> RunSummary:
         try:
@@ -280,11 +322,13 @@ class Organizer:
                                      trailers=self._trailers(node, "generate", Usage()),
                                      author=self._author(node), allowed_paths=self._owned(node))
             if self._halted(node):
+                self._retire(node)
                 return
             self._set(node, "thinking")
             step, plan = node.agent.generate(split=self._may_split(node), tests=tuple(node.tests))
         except (AnswerError, ModelError, BudgetExhausted) as exc:
             self._fail(node, exc)
+            self._retire(node)
             return
         self._develop(node, step, plan)
 
@@ -302,6 +346,7 @@ class Organizer:
                              subject=f"generate: implement {node.skeleton.name}")
             self._carry_on(node)
         self._settle(node)
+        self._retire(node)
 
     def _adopt_plan(self, node: Node, plan: Plan) -> None:
         """A first answer: the agent's code and tests, and for a Mother her children."""
@@ -319,6 +364,7 @@ class Organizer:
         with self._workspace(node):
             self._carry_on(node)
         self._settle(node)
+        self._retire(node)
 
     def _carry_on(self, node: Node) -> None:
         """Children first (in parallel), then merging and the modification phase."""
@@ -334,9 +380,20 @@ class Organizer:
             self._repair(node)
 
     def _adopt_children(self, mother: Node, plan: Plan) -> None:
-        """One child agent per skeleton in the Mother's answer; siblings see each other's skeletons."""
+        """One child agent per skeleton in the Mother's answer; siblings see each other's skeletons.
+
+        With many siblings, a child sees only those its own skeleton names: otherwise every
+        child's prompt would grow with the number of its siblings, and a wide tree's tokens with
+        the square of its width.
+        """
+        texts = {c.name: pycode.skeleton_text(c) for c in plan.children}
         for skeleton in plan.children:
-            siblings = tuple(pycode.skeleton_text(c) for c in plan.children if c is not skeleton)
+            if len(plan.children) <= SHOWN_SIBLINGS + 1:
+                siblings = tuple(texts[c.name] for c in plan.children if c is not skeleton)
+            else:
+                named = set(re.findall(r"[A-Za-z_]\w*", texts[skeleton.name]))
+                siblings = tuple(texts[c.name] for c in plan.children
+                                 if c is not skeleton and c.name in named)
             child = self._node(f"{mother.path}.{skeleton.name}", skeleton, mother, callees=siblings)
             child.tests = list(plan.tests.get(skeleton.name, ()))
             child.test_imports = list(plan.imports)
@@ -345,9 +402,27 @@ class Organizer:
     def _in_parallel(self, work: Callable[[Node], None], nodes: list[Node]) -> None:
         if not nodes:
             return
-        with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-            for future in [pool.submit(work, node) for node in nodes]:
-                future.result()
+
+        def in_slot(node: Node) -> None:
+            with self._work_slots:
+                self._holds_slot.value = True
+                try:
+                    work(node)
+                finally:
+                    self._holds_slot.value = False
+
+        held = getattr(self._holds_slot, "value", False)
+        if held:
+            self._work_slots.release()
+        try:
+            # At most `jobs` siblings at once: model calls and test runs are bounded by jobs
+            # anyway, and a working agent holds a worktree: more threads would only hold more disk.
+            with ThreadPoolExecutor(max_workers=min(len(nodes), self.settings.jobs)) as pool:
+                for future in [pool.submit(in_slot, node) for node in nodes]:
+                    future.result()
+        finally:
+            if held:
+                self._work_slots.acquire()
 
     def _may_split(self, node: Node) -> bool:
         """max_depth counts levels, as in the paper: 2 is a Mother over Children."""
@@ -448,6 +523,7 @@ class Organizer:
             with self._workspace(child):
                 self._repair(child, comments[child.skeleton.name])
             self._settle(child)
+            self._retire(child)
 
         self._in_parallel(answer, commented)
         if commented:
@@ -602,8 +678,15 @@ class Organizer:
     @contextmanager
     def _workspace(self, node: Node) -> Iterator[Path]:
         if node.worktree is None:
-            node.worktree = self.repo.add_worktree(node.branch, f"{self.run_id}/{node.path}")
+            node.worktree = self.repo.add_worktree(node.branch, f"{self.run_id}/{node.path}",
+                                                   sparse=self.checkout)
         yield node.worktree
+
+    def _retire(self, node: Node) -> None:
+        """A child whose work is done gives its worktree back (a Mother's comment or a conflict
+        makes a new one): worktrees live only while their agent works, not until the run ends."""
+        if node.parent is not None:
+            self._release(node)
 
     def _release(self, node: Node) -> None:
         if node.worktree is not None:

@@ -282,3 +282,177 @@ def clean_lines(plan: CleanPlan) -> list[str]:
         lines.append(f"{verb} {len(plan.pending_refs)} scratch notes "
                      f"ref{'s' * (len(plan.pending_refs) != 1)} (refs/notes/soa-pending/)")
     return lines
+
+
+# ---- `soa-git report`: the review of one run, as Markdown for a PR comment, text or JSON ------
+
+from .commands.push import Pushed  # noqa: E402  (kept with the renderers that use them)
+from .commands.report import RunReport  # noqa: E402
+from .github import PullRequest  # noqa: E402
+
+# GitHub refuses a pull request body or a comment longer than 65,536 characters.
+MARKDOWN_LIMIT = 60_000
+_MARK = {"passed": "✅", "failed": "❌", "pending": "⏳", "done": "✅", "stopped": "⏸️",
+         "running": "🔄", "interrupted": "⚠️"}
+
+
+def report_lines(rep: RunReport) -> list[str]:
+    """`soa-git report RUN` as text: the run's summary, its diff stat, how to fetch it."""
+    run = rep.run
+    return [*run_summary_lines(run), "", f"changes against {run.base[:7] or '?'}:",
+            *_indent(rep.diff_stat or "(none)", 2), "", "fetch it into a clone with:",
+            *(f"  {command}" for command in _review_commands(rep))]
+
+
+def report_json(rep: RunReport) -> dict:
+    """The keys of `tree --json`, each agent with its `attempts` (as in `log --json`, without
+    the diffs), plus `diff_stat`, `remote` and `fetch` (the refspecs)."""
+    data = run_json(rep.run)
+    attempts = {log.agent.path: [{k: v for k, v in _attempt_json(a).items() if k != "diff"}
+                                 for a in log.attempts] for log in rep.logs}
+    for agent in data["agents"]:
+        agent["attempts"] = attempts.get(agent["path"], [])
+    return {**data, "diff_stat": rep.diff_stat, "remote": rep.remote,
+            "fetch": list(rep.fetch_refspecs)}
+
+
+def run_markdown(rep: RunReport, *, limit: int = MARKDOWN_LIMIT) -> str:
+    """GitHub-flavoured Markdown for a pull request body or comment: the outcome, the agent
+    tree, each agent's attempts folded in a `<details>`, the branches with the commands to fetch
+    and inspect them, and the diff stat. Longer than `limit`: the attempts are left out."""
+    text = "\n".join(_markdown(rep, attempts=True)) + "\n"
+    if len(text) > limit:
+        text = "\n".join(_markdown(rep, attempts=False)) + "\n"
+    if len(text) > limit:
+        cut = "\n\n…(cut: too long for GitHub; `soa-git report` shows all of it)\n"
+        text = text[:limit - len(cut)] + cut
+    return text
+
+
+def _markdown(rep: RunReport, *, attempts: bool) -> list[str]:
+    run = rep.run
+    lines_of_code = sum(a.lines for a in run.agents)
+    out = [f"<!-- soa-git report {run.run} -->",
+           f"### soa-git run `{run.run}`: {_MARK.get(run.state, '')} {run.state}".replace("  ", " "),
+           "", _md_text(run.message), "",
+           f"**target** `{run.target or '?'}` · **from** `{run.base[:7] or '?'}` · "
+           f"**result** `{run.branch}`",
+           "", f"**{_plural(len(run.agents), 'agent')}**, depth {run.depth} · "
+           f"{_plural(lines_of_code, 'line')} of code · {run.tests_passed} tests passed · "
+           f"{run.tokens:,} tokens · started {run.started}",
+           "", "#### Agents", "",
+           "| agent | role | state | tests | rounds | lines | tokens |",
+           "| :-- | :-- | :-- | :-- | --: | --: | --: |"]
+    for agent in run.agents:
+        indent = "&emsp;" * agent.path.count(".")
+        out.append(f"| {indent}`{agent.function}` | {agent.role} | "
+                   f"{_MARK.get(agent.state, '')} {agent.state} | {agent.tests or '-'} | "
+                   f"{agent.rounds} | {agent.lines} | {agent.tokens:,} |")
+    if attempts:
+        out += ["", "#### What each agent did"]
+        for log in rep.logs:
+            out += ["", *_agent_details(log)]
+    else:
+        out += ["", "_Each agent's attempts are left out here: too long for one comment. "
+                    "`soa-git log AGENT` shows them._"]
+    out += ["", "#### Branches", "", "| branch | agent | tip |", "| :-- | :-- | :-- |"]
+    for agent in run.agents:
+        role = "root: the result" if agent.parent is None else f"under `{agent.parent}`"
+        out.append(f"| `{agent.branch}` | `{agent.path}`, {role} | `{agent.tip[:7]}` |")
+    out += ["", "Fetch the run and its transcripts (git notes), then inspect it:", "",
+            "```sh", *_review_commands(rep), "```"]
+    stat = rep.diff_stat.rstrip("\n")
+    total = stat.splitlines()[-1].strip() if stat else "no changes"
+    out += ["", f"#### Changes against `{run.base[:7] or '?'}`", "",
+            f"<details><summary>{_md_text(total)}</summary>", "", *_fenced(stat or "(none)"),
+            "", "</details>"]
+    return out
+
+
+def _agent_details(log: AgentLog) -> list[str]:
+    agent = log.agent
+    where = f"{agent.role} under `{agent.parent}`" if agent.parent else f"the root {agent.role}"
+    out = [f"<details><summary><code>{agent.path}</code>: {agent.role}, "
+           f"{_MARK.get(agent.state, '')} {agent.state} ({_md_text(agent.tests or 'not tested')}), "
+           f"{_plural(agent.rounds, 'round')}, {_plural(len(log.attempts), 'attempt')}</summary>",
+           "", f"{where}; file `{agent.file or '?'}`, tests `{agent.test_file or '?'}`"]
+    for attempt in log.attempts:
+        commit = attempt.commit
+        facts = [f"{commit.phase or '?'}, round {commit.round}",
+                 f"tests: {attempt.tests or 'not run'}", f"{commit.tokens:,} tokens"]
+        out += ["", f"**#{attempt.number} {attempt.kind}** `{commit.sha[:7]}` "
+                    f"{_md_text(commit.subject)} · {_md_text(', '.join(facts))}"]
+        if attempt.merged:
+            out += ["", f"merged `{attempt.merged}` (its tests: "
+                        f"{_md_text(attempt.child_tests or '?')})"]
+        if attempt.reflection:
+            out += ["", "reflection:", *_fenced(attempt.reflection)]
+        if attempt.comment:
+            out += ["", "comment from the Mother:", *_fenced(attempt.comment)]
+        for name, comment in attempt.comments_sent.items():
+            out += ["", f"comment to `{name}`:", *_fenced(comment)]
+    return out + ["", "</details>"]
+
+
+def _review_commands(rep: RunReport) -> list[str]:
+    run = rep.run
+    return [f"git fetch {rep.remote} " + " ".join(f"'{spec}'" for spec in rep.fetch_refspecs),
+            f"soa-git tree {run.run}",
+            f"git log --graph {run.branch}",
+            f"git diff {run.base[:7] or run.base}..{run.branch}",
+            f"soa-git log {run.run}/AGENT     # one agent's attempts, reflections and diffs",
+            f"soa-git accept {run.run}        # merge the result into your branch"]
+
+
+def _md_text(text: str) -> str:
+    """Model or git text in Markdown prose: no HTML, no accidental emphasis or code."""
+    text = " ".join(str(text).split())
+    for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;")):
+        text = text.replace(char, entity)
+    for char in "\\`*_[]|#":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def _fenced(text: str, info: str = "text") -> list[str]:
+    """`text` verbatim in a fence longer than any run of backticks inside it."""
+    longest = max((len(run) for run in text.split("\n") for run in _backtick_runs(run)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + info, *text.rstrip("\n").splitlines(), fence]
+
+
+def _backtick_runs(line: str) -> list[str]:
+    runs, current = [], ""
+    for char in line:
+        if char == "`":
+            current += char
+        elif current:
+            runs.append(current)
+            current = ""
+    return runs + ([current] if current else [])
+
+
+def push_lines(done: Pushed) -> list[str]:
+    merged = "; merged the remote's notes into ours first" if done.notes_merged else ""
+    lines = [f"pushed run {done.run} to {done.remote} ({done.url}){merged}"]
+    lines += [f"  {ref}  {outcome}" for ref, outcome in done.refs]
+    lines += ["a reviewer fetches it with:",
+              f"  git fetch {done.remote} " + " ".join(f"'{spec}'" for spec in done.fetch)]
+    return lines
+
+
+def push_json(done: Pushed) -> dict:
+    return {"run": done.run, "remote": done.remote, "url": done.url,
+            "refs": [{"ref": ref, "outcome": outcome} for ref, outcome in done.refs],
+            "notes_merged": done.notes_merged, "fetch": list(done.fetch)}
+
+
+def pull_lines(done: PullRequest) -> list[str]:
+    verb = "opened" if done.created else "updated"
+    return [f"{verb} pull request #{done.number}: {done.head} into {done.base}",
+            done.url or "(GitHub gave no address)"]
+
+
+def pull_json(done: PullRequest) -> dict:
+    return {"action": "created" if done.created else "updated", "number": done.number,
+            "url": done.url, "head": done.head, "base": done.base}

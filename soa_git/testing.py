@@ -9,13 +9,16 @@ directory that is removed afterwards.
 from __future__ import annotations
 
 import json
+import atexit
 import math
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,15 +33,217 @@ FILE_SIZE_LIMIT = 64 * 1024 * 1024
 NPROC_HEADROOM = 256
 _TRUNCATED = "[...]"
 
-# Runs in the child before pytest: limits set here bind pytest and everything it starts.
-# A bootstrap that execs pytest is used instead of Popen(preexec_fn=...) because preexec_fn
-# may deadlock when the caller has threads, and the organizer runs siblings in parallel.
-_BOOTSTRAP = (
-    "import json, os, resource, sys\n"
-    "for which, soft, hard in json.loads(sys.argv[1]):\n"
-    "    resource.setrlimit(which, (soft, hard))\n"
-    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
-)
+# Runs in the child before pytest: limits set there bind pytest and everything it starts.
+# (Popen(preexec_fn=...) may deadlock when the caller has threads, as the organizer does.)
+# The test runner: one process per soa-git process, started from a sandbox environment with pytest
+# already imported, that forks one child per test run. The child gets its own session (process
+# group), the limits, an environment built from scratch, /dev/null as stdin and the log file as
+# stdout and stderr, then runs pytest in the worktree: what `python -m pytest` would do, without
+# paying for an interpreter and pytest's imports on every run. The runner only forks, reaps and
+# reports exit codes; it never runs generated code itself. When soa-git goes away (its pipe
+# closes), the runner kills what is still running and exits.
+_RUNNER = r"""
+import json, os, resource, select, signal, sys, tempfile
+for name in ("pytest", "_pytest.junitxml", "_pytest.faulthandler", "_pytest.helpconfig",
+             "_pytest.skipping", "_pytest.unittest", "_pytest.warnings", "_pytest.pastebin",
+             "_pytest.setuponly", "_pytest.setupplan", "_pytest.tracemalloc",
+             "_pytest.threadexception", "_pytest.unraisableexception", "_pytest._argcomplete",
+             "xml.etree.ElementTree", "unittest", "difflib", "pdb", "faulthandler"):
+    try:
+        __import__(name)
+    except Exception:
+        pass
+import pytest
+
+wake_r, wake_w = os.pipe()
+os.set_blocking(wake_r, False)
+os.set_blocking(wake_w, False)
+signal.set_wakeup_fd(wake_w)
+signal.signal(signal.SIGCHLD, lambda *_: None)
+children = {}
+
+
+def reply(message):
+    data = (json.dumps(message) + "\n").encode()
+    while data:
+        data = data[os.write(1, data):]
+
+
+def child(request):
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.close(wake_r)
+    os.close(wake_w)
+    os.setsid()
+    for which, soft, hard in request["limits"]:
+        resource.setrlimit(which, (soft, hard))
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.closerange(3, 256)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    tempfile.tempdir = None
+    # As for `python -m pytest`: the working directory first, then PYTHONPATH.
+    sys.path[0:1] = ["", *request["path"]]
+    sys.argv = ["pytest", *request["args"]]
+    code = pytest.main(request["args"])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(code))
+
+
+def reap():
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        reply({"id": children.pop(pid), "exit": os.waitstatus_to_exitcode(status)})
+
+
+pending = b""
+while True:
+    try:
+        ready = select.select([0, wake_r], [], [])[0]
+    except InterruptedError:
+        continue
+    if wake_r in ready:
+        try:
+            while os.read(wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+    reap()
+    if 0 in ready:
+        chunk = os.read(0, 65536)
+        if not chunk:
+            for pid in children:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            os._exit(0)
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            request = json.loads(line)
+            sys.stdout.flush()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    child(request)
+                finally:
+                    os._exit(70)
+            children[pid] = request["id"]
+            reply({"id": request["id"], "pid": pid})
+"""
+
+
+class _Launch:
+    """One test run the runner forked: its pid, and its exit code once the runner reaped it."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.returncode: int | None = None
+        self.started = threading.Event()
+        self.done = threading.Event()
+
+
+class _Runner:
+    """The client side of the runner process; safe for many threads."""
+
+    def __init__(self) -> None:
+        self._home = tempfile.mkdtemp(prefix="soa-runner-")
+        atexit.register(shutil.rmtree, self._home, ignore_errors=True)
+        script = Path(self._home) / "soa_test_runner.py"
+        script.write_text(_RUNNER, encoding="utf-8")
+        self._proc = subprocess.Popen(
+            [sys.executable, str(script)], cwd=self._home,
+            env=_sandbox_env(Path(self._home), ()), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        self._lock = threading.Lock()
+        self._next = 0
+        self._runs: dict[int, _Launch] = {}
+        self._reader = threading.Thread(target=self._read, name="soa-test-runner", daemon=True)
+        self._reader.start()
+
+    def stop(self) -> None:
+        """Close the runner's pipe: it kills what still runs and exits; wait for it."""
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        self._proc.wait()
+        self._reader.join(5)
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def launch(self, request: dict) -> _Launch:
+        run = _Launch()
+        with self._lock:
+            self._next += 1
+            self._runs[self._next] = run
+            line = json.dumps({"id": self._next, **request}) + "\n"
+            assert self._proc.stdin is not None
+            self._proc.stdin.write(line.encode())
+            self._proc.stdin.flush()
+        if not run.started.wait(30) or run.pid is None:
+            raise OSError("the test runner did not start the tests")
+        return run
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            message = json.loads(line)
+            with self._lock:
+                run = self._runs.get(message["id"])
+            if run is None:
+                continue
+            if "pid" in message:
+                run.pid = message["pid"]
+                run.started.set()
+            else:
+                run.returncode = message["exit"]
+                with self._lock:
+                    self._runs.pop(message["id"], None)
+                run.done.set()
+        # The runner is gone: nobody will report on what it ran.
+        with self._lock:
+            stranded, self._runs = list(self._runs.values()), {}
+        for run in stranded:
+            run.returncode = run.returncode if run.returncode is not None else -signal.SIGKILL
+            run.started.set()
+            run.done.set()
+
+
+_runner: _Runner | None = None
+_runner_lock = threading.Lock()
+
+
+def stop_runner() -> None:
+    """Stop the test runner (it also stops by itself when this process exits)."""
+    global _runner
+    with _runner_lock:
+        runner, _runner = _runner, None
+    if runner is not None:
+        runner.stop()
+
+
+def _the_runner() -> _Runner:
+    global _runner
+    with _runner_lock:
+        if _runner is None or not _runner.alive:
+            _runner = _Runner()
+        return _runner
 
 
 @dataclass(frozen=True)
@@ -157,38 +362,37 @@ def run_tests(
             # One broken test module should not hide the results of the others.
             "--continue-on-collection-errors",
         ]
-        limits = json.dumps(_limits(timeout_s, memory_mb))
-        command = [sys.executable, "-c", _BOOTSTRAP, limits, *pytest_args]
-        with open(log_path, "wb") as log:
-            # Output goes to a file, not a pipe: a straggler holding a pipe open would
-            # otherwise keep us waiting after pytest itself has exited.
-            proc = subprocess.Popen(
-                command,
-                cwd=worktree,
-                env=_sandbox_env(home, python_path),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        limits = _limits(timeout_s, memory_mb)
+        env = _sandbox_env(home, python_path)
+        # Output goes to a file, not a pipe: a straggler holding a pipe open would
+        # otherwise keep us waiting after pytest itself has exited.
+        request = {"cwd": str(worktree), "args": pytest_args[2:], "limits": limits,
+                   "log": str(log_path), "env": env,
+                   "path": [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]}
+        try:
+            run = _the_runner().launch(request)
+        except OSError:
+            # The runner died between runs (someone killed it): a new one, once.
+            stop_runner()
+            run = _the_runner().launch(request)
+        assert run.pid is not None
         faults.reached("test")
         timed_out = False
         try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            timed_out = not run.done.wait(timeout_s)
         finally:
             # Kill the whole group: on timeout or interrupt everything, after a normal exit
             # any background process a test left behind.
-            _kill_group(proc.pid)
-            proc.wait()
+            _kill_group(run.pid)
+            run.done.wait()
+        returncode = run.returncode if run.returncode is not None else -signal.SIGKILL
         # The CPU limit fires as SIGXCPU; to the caller that is a timeout too.
-        timed_out = timed_out or proc.returncode == -signal.SIGXCPU
+        timed_out = timed_out or returncode == -signal.SIGXCPU
         output = _read_tail(log_path, OUTPUT_LIMIT)
         cases = _parse_junit(xml_path, files)
         if cases is None and not timed_out:
             # Without a report the output may say nothing (os._exit, a crash): say how it ended.
-            output += "\n" + _how_it_ended(proc.returncode)
+            output += "\n" + _how_it_ended(returncode)
     return TestResult(
         cases=cases or (),
         timed_out=timed_out,

@@ -147,4 +147,3 @@ def _pending_refs(repo: GitRepo) -> tuple[str, ...]:
         if holder is not None and holder.alive:
             return ()
     return tuple(repo.pending_note_refs())
-

@@ -54,4 +54,3 @@ def run(spec: str, *, cwd: Path, flags: Mapping[str, Any],
     ledger = TokenLedger(settings.run_token_budget, settings.agent_token_budget)
     model = open_model(settings, ledger, environ, repo)
     return [Organizer(repo, settings, model, ledger, on_event).run(target) for target in targets]
-

@@ -1,0 +1,1 @@
+"""Benchmarks of soa-git against published results (scripts, not part of the soa_git package)."""

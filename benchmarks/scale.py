@@ -1,0 +1,198 @@
+"""How soa-git scales with the number of agents, the depth of the tree and the size of the repo.
+
+    python -m benchmarks.scale --agents 1,10,100,1000 --depth 1-4 --files 10,10000 \\
+        --latency 0,1 --jobs 16 --out benchmarks/results/scale.json
+
+For every (files, agents, depth, latency) it builds a repository of that many files, starts a
+scripted model on 127.0.0.1 that answers a generated decomposition of that shape (see
+`scale_shape`), and runs the real engine in a fresh process (`scale_worker`) with a time limit.
+It records, per configuration:
+
+- `wall_s` against two floors: `floor_ideal_s` = levels x latency (siblings all in parallel)
+  and `floor_jobs_s` = sum over levels of ceil(agents on the level / jobs) x latency, which is
+  the best any schedule can do when at most `jobs` model calls are in flight;
+- `overhead_ms_per_agent` = (wall - floor_jobs) / agents: what soa-git itself costs per agent
+  (git, worktrees, the test harness, bookkeeping); at latency 0 that is simply wall / agents;
+  `cpu_ms_per_agent` is the CPU behind it (soa-git, git and pytest processes), which a busy
+  machine does not inflate;
+- peak memory of the engine's process and of its largest subprocess, peak live worktrees;
+- git subprocesses by subcommand, and thread-seconds in worktrees, tests, commits, merges, notes.
+
+A configuration that does not finish within `--limit` seconds is killed and recorded as skipped
+with the reason. Results go to JSON, with a PNG plot beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from soa_git.scripted import ScriptedServer
+
+from . import scale_shape
+from .scale_plot import plot
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ints(text: str) -> list[int]:
+    values: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            lo, hi = part.split("-")
+            values.extend(range(int(lo), int(hi) + 1))
+        else:
+            values.append(int(part))
+    return values
+
+
+def _floats(text: str) -> list[float]:
+    return [float(p) for p in text.split(",")]
+
+
+def configurations(agents: list[int], depths: list[int], files: list[int],
+                   latencies: list[float]) -> list[dict]:
+    """Every distinct shape: one agent is depth 1 whatever was asked; depth 1 has one agent."""
+    seen, out = set(), []
+    for f in files:
+        for lat in latencies:
+            for n in agents:
+                for d in depths:
+                    if (n == 1) != (d == 1):
+                        continue
+                    key = (f, n, d, lat)
+                    if key not in seen:
+                        seen.add(key)
+                        out.append({"files": f, "agents": n, "depth": d, "latency_s": lat})
+    return out
+
+
+def floors(levels: list[int], latency: float, jobs: int) -> tuple[float, float]:
+    ideal = len(levels) * latency
+    bounded = sum(math.ceil(n / jobs) for n in levels) * latency
+    return ideal, bounded
+
+
+def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int, Path],
+                scratch: Path, profile: bool = False) -> dict:
+    shape = scale_shape.build_shape(config["agents"], config["depth"])
+    ideal, bounded = floors(shape.levels, config["latency_s"], jobs)
+    record = {**config, "jobs": jobs, "levels": shape.levels, "max_children": shape.max_children,
+              "floor_ideal_s": ideal, "floor_jobs_s": bounded}
+    if config["files"] not in templates:
+        templates[config["files"]] = scale_shape.make_template(
+            scratch / f"template-{config['files']}", config["files"])
+    repo = scale_shape.clone(templates[config["files"]],
+                             Path(tempfile.mkdtemp(dir=scratch)) / "repo")
+    responder = scale_shape.Responder(shape, config["latency_s"])
+    try:
+        with ScriptedServer(responder) as server:
+            spec = {"repo": str(repo), "base_url": server.base_url, "depth": config["depth"],
+                    "max_children": shape.max_children, "jobs": jobs,
+                    "target": scale_shape.TARGET, "function": scale_shape.ROOT_FUNCTION,
+                    "profile": profile}
+            proc = subprocess.Popen([sys.executable, "-m", "benchmarks.scale_worker", json.dumps(spec)],
+                                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    start_new_session=True, text=True)
+            try:
+                out, err = proc.communicate(timeout=limit_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                return {**record, "skipped": f"did not finish within the {limit_s:g} s limit "
+                                             f"({responder.calls} of {shape.agents} model calls made)"}
+        if proc.returncode != 0:
+            return {**record, "skipped": f"the run failed: {err.strip().splitlines()[-1:] or proc.returncode}"}
+        result = json.loads(out.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(repo.parent, ignore_errors=True)
+    n = config["agents"]
+    result.update({
+        "model_calls": responder.calls, "most_calls_in_flight": responder.most,
+        "overhead_ms_per_agent": round(1000 * (result["wall_s"] - bounded) / n, 1),
+        "wall_over_floor": round(result["wall_s"] / bounded, 3) if bounded else None,
+        # CPU (soa-git's process + git + pytest) per agent: what the wall time would be per
+        # agent on one free core, whatever else the machine is doing.
+        "cpu_ms_per_agent": round(1000 * (result["soa_cpu_s"] + result["children_cpu_s"]) / n, 1),
+        "git_calls_per_agent": round(result["git_calls"] / n, 1),
+        "tokens_per_agent": round(result.get("tokens", 0) / n),
+        "git_ms_per_agent": round(1000 * result["git_seconds"] / n, 1),
+        "tests_ms_per_agent": round(1000 * result["seconds"].get("tests", 0) / n, 1),
+        "worktree_ms_per_agent": round(1000 * result["seconds"].get("worktree_add", 0) / n, 1),
+    })
+    return {**record, **result}
+
+
+def _line(r: dict) -> str:
+    head = f"files={r['files']:>5} agents={r['agents']:>4} depth={r['depth']} latency={r['latency_s']:g}s"
+    if "skipped" in r:
+        return f"{head}: skipped: {r['skipped']}"
+    return (f"{head}: {r['state']}, wall {r['wall_s']:.2f}s (floor {r['floor_jobs_s']:.0f}s), "
+            f"overhead {r['overhead_ms_per_agent']:.0f} ms/agent (cpu {r['cpu_ms_per_agent']:.0f}), git {r['git_calls_per_agent']:.0f} "
+            f"calls/agent, rss {r['peak_rss_mb']:.0f} MB, worktrees {r['peak_worktrees']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", default="1,10,100,1000")
+    parser.add_argument("--depth", default="1-4")
+    parser.add_argument("--files", default="10,10000")
+    parser.add_argument("--latency", default="0,1")
+    parser.add_argument("--jobs", type=int, default=16)
+    parser.add_argument("--limit", type=float, default=300.0, help="seconds per configuration")
+    parser.add_argument("--out", default="benchmarks/results/scale.json")
+    parser.add_argument("--label", default="", help="a name for this set of results")
+    parser.add_argument("--profile", action="store_true", help="add a cProfile top list (main thread)")
+    args = parser.parse_args(argv)
+
+    configs = configurations(_ints(args.agents), _ints(args.depth), _ints(args.files),
+                             _floats(args.latency))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = []
+    templates: dict[int, Path] = {}
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="soa-scale-") as tmp:
+        for config in configs:
+            r = measure_one(config, jobs=args.jobs, limit_s=args.limit, templates=templates,
+                            scratch=Path(tmp), profile=args.profile)
+            results.append(r)
+            print(_line(r), flush=True)
+            _write(out, args, results, started)
+    png = plot(results, out.with_suffix(".png"))
+    _write(out, args, results, started, png)
+    print(f"wrote {out}" + (f" and {png}" if png else ""))
+    return 0
+
+
+def _write(out: Path, args: argparse.Namespace, results: list[dict], started: float,
+           png: Path | None = None) -> None:
+    data = {
+        "label": args.label,
+        "command": "python -m benchmarks.scale " + " ".join(sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform(),
+                    "git": subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.strip()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "jobs": args.jobs,
+        "limit_s": args.limit,
+        "plot": str(png) if png else None,
+        "results": results,
+    }
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""One measurement of the scale benchmark, in a process of its own (so peak memory is its own).
+
+`python -m benchmarks.scale_worker '<json>'` runs the real engine (`soa_git.commands.run.run`) on
+a prepared repository against a model server that the parent process runs, and prints one JSON
+object: wall time, the run's summary, peak memory, and where the time went. The breakdown comes
+from wrapping soa-git's own seams, so it counts what soa-git does, not what the model does:
+every git subprocess (`GitRepo._execute`, by subcommand), worktree creation, the test harness
+(`run_tests`) and notes. Those are thread-seconds: with parallel agents they add up to more than
+the wall time.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import json
+import pstats
+import resource
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+
+class Meter:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+        self.live_worktrees = 0
+        self.peak_worktrees = 0
+
+    def add(self, key: str, seconds: float, n: int = 1) -> None:
+        with self.lock:
+            self.calls[key] += n
+            self.seconds[key] += seconds
+
+    def timed(self, key: str, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.add(key, time.perf_counter() - start)
+        wrapper.__wrapped__ = fn
+        return wrapper
+
+
+def _subcommand(command: list[str]) -> str:
+    """The git subcommand of a command line that starts with global options (-c k=v, -C dir)."""
+    i = 1
+    while i < len(command) and command[i] in ("-c", "-C"):
+        i += 2
+    return command[i] if i < len(command) else "?"
+
+
+def instrument(meter: Meter) -> None:
+    from soa_git import gitrepo, organizer
+
+    execute = gitrepo.GitRepo._execute
+
+    def counted_execute(self, command, env, stdin):
+        start = time.perf_counter()
+        try:
+            return execute(self, command, env, stdin)
+        finally:
+            meter.add("git:" + _subcommand(command), time.perf_counter() - start)
+
+    gitrepo.GitRepo._execute = counted_execute
+
+    add_worktree = gitrepo.GitRepo.add_worktree
+    remove_worktree = gitrepo.GitRepo.remove_worktree
+
+    def counted_add(self, *args, **kwargs):
+        path = meter.timed("worktree_add", add_worktree)(self, *args, **kwargs)
+        with meter.lock:
+            meter.live_worktrees += 1
+            meter.peak_worktrees = max(meter.peak_worktrees, meter.live_worktrees)
+        return path
+
+    def counted_remove(self, *args, **kwargs):
+        meter.timed("worktree_remove", remove_worktree)(self, *args, **kwargs)
+        with meter.lock:
+            meter.live_worktrees -= 1
+
+    gitrepo.GitRepo.add_worktree = counted_add
+    gitrepo.GitRepo.remove_worktree = counted_remove
+    for name in ("commit", "merge", "add_note", "read_note", "create_branch"):
+        setattr(gitrepo.GitRepo, name, meter.timed(name, getattr(gitrepo.GitRepo, name)))
+    organizer.run_tests = meter.timed("tests", organizer.run_tests)
+
+
+def measure(spec: dict) -> dict:
+    from soa_git.commands.run import run
+
+    meter = Meter()
+    instrument(meter)
+    repo = Path(spec["repo"])
+    flags = {"base_url": spec["base_url"], "max_depth": spec["depth"],
+             "max_children": spec["max_children"], "jobs": spec["jobs"],
+             "request_timeout": 600, "test_timeout": 120,
+             # The budgets are a user's brake, not part of what is measured.
+             "run_token_budget": 10 ** 12, "agent_token_budget": 10 ** 12}
+    profile = cProfile.Profile() if spec.get("profile") else None
+    start = time.perf_counter()
+    cpu_start = time.process_time()
+    if profile:
+        profile.enable()
+    [summary] = run(f"{spec['target']}::{spec['function']}", cwd=repo, flags=flags,
+                    environ={"OPENAI_API_KEY": "bench", "PATH": "/usr/bin:/bin"})
+    if profile:
+        profile.disable()
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
+    # The test runner's children are counted in RUSAGE_CHILDREN once the runner is reaped.
+    from soa_git import testing
+    if hasattr(testing, "stop_runner"):
+        testing.stop_runner()
+    self_usage = resource.getrusage(resource.RUSAGE_SELF)
+    children_usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = {
+        "state": summary.state,
+        "message": summary.message,
+        "agents_run": len(summary.agents),
+        "tree_depth": summary.depth,
+        "passed_agents": sum(1 for a in summary.agents if a.state == "passed"),
+        "tokens": summary.usage.total,
+        "wall_s": round(wall, 3),
+        "soa_cpu_s": round(cpu, 3),
+        "children_cpu_s": round(children_usage.ru_utime + children_usage.ru_stime, 3),
+        "peak_rss_mb": round(self_usage.ru_maxrss / 1024, 1),
+        "peak_child_rss_mb": round(children_usage.ru_maxrss / 1024, 1),
+        "peak_worktrees": meter.peak_worktrees,
+        "calls": dict(sorted(meter.calls.items())),
+        "seconds": {k: round(v, 3) for k, v in sorted(meter.seconds.items())},
+        "git_calls": sum(n for k, n in meter.calls.items() if k.startswith("git:")),
+        "git_seconds": round(sum(v for k, v in meter.seconds.items() if k.startswith("git:")), 3),
+    }
+    if profile:
+        stats = pstats.Stats(profile)
+        stats.sort_stats("cumulative")
+        rows = []
+        for (file, line, fn), (cc, nc, tt, ct, _) in stats.stats.items():
+            if "soa_git" in file:
+                rows.append((ct, f"{Path(file).name}:{line}:{fn}", nc))
+        result["profile_top"] = [{"fn": f, "cum_s": round(c, 3), "calls": n}
+                                 for c, f, n in sorted(rows, reverse=True)[:25]]
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(json.loads(sys.argv[1]))))

@@ -1,0 +1,40 @@
+"""`soa-git report RUN`: everything a reviewer needs about one run, read back from git alone:
+the run, each agent's attempts, the diff of the result against where the run started, and the
+commands that fetch the run into a clone. `report.py` (the package's) renders it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import history
+from ..gitrepo import NOTES_REF, GitRepo
+
+
+@dataclass(frozen=True)
+class RunReport:
+    run: history.RunRecord
+    logs: tuple[history.AgentLog, ...]      # one per agent, in the run's order
+    diff_stat: str                          # `git diff --stat base root-branch`
+    remote: str                             # the remote the fetch commands name
+
+    @property
+    def fetch_refspecs(self) -> tuple[str, str]:
+        return fetch_refspecs(self.run.run)
+
+
+def fetch_refspecs(run: str) -> tuple[str, str]:
+    """What a reviewer fetches to read the run in a clone: its branches and the notes."""
+    return (f"+refs/heads/soa/{run}/*:refs/heads/soa/{run}/*", f"+{NOTES_REF}:{NOTES_REF}")
+
+
+def build(cwd: Path, run: str | None, *, remote: str = "origin") -> RunReport:
+    repo = GitRepo.open(cwd)
+    record = history.load_run(repo, run) if run else history.newest_run(repo)
+    logs = tuple(history.AgentLog(run=record, agent=agent,
+                                  attempts=tuple(history.attempts(repo, agent)))
+                 for agent in record.agents)
+    root = record.agent(record.root)
+    tip = root.tip if root else record.base
+    stat = repo.diff_stat(record.base, tip) if record.base and tip else ""
+    return RunReport(run=record, logs=logs, diff_stat=stat, remote=remote)

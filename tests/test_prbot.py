@@ -1,0 +1,473 @@
+"""Publishing a run: `soa-git report` (Markdown for a PR comment), `soa-git push` to a real bare
+repository and back into a fresh clone, `soa-git pr` against a loopback stand-in for GitHub's
+REST API, and the GitHub Actions workflow and composite action under hooks/github/."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from click.testing import CliRunner
+
+from soa_git import report
+from soa_git.cli import main
+from soa_git.commands.report import build
+from soa_git.github import GitHubError, parse_repo, repo_from_url
+from soa_git.gitrepo import GitRepo
+from soa_git.scripted import Script, ScriptedServer
+
+from .conftest import ROOT, git, make_repo
+from .test_run import AREA_RIGHT, AREA_WRONG, SHAPES_SKELETON, fill, shapes_script
+
+TOKEN = "ghp_test-token-never-shown"
+REFLECTION = "I added ```instead``` of <b>multiplying</b>."
+
+
+@dataclass(frozen=True)
+class Published:
+    repo: Path
+    run: str
+
+
+def _shapes(path: Path) -> Path:
+    return make_repo(path, {"shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON,
+                            "README.md": "shapes\n"})
+
+
+def _script(**kwargs) -> list[dict]:
+    return shapes_script(area_first=AREA_WRONG, extra=[
+        {"when": r"^soa-git task: repair area_report[.]area$",
+         "replies": [f"{REFLECTION}\n\n{AREA_RIGHT}"]}], **kwargs)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> Published:
+    """One repository with one finished run (area repaired once). Built once: runs take seconds."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+        env.setenv("GIT_CONFIG_NOSYSTEM", "1")
+        repo = _shapes(tmp_path_factory.mktemp("prbot") / "shapes")
+        with ScriptedServer(Script.from_json(_script())) as server:
+            [done] = fill(repo, server)
+    assert done.state == "done", done.message
+    return Published(repo, done.run)
+
+
+@pytest.fixture
+def copy(published, tmp_path) -> Path:
+    """A private copy of the published repository, for tests that change it."""
+    target = tmp_path / "copy"
+    shutil.copytree(published.repo, target)
+    return target
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """cli(cwd, *args, ok=True) -> the output of `soa-git ARGS` run in cwd."""
+    runner = CliRunner()
+
+    def invoke(cwd: Path, *args: str, ok: bool = True) -> str:
+        monkeypatch.chdir(cwd)
+        result = runner.invoke(main, list(args), catch_exceptions=False)
+        assert (result.exit_code == 0) == ok, result.output
+        return result.output
+
+    return invoke
+
+
+def _remote(repo: Path, tmp_path: Path, name: str = "remote.git") -> Path:
+    """A bare repository holding `main`, added to `repo` as origin: where a team pushes."""
+    bare = tmp_path / name
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+    git(repo, "remote", "add", "origin", str(bare))
+    git(repo, "push", "-q", "origin", "main")
+    return bare
+
+
+# ---- report --------------------------------------------------------------------------------
+
+
+def test_markdown_report_of_a_real_run(published, cli):
+    run = published.run
+    text = cli(published.repo, "report", run, "--format", "markdown")
+    assert text == report.run_markdown(build(published.repo, run))   # the CLI adds nothing
+    assert cli(published.repo, "report", run, "--format", "markdown") == text   # deterministic
+
+    lines = text.splitlines()
+    assert lines[0] == f"<!-- soa-git report {run} -->"
+    assert lines[1] == f"### soa-git run `{run}`: ✅ done"
+    assert "**target** `shapes/report.py::area_report`" in text
+    # The tree: one row per agent, children indented under their Mother.
+    assert "| agent | role | state | tests | rounds | lines | tokens |" in lines
+    rows = [line for line in lines if line.startswith("| ") and "` | " in line and "soa/" not in line]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| `area_report`", "| &emsp;`area`", "| &emsp;`fmt`"]
+    assert rows[1].split(" | ")[1:6] == ["child", "✅ passed", "1 passed", "1", "8"]
+    # One folded block per agent with its attempts, plus one for the diff stat.
+    assert text.count("<details>") == text.count("</details>") == 4
+    assert "<details><summary><code>area_report.area</code>: child, ✅ passed (1 passed), 1 round, " \
+           "3 attempts</summary>" in text
+    assert "**#3 repair**" in text and "modify: repair area (round 1)" in text
+    # The model's words stay verbatim, fenced past their own backticks; no HTML gets through.
+    assert f"````text\n{REFLECTION}\n" in text
+    # The branches and the commands to fetch and inspect them.
+    for branch in ("area_report", "area_report.area", "area_report.fmt"):
+        assert f"| `soa/{run}/{branch}` |" in text
+    assert (f"git fetch origin '+refs/heads/soa/{run}/*:refs/heads/soa/{run}/*' "
+            "'+refs/notes/soa:refs/notes/soa'") in lines
+    assert f"soa-git tree {run}" in lines
+    # The diff stat of the result against where the run started.
+    base = git(published.repo, "rev-parse", "--short=7", "main").strip()
+    stat = git(published.repo, "diff", "--stat=100,70", f"{base}..soa/{run}/area_report")
+    assert f"#### Changes against `{base}`" in lines
+    assert "<details><summary>6 files changed, 46 insertions(+), 1 deletion(-)</summary>" in lines
+    assert stat.rstrip("\n") in text
+    assert " shapes/area_report__area.py " in text
+
+
+def test_report_as_text_and_json(published, cli):
+    run = published.run
+    text = cli(published.repo, "report", run)
+    assert text.startswith(f"run {run}: done: all tests pass")
+    assert "changes against" in text and "shapes/area_report__fmt.py" in text
+    data = json.loads(cli(published.repo, "report", run, "--format", "json", "--remote", "up"))
+    tree = json.loads(cli(published.repo, "tree", run, "--json"))
+    assert {k: v for k, v in data.items() if k not in ("agents", "diff_stat", "remote", "fetch")} \
+        == {k: v for k, v in tree.items() if k != "agents"}
+    assert [{k: v for k, v in a.items() if k != "attempts"} for a in data["agents"]] == tree["agents"]
+    assert [a["kind"] for a in data["agents"][1]["attempts"]] == ["skeleton", "implement", "repair"]
+    assert data["agents"][1]["attempts"][2]["reflection"].startswith(REFLECTION)
+    assert data["remote"] == "up" and data["fetch"] == [
+        f"+refs/heads/soa/{run}/*:refs/heads/soa/{run}/*", "+refs/notes/soa:refs/notes/soa"]
+    assert "6 files changed" in data["diff_stat"]
+
+
+def test_a_long_report_leaves_out_the_attempts(published):
+    rep = build(published.repo, published.run)
+    full = report.run_markdown(rep)
+    short = report.run_markdown(rep, limit=len(full) - 1)
+    assert len(short) < len(full) and "**#1 " not in short
+    assert "`soa-git log AGENT` shows them" in short and "#### Branches" in short
+    assert len(report.run_markdown(rep, limit=500)) <= 500
+
+
+# ---- push ----------------------------------------------------------------------------------
+
+
+def test_push_then_a_fresh_clone_reads_the_run(published, copy, cli, tmp_path):
+    run = published.run
+    bare = _remote(copy, tmp_path)
+    out = cli(copy, "push", run)
+    assert out.splitlines()[0] == f"pushed run {run} to origin ({bare})"
+    assert f"  refs/heads/soa/{run}/area_report  new" in out
+    assert "  refs/notes/soa  new" in out
+    pushed = git(bare, "for-each-ref", "--format=%(refname) %(objectname)")
+    here = git(copy, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads/soa/",
+               "refs/notes/soa", "refs/heads/main")
+    assert pushed == here       # the run's branches and the notes, nothing else
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(bare), str(clone))
+    assert "soa/" not in git(clone, "branch")
+    spec = report.report_json(build(copy, run))["fetch"]
+    git(clone, "fetch", "-q", "origin", *spec)
+    assert cli(clone, "tree", run, "--json") == cli(copy, "tree", run, "--json")
+    assert cli(clone, "transcript", f"{run}/area_report.area", "--json") == \
+        cli(copy, "transcript", f"{run}/area_report.area", "--json")
+
+    # Pushing again changes nothing.
+    again = json.loads(cli(copy, "push", run, "origin", "--json"))
+    assert {r["outcome"] for r in again["refs"]} == {"up to date"}
+    assert again["notes_merged"] is False
+
+
+def test_push_merges_notes_that_diverged_on_the_remote(published, copy, cli, tmp_path):
+    run = published.run
+    bare = _remote(copy, tmp_path)
+    cli(copy, "push", run)
+    # Someone else adds a note on the remote (on `main`); here, another run and a note on
+    # the same commit are added: the two notes refs have diverged and conflict on `main`.
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(bare), str(other))
+    git(other, "fetch", "-q", "origin", "+refs/notes/soa:refs/notes/soa")
+    main_sha = git(copy, "rev-parse", "main").strip()
+    git(other, "fetch", "-q", str(copy), "main")
+    git(other, "notes", "--ref=soa", "add", "-m", '{"by": "reviewer"}', main_sha)
+    git(other, "push", "-q", "origin", "refs/notes/soa")
+    GitRepo.open(copy).add_note(main_sha, '{"by": "author"}\n')
+    with ScriptedServer(Script.from_json(_script())) as server:
+        [second] = fill(copy, server)
+    assert second.state == "done" and second.run != run
+
+    out = json.loads(cli(copy, "push", second.run, "--json"))
+    assert out["notes_merged"] is True
+    assert {r["ref"]: r["outcome"] for r in out["refs"]}["refs/notes/soa"] == "updated"
+    assert git(bare, "notes", "--ref=soa", "show", main_sha).splitlines() == [
+        '{"by": "author"}', '{"by": "reviewer"}']
+    # Both runs read back whole from a fresh clone; the merge also came home.
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(bare), str(clone))
+    git(clone, "fetch", "-q", "origin", "+refs/heads/soa/*:refs/heads/soa/*",
+        "+refs/notes/soa:refs/notes/soa")
+    for each in (run, second.run):
+        assert cli(clone, "tree", each, "--json") == cli(copy, "tree", each, "--json")
+    assert git(copy, "rev-parse", "refs/notes/soa") == git(bare, "rev-parse", "refs/notes/soa")
+    assert not git(copy, "for-each-ref", "refs/notes/soa-pending/")   # no scratch ref left
+
+
+def test_push_errors_are_one_sentence(published, copy, cli, tmp_path):
+    run = published.run
+    out = cli(copy, "push", run, "nowhere", ok=False)
+    assert out == ("Error: there is no remote named 'nowhere' here; add one with "
+                   "`git remote add nowhere URL`\n")
+    bare = _remote(copy, tmp_path)
+    assert "Error: no run named 20990101-000000-dead here" in cli(
+        copy, "push", "20990101-000000-dead", ok=False)
+    # The remote has other commits on one of the run's branches: refused, nothing forced.
+    elsewhere = git(copy, "commit-tree", "-p", "main", "-m", "elsewhere", "main^{tree}").strip()
+    git(copy, "push", "-q", str(bare), f"{elsewhere}:refs/heads/soa/{run}/area_report.fmt")
+    out = cli(copy, "push", run, ok=False)
+    assert out.startswith(f"Error: origin refused soa/{run}/area_report.fmt (")
+    assert len(out.strip().splitlines()) == 1
+    assert git(bare, "rev-parse", f"soa/{run}/area_report.fmt").strip() == elsewhere
+    git(copy, "remote", "add", "gone", str(tmp_path / "missing.git"))
+    out = cli(copy, "push", run, "gone", ok=False)
+    assert out.startswith("Error: cannot ") and len(out.strip().splitlines()) == 1
+
+
+# ---- pr: against a loopback stand-in for GitHub's REST API -----------------------------------
+
+
+class FakeGitHub:
+    """Answers each request with the next scripted (status, JSON) and records what it got."""
+
+    def __init__(self, answers: list[tuple[int, object]]):
+        self.answers = list(answers)
+        self.requests: list[dict] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                url = urlsplit(self.path)
+                fake.requests.append({
+                    "method": self.command, "path": url.path, "query": parse_qs(url.query),
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                    "body": json.loads(raw) if raw else None})
+                status, data = fake.answers.pop(0) if fake.answers else (500, {"message": "?"})
+                payload = json.dumps(data).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PATCH = _answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def github(monkeypatch):
+    fakes = []
+
+    def start(*answers) -> FakeGitHub:
+        fake = FakeGitHub(list(answers))
+        fakes.append(fake)
+        monkeypatch.setenv("GITHUB_API_URL", fake.url)
+        monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+        return fake
+
+    yield start
+    for fake in fakes:
+        fake.close()
+
+
+def _as_github_wants(request: dict, method: str, path: str) -> None:
+    """What GitHub's REST docs ask of every call."""
+    assert (request["method"], request["path"]) == (method, path)
+    headers = request["headers"]
+    assert headers["authorization"] == f"Bearer {TOKEN}"
+    assert headers["accept"] == "application/vnd.github+json"
+    assert headers["x-github-api-version"] == "2022-11-28"
+    assert headers["user-agent"].startswith("soa-git/")
+    if request["body"] is not None:
+        assert headers["content-type"] == "application/json"
+
+
+def test_pr_opens_a_pull_request_with_the_report(published, copy, cli, github):
+    run = published.run
+    git(copy, "remote", "add", "origin", "git@github.com:octo/shapes.git")
+    fake = github((200, []), (201, {"number": 7, "html_url": "https://github.com/octo/shapes/pull/7",
+                                    "base": {"ref": "main"}}))
+    out = cli(copy, "pr", run)
+    assert out == ("opened pull request #7: soa/" + run + "/area_report into main\n"
+                   "https://github.com/octo/shapes/pull/7\n")
+    find, create = fake.requests
+    _as_github_wants(find, "GET", "/repos/octo/shapes/pulls")
+    assert find["query"] == {"head": [f"octo:soa/{run}/area_report"], "state": ["open"]}
+    assert find["body"] is None
+    _as_github_wants(create, "POST", "/repos/octo/shapes/pulls")
+    assert create["query"] == {}
+    assert create["body"] == {
+        "title": f"soa-git: shapes/report.py::area_report (run {run})",
+        "head": f"soa/{run}/area_report", "base": "main",
+        "body": report.run_markdown(build(copy, run))}
+    assert TOKEN not in out
+
+
+def test_pr_updates_the_open_pull_request(published, copy, cli, github):
+    run = published.run
+    git(copy, "remote", "add", "origin", "https://github.com/someone/else.git")
+    fake = github((200, [{"number": 12, "html_url": "https://github.com/octo/shapes/pull/12"}]),
+                  (200, {"number": 12, "html_url": "https://github.com/octo/shapes/pull/12",
+                         "base": {"ref": "develop"}}))
+    data = json.loads(cli(copy, "pr", run, "--repo", "octo/shapes", "--base", "develop", "--json"))
+    assert data == {"action": "updated", "number": 12,
+                    "url": "https://github.com/octo/shapes/pull/12",
+                    "head": f"soa/{run}/area_report", "base": "develop"}
+    find, update = fake.requests
+    _as_github_wants(find, "GET", "/repos/octo/shapes/pulls")
+    assert find["query"]["head"] == [f"octo:soa/{run}/area_report"]
+    _as_github_wants(update, "PATCH", "/repos/octo/shapes/pulls/12")
+    assert update["body"] == {"body": report.run_markdown(build(copy, run))}
+
+
+def test_pr_errors_are_one_sentence(published, copy, cli, github, monkeypatch):
+    run = published.run
+    git(copy, "remote", "add", "origin", "https://github.com/octo/shapes")
+    github((401, {"message": "Bad credentials",
+                  "documentation_url": "https://docs.github.com/rest"}))
+    out = cli(copy, "pr", run, ok=False)
+    assert out == "Error: GitHub refused the token (401: Bad credentials); check GITHUB_TOKEN\n"
+
+    github((200, []), (422, {"message": "Validation Failed", "errors": [
+        {"resource": "PullRequest", "field": "head", "code": "invalid"}]}))
+    out = cli(copy, "pr", run, ok=False)
+    assert out == ("Error: GitHub rejected POST /repos/octo/shapes/pulls (422: Validation Failed; "
+                   "PullRequest head invalid); push the run first with `soa-git push RUN`\n")
+
+    github((404, {"message": "Not Found"}))
+    assert cli(copy, "pr", run, ok=False).startswith(
+        "Error: GitHub found nothing at /repos/octo/shapes/pulls (404: Not Found)")
+
+    monkeypatch.delenv("GITHUB_TOKEN")
+    assert cli(copy, "pr", run, ok=False) == (
+        "Error: no GitHub token: set GITHUB_TOKEN to a token that may write pull requests\n")
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    git(copy, "remote", "set-url", "origin", "/srv/git/shapes.git")
+    assert "is not a GitHub URL" in cli(copy, "pr", run, ok=False)
+    monkeypatch.setenv("GITHUB_API_URL", "http://127.0.0.1:9")      # nothing listens there
+    out = cli(copy, "pr", run, "--repo", "octo/shapes", ok=False)
+    assert out.startswith("Error: cannot reach GitHub at http://127.0.0.1:9")
+    assert TOKEN not in out
+
+
+def test_repository_names_from_remote_urls():
+    for url in ("https://github.com/octo/shapes.git", "https://github.com/octo/shapes",
+                "git@github.com:octo/shapes.git", "ssh://git@github.com/octo/shapes.git",
+                "https://x-access-token:secret@github.com/octo/shapes.git",
+                "https://ghe.example.com/octo/shapes/"):
+        assert repo_from_url(url) == ("octo", "shapes"), url
+    assert repo_from_url("/srv/git/shapes.git") is None
+    assert repo_from_url("file:///srv/shapes.git") is None      # a local path, not a host
+    assert parse_repo("octo/shapes") == ("octo", "shapes")
+    with pytest.raises(GitHubError, match="is not a GitHub repository"):
+        parse_repo("octo")
+
+
+# ---- the workflow and the composite action ---------------------------------------------------
+
+HOOKS = ROOT / "hooks" / "github"
+
+
+def _yaml(name: str) -> dict:
+    yaml = pytest.importorskip("yaml")
+    data = yaml.safe_load((HOOKS / name).read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def _runs(step: dict) -> str:
+    return step.get("run", "")
+
+
+def test_the_workflow_has_what_github_requires_and_splits_the_permissions():
+    flow = _yaml("soa-git.yml")
+    # YAML 1.1 reads the key `on` as True.
+    on = flow.get("on", flow.get(True))
+    assert on == {"issue_comment": {"types": ["created"]}}
+    assert flow["name"] and flow["permissions"] == {}
+    jobs = flow["jobs"]
+    assert set(jobs) == {"agents", "publish"}
+    for job in jobs.values():
+        assert job["runs-on"] and isinstance(job["steps"], list) and job["steps"]
+        for step in job["steps"]:
+            assert ("uses" in step) != ("run" in step), step
+
+    agents, publish = jobs["agents"], jobs["publish"]
+    # Only collaborators, only on `/soa run`.
+    for needed in ("startsWith(github.event.comment.body, '/soa run ')",
+                   "github.event.comment.author_association", '"OWNER"', '"MEMBER"',
+                   '"COLLABORATOR"'):
+        assert needed in agents["if"]
+    # The job that executes generated code can only read; it hands on a bundle.
+    assert agents["permissions"] == {"contents": "read", "pull-requests": "read"}
+    checkout = next(s for s in agents["steps"] if s.get("uses", "").startswith("actions/checkout"))
+    assert checkout["with"]["persist-credentials"] is False
+    soa = next(s for s in agents["steps"] if s.get("id") == "soa")
+    assert not soa["uses"].startswith(".")          # never the pull request's own copy
+    assert soa["with"]["api-key"] == "${{ secrets.SOA_GIT_API_KEY }}"
+    assert soa["with"]["base-url"] == "${{ secrets.SOA_GIT_BASE_URL }}"
+    assert any(s.get("uses", "").startswith("actions/upload-artifact") for s in agents["steps"])
+    # The comment reaches the shell through the environment only, never spliced into a script.
+    assert all("github.event.comment" not in _runs(s) for s in agents["steps"])
+    # The job that writes needs the first, runs nothing of the pull request, never sees the key.
+    assert publish["needs"] == "agents"
+    assert publish["permissions"] == {"contents": "write", "pull-requests": "write",
+                                      "issues": "write"}
+    assert any(s.get("uses", "").startswith("actions/download-artifact") for s in publish["steps"])
+    assert "SOA_GIT_API_KEY" not in json.dumps(publish)
+    checkout = next(s for s in publish["steps"] if s.get("uses", "").startswith("actions/checkout"))
+    assert "ref" not in checkout.get("with", {})     # the default branch, not the pull request
+
+
+def test_the_composite_action_is_valid():
+    action = _yaml("action.yml")
+    assert action["name"] and action["description"]
+    assert action["runs"]["using"] == "composite"
+    steps = action["runs"]["steps"]
+    assert steps
+    for step in steps:
+        assert ("uses" in step) != ("run" in step), step
+        if "run" in step:
+            assert step["shell"] == "bash"          # required for run steps of a composite
+            # Inputs reach scripts through the environment, never spliced into them.
+            assert "${{" not in step["run"], step["name"]
+    assert {"command", "target", "api-key", "base-url", "bundle", "run"} <= set(action["inputs"])
+    for name, spec in action["inputs"].items():
+        assert "description" in spec, name
+    for name, spec in action["outputs"].items():
+        assert spec["value"].startswith("${{ steps."), name
+    run_step = next(s for s in steps if s.get("id") == "run")
+    assert "--base-url" in run_step["run"] and "--api-key-env SOA_GIT_API_KEY" in run_step["run"]
+    assert "git bundle create" in run_step["run"]
+    publish_step = next(s for s in steps if s.get("id") == "publish")
+    assert "soa-git push" in publish_step["run"] and "soa-git report" in publish_step["run"]
