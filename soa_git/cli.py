@@ -17,8 +17,6 @@ import click
 from . import report
 from .commands.accept import accept as accept_command
 from .commands.check import check as check_command
-from .commands.check import report_json as check_json
-from .commands.check import report_lines as check_lines
 from .commands.clean import clean as clean_command
 from .commands.demo import demo as demo_command
 from .commands.hooks import fill as fill_command, install_hook
@@ -343,7 +341,7 @@ def check(files: tuple[str, ...], as_json: bool) -> None:
     result = check_command(list(files) or None, cwd=Path.cwd())
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
-    _print(as_json, lambda: check_json(result), lambda: check_lines(result))
+    _print(as_json, lambda: report.check_json(result), lambda: report.check_lines(result))
     if not result.ok:
         sys.exit(1)
 

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from typing import Iterable
 
 from .commands.accept import Accepted
+from .commands.check import CheckResult
 from .commands.clean import CleanPlan
 from .history import AgentLog, AgentRecord, Attempt, RunRecord
 from .organizer import AgentView, RunSummary
@@ -456,3 +457,20 @@ def pull_lines(done: PullRequest) -> list[str]:
 def pull_json(done: PullRequest) -> dict:
     return {"action": "created" if done.created else "updated", "number": done.number,
             "url": done.url, "head": done.head, "base": done.base}
+
+
+def check_lines(result: CheckResult) -> list[str]:
+    if result.problems:
+        return [p.message for p in result.problems]
+    return [f"soa-git check: {len(result.files)} Python file(s) checked; "
+            f"{len(result.tested)} agent(s)' tests pass, no marked skeleton left"]
+
+
+def check_json(result: CheckResult) -> dict:
+    return {"ok": result.ok, "files": list(result.files),
+            "tested": [{"file": t.file, "function": t.function, "tests": t.tests,
+                        "result": t.result, "ok": t.ok} for t in result.tested],
+            "problems": [{"file": p.file, "function": p.function, "kind": p.kind,
+                          "message": p.message, "tests": p.tests, "result": p.result}
+                         for p in result.problems],
+            "notes": list(result.notes)}

@@ -269,20 +269,3 @@ def _unstaged_notes(repo: GitRepo, files: Iterable[str]) -> list[str]:
     wanted = set(files)
     return [f"checked the working-tree version of {path}, which has unstaged changes"
             for code, path in repo.user_status() if path in wanted and code[1] not in " ?"]
-
-
-def report_lines(result: CheckResult) -> list[str]:
-    if result.problems:
-        return [p.message for p in result.problems]
-    return [f"soa-git check: {len(result.files)} Python file(s) checked; "
-            f"{len(result.tested)} agent(s)' tests pass, no marked skeleton left"]
-
-
-def report_json(result: CheckResult) -> dict:
-    return {"ok": result.ok, "files": list(result.files),
-            "tested": [{"file": t.file, "function": t.function, "tests": t.tests,
-                        "result": t.result, "ok": t.ok} for t in result.tested],
-            "problems": [{"file": p.file, "function": p.function, "kind": p.kind,
-                          "message": p.message, "tests": p.tests, "result": p.result}
-                         for p in result.problems],
-            "notes": list(result.notes)}

@@ -69,8 +69,8 @@ def fill(files: Sequence[str] | None, *, cwd: Path, flags: Mapping[str, Any],
     environ = os.environ if environ is None else environ
     repo = StagedRepo.open(cwd)
     root = repo.root
-    relative = staged_python_files(repo) if files is None else [repo_relative(root, cwd, f)
-                                                                   for f in files]
+    relative = (staged_python_files(repo) if files is None
+                else [repo_relative(root, cwd, f) for f in files])
     # The files on disk name the candidates; the snapshot is only made when there are some.
     marked = {}
     for file in dict.fromkeys(f for f in relative if f.endswith(".py")):
