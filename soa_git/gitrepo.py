@@ -41,6 +41,9 @@ from .errors import OwnershipError, RepositoryError
 TRAILER_KEYS = ("Soa-Run", "Soa-Agent", "Soa-Role", "Soa-Parent", "Soa-Phase", "Soa-Round",
                 "Soa-Tests", "Soa-Model", "Soa-Tokens", "Soa-Target")
 NOTES_REF = "refs/notes/soa"
+_SCRATCH_NOTES = "refs/notes/soa-pending/"
+# One line of trailers per commit, unambiguous however values look: read by _parse_trailers.
+_TRAILERS_FORMAT = "%(trailers:only,unfold,separator=%x1e,key_value_separator=%x1f)"
 
 _MIN_GIT = (2, 38)
 _SOA_IDENTITY = {"GIT_COMMITTER_NAME": "soa-git", "GIT_COMMITTER_EMAIL": "soa-git@localhost"}
@@ -246,8 +249,7 @@ class GitRepo:
         return r.status == 0 and r.text == "blob"
 
     def branch_sha(self, branch: str) -> str | None:
-        r = self._git("show-ref", "--verify", "-s", f"refs/heads/{branch}", check=False)
-        return r.text if r.status == 0 else None
+        return self.ref_sha(f"refs/heads/{branch}")
 
     def list_branches(self, prefix: str) -> dict[str, str]:
         """Branch name -> sha for every branch whose name starts with `prefix`."""
@@ -264,8 +266,7 @@ class GitRepo:
 
     def log(self, branch: str, *, first_parent: bool = False) -> list[CommitInfo]:
         """Commits reachable from `branch`, newest first."""
-        fields = ("%H", "%P", "%an", "%ae", "%s", "%b",
-                  "%(trailers:only,unfold,separator=%x1e,key_value_separator=%x1f)")
+        fields = ("%H", "%P", "%an", "%ae", "%s", "%b", _TRAILERS_FORMAT)
         r = self._git("log", "-z", "--no-show-signature", f"--format={'%x00'.join(fields)}",
                       *(["--first-parent"] if first_parent else []),
                       f"refs/heads/{branch}", "--", check=False)
@@ -277,7 +278,7 @@ class GitRepo:
         commits = []
         for i in range(0, len(values) - len(fields) + 1, len(fields)):
             sha, parents, name, email, subject, body, raw_trailers = values[i:i + len(fields)]
-            trailers = dict(t.split("\x1f", 1) for t in raw_trailers.split("\x1e") if "\x1f" in t)
+            trailers = _parse_trailers(raw_trailers)
             commits.append(CommitInfo(sha=sha, subject=subject,
                                       body=_strip_trailers(body, trailers), trailers=trailers,
                                       parents=tuple(parents.split()), author=Author(name, email)))
@@ -503,8 +504,7 @@ class GitRepo:
         revs = [_rev(rev) for rev in dict.fromkeys(revs)]
         if not revs:
             return []
-        fields = ("%H", "%P", "%an", "%ae", "%aI", "%s", "%b",
-                  "%(trailers:only,unfold,separator=%x1e,key_value_separator=%x1f)", "%N")
+        fields = ("%H", "%P", "%an", "%ae", "%aI", "%s", "%b", _TRAILERS_FORMAT, "%N")
         grep = ("--fixed-strings", f"--grep={containing}") if containing else ()
         # --no-notes first: a notes.displayRef in the user's config would add other notes to %N.
         r = self._git("log", "-z", "--no-show-signature", "--no-notes", f"--notes={NOTES_REF}",
@@ -517,7 +517,7 @@ class GitRepo:
         for i in range(0, len(values) - len(fields) + 1, len(fields)):
             sha, parents, name, email, date, subject, body, raw_trailers, note = (
                 values[i:i + len(fields)])
-            trailers = dict(t.split("\x1f", 1) for t in raw_trailers.split("\x1e") if "\x1f" in t)
+            trailers = _parse_trailers(raw_trailers)
             commits.append(LoggedCommit(
                 sha=sha.strip(), parents=tuple(parents.split()), author=Author(name, email),
                 date=date, subject=subject, body=_strip_trailers(body, trailers), trailers=trailers,
@@ -737,25 +737,8 @@ class GitRepo:
 
     def pending_note_refs(self) -> list[str]:
         """Scratch refs of note writes (refs/notes/soa-pending/*) a killed process left behind."""
-        r = self._git("for-each-ref", "--format=%(refname)", "refs/notes/soa-pending/")
+        r = self._git("for-each-ref", "--format=%(refname)", _SCRATCH_NOTES)
         return r.text.splitlines()
-
-    def delete_pending_note_ref(self, ref: str) -> None:
-        if not ref.startswith("refs/notes/soa-pending/"):
-            raise RepositoryError(f"{ref} is not one of soa-git's scratch notes refs")
-        sha = self._git("show-ref", "--verify", "-s", ref, check=False).text
-        if sha:
-            self._update_ref(ref, "", sha, what=ref, delete=True)
-
-    def commit_trailers(self, rev: str) -> dict[str, str]:
-        """The trailers of one commit."""
-        r = self._git("log", "-1", "--no-show-signature",
-                      "--format=%(trailers:only,unfold,separator=%x1e,key_value_separator=%x1f)",
-                      _rev(rev), "--", check=False)
-        if r.status != 0:
-            raise RepositoryError(f"{rev} is not a commit in this repository")
-        return dict(t.split("\x1f", 1) for t in os.fsdecode(r.out).strip("\n").split("\x1e")
-                    if "\x1f" in t)
 
     def _user_git(self, *args: str) -> _Result:
         """git as the user runs it in their own working tree: their index, their hooks, their
@@ -881,13 +864,16 @@ class GitRepo:
 
     def scratch_notes_ref(self, purpose: str) -> str:
         """A fresh scratch ref under refs/notes/soa-pending/ (`clean` removes leftovers)."""
-        return f"refs/notes/soa-pending/{purpose}-{uuid.uuid4().hex}"
+        return f"{_SCRATCH_NOTES}{purpose}-{uuid.uuid4().hex}"
 
     def delete_ref(self, ref: str) -> None:
-        """Delete a scratch ref soa-git made (refs/notes/soa-pending/* only)."""
-        if not ref.startswith("refs/notes/soa-pending/"):
-            raise RepositoryError(f"{ref} is not one of soa-git's scratch refs")
-        self._git("update-ref", "-d", ref, check=False, retry=True)
+        """Delete a scratch ref soa-git made (refs/notes/soa-pending/* only): its own, or one a
+        killed process left behind. One that is already gone is fine."""
+        if not ref.startswith(_SCRATCH_NOTES):
+            raise RepositoryError(f"{ref} is not one of soa-git's scratch notes refs")
+        sha = self.ref_sha(ref)
+        if sha:
+            self._update_ref(ref, "", sha, what=ref, delete=True)
 
     def merge_notes(self, other: str) -> None:
         """Merge the notes ref `other` into NOTES_REF (a fast-forward when it can be). Two
@@ -1199,8 +1185,8 @@ class GitRepo:
         (`adds`: the command only adds a note, so none can be left empty; no need to look).
         `more` are further `git notes` commands run on the same scratch ref, swapped in at once.
         """
-        old = self._git("show-ref", "--verify", "-s", NOTES_REF, check=False).text
-        scratch = f"refs/notes/soa-pending/{uuid.uuid4().hex}"
+        old = self.ref_sha(NOTES_REF) or ""
+        scratch = self.scratch_notes_ref("write")
         try:
             if old:
                 self._git("update-ref", scratch, old, "", retry=True)
@@ -1404,6 +1390,11 @@ def _message(subject: str, body: str, trailers: Mapping[str, str]) -> str:
         # A trailer is one line: git's parser would otherwise stop reading the block.
         parts.append("\n".join(f"{k}: {' '.join(trailers[k].split())}" for k in keys))
     return "\n\n".join(parts) + "\n"
+
+
+def _parse_trailers(raw: str) -> dict[str, str]:
+    """The trailers printed with _TRAILERS_FORMAT."""
+    return dict(t.split("\x1f", 1) for t in raw.split("\x1e") if "\x1f" in t)
 
 
 def _strip_trailers(body: str, trailers: Mapping[str, str]) -> str:

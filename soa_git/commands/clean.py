@@ -63,7 +63,7 @@ def _clean_one(repo: GitRepo, run: str, dry_run: bool) -> CleanPlan:
     done = _remove_run(repo, run)
     pending = _pending_refs(repo)
     for ref in pending:
-        repo.delete_pending_note_ref(ref)
+        repo.delete_ref(ref)
     return CleanPlan(dry_run=False, runs=(done,), pending_refs=pending)
 
 
@@ -97,7 +97,7 @@ def _clean_all(repo: GitRepo, dry_run: bool) -> CleanPlan:
     repo.remove_notes(orphans)
     pending = _pending_refs(repo)
     for ref in pending:
-        repo.delete_pending_note_ref(ref)
+        repo.delete_ref(ref)
     return CleanPlan(dry_run=False, runs=tuple(done), orphan_notes=tuple(orphans),
                      pending_refs=pending, kept=tuple(kept))
 
