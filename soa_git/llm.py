@@ -49,6 +49,16 @@ class Usage:
     def total(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def record(self) -> dict[str, Any]:
+        """The form a transcript note keeps; `from_record` reads it back."""
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "estimated": self.estimated}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Usage:
+        return cls(int(record.get("prompt_tokens", 0)), int(record.get("completion_tokens", 0)),
+                   bool(record.get("estimated")))
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -177,10 +187,9 @@ def _exchanges(records: Sequence[Mapping[str, Any]]) -> list[_Recorded]:
     for number, record in enumerate(records, start=1):
         messages = [dict(m) for m in record["messages"]]
         answers = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-        spent = record.get("usage") or {}
+        spent = Usage.from_record(record.get("usage") or {})
         for i in answers:
-            usage = Usage(int(spent.get("prompt_tokens", 0)), int(spent.get("completion_tokens", 0)),
-                          bool(spent.get("estimated"))) if i == answers[-1] else Usage()
+            usage = spent if i == answers[-1] else Usage()
             exchanges.append(_Recorded(number, messages[:i], messages[i]["content"], usage,
                                        str(record.get("model") or "replay")))
     return exchanges

@@ -298,12 +298,9 @@ class Organizer:
     def _finish(self, root: Node, seconds: float) -> RunSummary:
         """The end record on the root's tip is how history tells a finished run from a killed one."""
         summary = self._summary(root, seconds)
-        usage = summary.usage
         self._note(self.repo.branch_sha(root.branch), {
             "agent": root.path, "task": "end", "state": summary.state, "message": summary.message,
-            "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                      "estimated": usage.estimated},
-            "seconds": round(seconds, 3)})
+            "usage": summary.usage.record(), "seconds": round(seconds, 3)})
         return summary
 
     # ---- generation: one agent's first answer, and everything after it ---------------------
@@ -346,7 +343,6 @@ class Organizer:
                              subject=f"generate: implement {node.skeleton.name}")
             self._carry_on(node)
         self._settle(node)
-        self._retire(node)
 
     def _adopt_plan(self, node: Node, plan: Plan) -> None:
         """A first answer: the agent's code and tests, and for a Mother her children."""
@@ -364,7 +360,6 @@ class Organizer:
         with self._workspace(node):
             self._carry_on(node)
         self._settle(node)
-        self._retire(node)
 
     def _carry_on(self, node: Node) -> None:
         """Children first (in parallel), then merging and the modification phase."""
@@ -523,7 +518,6 @@ class Organizer:
             with self._workspace(child):
                 self._repair(child, comments[child.skeleton.name])
             self._settle(child)
-            self._retire(child)
 
         self._in_parallel(answer, commented)
         if commented:
@@ -537,15 +531,15 @@ class Organizer:
         for child in mother.children:
             tip = self.repo.branch_sha(child.branch)
             if child.result.ok and tip is not None and tip != child.merged_tip:
-                self._accept(mother, child)
+                self._accept(mother, child, tip)
         self._test(mother)
         self._note(self.repo.branch_sha(mother.branch),
                    {"agent": mother.path, "task": "test", "tests": mother.result.summary()})
 
-    def _accept(self, mother: Node, child: Node) -> None:
-        """A --no-ff merge; on a conflict the child first redoes its work on the new base."""
-        def merge() -> str:
-            tip = self.repo.branch_sha(child.branch)
+    def _accept(self, mother: Node, child: Node, tip: str) -> None:
+        """A --no-ff merge of the child's `tip`; on a conflict the child first redoes its work
+        on the new base, and its new tip is merged."""
+        def merge(tip: str) -> str:
             return self.repo.merge(
                 mother.branch, child.branch, author=self._author(mother), worktree=mother.worktree,
                 subject=f"merge: accept {child.skeleton.name} into {mother.skeleton.name}",
@@ -554,7 +548,7 @@ class Organizer:
                                  "child_tip": tip, "tests": child.result.summary()}))
 
         try:
-            merge()
+            merge(tip)
         except MergeConflict as conflict:
             with self._workspace(child):
                 self.repo.catch_up(child.branch, mother.branch, (child.files.module, child.files.tests),
@@ -563,14 +557,14 @@ class Organizer:
                                    trailers=self._trailers(child, "modify", Usage()),
                                    author=self._author(child), worktree=child.worktree)
                 self._test(child)
-            self._note(self.repo.branch_sha(child.branch),
-                       {"agent": child.path, "task": "test", "tests": child.result.summary()})
+            tip = self.repo.branch_sha(child.branch)
+            self._note(tip, {"agent": child.path, "task": "test", "tests": child.result.summary()})
             if not child.result.ok:
                 child.error = f"{conflict}; on the new base its tests fail ({child.result.summary()})"
                 self._set(child, "failed")
                 return
-            merge()
-        child.merged_tip = self.repo.branch_sha(child.branch)
+            merge(tip)
+        child.merged_tip = tip
 
     # ---- one agent's files, tests and commits ----------------------------------------------
 
@@ -610,6 +604,7 @@ class Organizer:
                                                 node.test_imports), encoding="utf-8")
 
     def _code(self, node: Node) -> str:
+        """The agent's own code: its module, or for the root its function in the user's file."""
         source = self._own_source(node)
         if node.parent is None:
             return pycode.find_function(source, node.skeleton.name).source
@@ -657,9 +652,7 @@ class Organizer:
         note = json.dumps({
             "agent": node.path, "task": step.task, "phase": phase, "round": node.rounds,
             "model": step.model, "tests": node.result.summary() if tested else None,
-            "usage": {"prompt_tokens": step.usage.prompt_tokens,
-                      "completion_tokens": step.usage.completion_tokens,
-                      "estimated": step.usage.estimated},
+            "usage": step.usage.record(),
             **(record or {}),
             "messages": list(step.messages)}, ensure_ascii=False)
         self.repo.commit(node.worktree, subject=subject, body=text,
@@ -696,7 +689,9 @@ class Organizer:
     # ---- state and events ------------------------------------------------------------------
 
     def _settle(self, node: Node) -> None:
+        """An agent's work is done: its final state, and its worktree given back."""
         self._set(node, "passed" if node.result.ok else node.state if node.error else "failed")
+        self._retire(node)
 
     def _fail(self, node: Node, exc: Exception) -> None:
         node.error = str(exc)
@@ -719,9 +714,7 @@ class Organizer:
         self.on_event(self._view(node))
 
     def _view(self, node: Node) -> AgentView:
-        source = self._own_source(node) if node.body else ""
-        if source and node.parent is None:
-            source = pycode.find_function(source, node.skeleton.name).source
+        source = self._code(node) if node.body else ""
         return AgentView(run=self.run_id, path=node.path, role=node.role, function=node.skeleton.name,
                          file=node.files.module, test_file=node.files.tests, branch=node.branch,
                          state=node.state, tests=node.result.summary(), passed=node.result.passed,
