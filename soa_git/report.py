@@ -28,7 +28,7 @@ def tree_lines(views: Iterable[AgentView]) -> list[str]:
     lines = []
     for view in ordered:
         name = "  " * _depth(view.path) + view.function
-        rounds = f"  {view.rounds} round{'s' if view.rounds != 1 else ''}" if view.rounds else ""
+        rounds = f"  {_plural(view.rounds, 'round')}" if view.rounds else ""
         lines.append(f"{name:<{width}}  {view.role:<6}  {view.state:<9}  {view.tests}{rounds}")
     return lines
 
@@ -253,7 +253,7 @@ def transcript_json(run: RunRecord, agent: AgentRecord, steps: list[dict]) -> di
 def accept_lines(done: Accepted) -> list[str]:
     how = "squashed" if done.squash else "merged"
     return [f"accepted run {done.run} ({done.target}) into {done.into}: {done.commit}",
-            f"{how} {done.branch}, {len(done.files)} file{'s' * (len(done.files) != 1)} changed"]
+            f"{how} {done.branch}, {_plural(len(done.files), 'file')} changed"]
 
 
 def clean_json(plan: CleanPlan) -> dict:
@@ -274,14 +274,14 @@ def clean_lines(plan: CleanPlan) -> list[str]:
         lines += [f"  branch    {b}" for b in run.branches]
         lines += [f"  worktree  {w}" for w in run.worktrees]
         if run.notes:
-            lines.append(f"  notes     on {len(run.notes)} commit{'s' * (len(run.notes) != 1)}")
+            lines.append(f"  notes     on {_plural(len(run.notes), 'commit')}")
         if run.lock:
             lines.append(f"  lock      {run.lock}")
     if plan.orphan_notes:
         lines.append(f"{verb} notes on {len(plan.orphan_notes)} commits no branch reaches")
     if plan.pending_refs:
-        lines.append(f"{verb} {len(plan.pending_refs)} scratch notes "
-                     f"ref{'s' * (len(plan.pending_refs) != 1)} (refs/notes/soa-pending/)")
+        lines.append(f"{verb} {_plural(len(plan.pending_refs), 'scratch notes ref')} "
+                     "(refs/notes/soa-pending/)")
     return lines
 
 
