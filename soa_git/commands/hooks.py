@@ -18,10 +18,9 @@ from typing import Any, Callable, Mapping, Sequence
 from .. import config
 from ..errors import RepositoryError, TargetError
 from ..gitrepo import GitRepo
-from ..llm import TokenLedger
-from ..organizer import AgentView, Organizer, RunSummary, find_target
+from ..organizer import AgentView, RunSummary, find_target
 from .check import repo_relative, marked_skeletons, staged_python_files
-from .run import open_model
+from .run import run_targets
 
 HOOK_MARKER = "# installed by soa-git"
 # The plain git hook. `hooks/pre-commit` in the soa-git repository is this text as is.
@@ -89,11 +88,7 @@ def fill(files: Sequence[str] | None, *, cwd: Path, flags: Mapping[str, Any],
             raise TargetError(f"{file} has unstaged changes; stage or stash them, because "
                               "soa-git fill works from your staged files")
         targets += [find_target(repo, root / file, name) for name in names]
-    settings = config.resolve(root, flags, environ)
-    ledger = TokenLedger(settings.run_token_budget, settings.agent_token_budget)
-    model = open_model(settings, ledger, environ, repo)
-    summaries = [Organizer(repo, settings, model, ledger, on_event).run(target)
-                 for target in targets]
+    summaries = run_targets(repo, config.resolve(root, flags, environ), targets, environ, on_event)
     return [f"{t.file}::{t.function}" for t in targets], summaries
 
 

@@ -9,9 +9,8 @@ from typing import Any, Callable, Mapping
 from .. import config, history
 from ..errors import RepositoryError
 from ..gitrepo import GitRepo
-from ..llm import TokenLedger
 from ..organizer import AgentView, Organizer, Recording, RunSummary, Target
-from .run import open_model
+from .run import budgeted_model
 
 RESUMABLE = {"interrupted", "stopped"}
 
@@ -33,6 +32,5 @@ def resume(run: str, *, cwd: Path, flags: Mapping[str, Any],
     if record.state not in RESUMABLE:
         raise RepositoryError(f"run {run} is {record.state}, so there is nothing to resume"
                               + ("" if record.state == "running" else f" ({record.message})"))
-    ledger = TokenLedger(settings.run_token_budget, settings.agent_token_budget)
-    model = open_model(settings, ledger, environ, repo)
+    ledger, model = budgeted_model(settings, environ, repo)
     return Organizer(repo, settings, model, ledger, on_event).resume(recording(record))

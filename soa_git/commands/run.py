@@ -10,7 +10,7 @@ from .. import config, history
 from ..errors import ConfigError, TargetError
 from ..gitrepo import GitRepo
 from ..llm import ChatModel, OpenAIChat, ReplayModel, TokenLedger
-from ..organizer import AgentView, Organizer, RunSummary, find_target, skeleton_names
+from ..organizer import AgentView, Organizer, RunSummary, Target, find_target, skeleton_names
 
 
 REPLAY = "replay:"
@@ -51,6 +51,19 @@ def run(spec: str, *, cwd: Path, flags: Mapping[str, Any],
     # Every target is checked before the first run starts, so bad input changes nothing.
     names = [function] if function else skeleton_names(repo, file)
     targets = [find_target(repo, file, name) for name in names]
+    return run_targets(repo, settings, targets, environ, on_event)
+
+
+def budgeted_model(settings: config.Settings, environ: Mapping[str, str],
+                   repo: GitRepo) -> tuple[TokenLedger, ChatModel]:
+    """The token ledger holding the settings' budgets, and the model that charges it."""
     ledger = TokenLedger(settings.run_token_budget, settings.agent_token_budget)
-    model = open_model(settings, ledger, environ, repo)
+    return ledger, open_model(settings, ledger, environ, repo)
+
+
+def run_targets(repo: GitRepo, settings: config.Settings, targets: list[Target],
+                environ: Mapping[str, str],
+                on_event: Callable[[AgentView], None]) -> list[RunSummary]:
+    """One run per target, in order, sharing the model and its budgets."""
+    ledger, model = budgeted_model(settings, environ, repo)
     return [Organizer(repo, settings, model, ledger, on_event).run(target) for target in targets]
