@@ -33,14 +33,14 @@ FILE_SIZE_LIMIT = 64 * 1024 * 1024
 NPROC_HEADROOM = 256
 _TRUNCATED = "[...]"
 
-# Runs in the child before pytest: limits set there bind pytest and everything it starts.
-# (Popen(preexec_fn=...) may deadlock when the caller has threads, as the organizer does.)
 # The test runner: one process per soa-git process, started from a sandbox environment with pytest
 # already imported, that forks one child per test run. The child gets its own session (process
 # group), the limits, an environment built from scratch, /dev/null as stdin and the log file as
 # stdout and stderr, then runs pytest in the worktree: what `python -m pytest` would do, without
 # paying for an interpreter and pytest's imports on every run. The runner only forks, reaps and
-# reports exit codes; it never runs generated code itself. When soa-git goes away (its pipe
+# reports exit codes; it never runs generated code itself. The limits are set in the forked child
+# before pytest starts, so they bind pytest and all it starts; Popen(preexec_fn=...) could
+# deadlock instead, because the organizer calls from many threads. When soa-git goes away (its pipe
 # closes), the runner kills what is still running and exits.
 _RUNNER = r"""
 import json, os, resource, select, signal, sys, tempfile
