@@ -43,18 +43,26 @@ _TRUNCATED = "[...]"
 # deadlock instead, because the organizer calls from many threads. When soa-git goes away (its pipe
 # closes), the runner kills what is still running and exits.
 _RUNNER = r"""
-import json, os, resource, select, signal, sys, tempfile
-for name in ("pytest", "_pytest.junitxml", "_pytest.faulthandler", "_pytest.helpconfig",
-             "_pytest.skipping", "_pytest.unittest", "_pytest.warnings", "_pytest.pastebin",
-             "_pytest.setuponly", "_pytest.setupplan", "_pytest.tracemalloc",
-             "_pytest.threadexception", "_pytest.unraisableexception", "_pytest._argcomplete",
-             "xml.etree.ElementTree", "unittest", "difflib", "pdb", "faulthandler"):
-    try:
-        __import__(name)
-    except Exception:
-        pass
+import gc, json, os, resource, select, signal, sys, tempfile
 import pytest
 
+# One run of a trivial test here imports all that a real run needs (pytest imports most of its
+# modules lazily); then everything is frozen: shared with every forked run, never scanned by
+# the collector in the children (pytest collects at exit), so they neither import it again nor
+# copy its pages by touching it.
+with open("test_warm_up.py", "w") as f:
+    f.write("def test_warm_up():\n    assert True\n")
+saved = os.dup(1)
+null = os.open(os.devnull, os.O_WRONLY)
+os.dup2(null, 1)
+pytest.main(json.loads(sys.argv[1]))
+sys.stdout.flush()
+os.dup2(saved, 1)
+os.close(saved)
+os.close(null)
+sys.modules.pop("test_warm_up", None)
+gc.collect()
+gc.freeze()
 wake_r, wake_w = os.pipe()
 os.set_blocking(wake_r, False)
 os.set_blocking(wake_w, False)
@@ -164,7 +172,8 @@ class _Runner:
         script = Path(self._home) / "soa_test_runner.py"
         script.write_text(_RUNNER, encoding="utf-8")
         self._proc = subprocess.Popen(
-            [sys.executable, str(script)], cwd=self._home,
+            [sys.executable, str(script), json.dumps(_warm_up_args(Path(self._home)))],
+            cwd=self._home,
             env=_sandbox_env(Path(self._home), ()), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, start_new_session=True)
         self._lock = threading.Lock()
@@ -223,6 +232,12 @@ class _Runner:
             run.returncode = run.returncode if run.returncode is not None else -signal.SIGKILL
             run.started.set()
             run.done.set()
+
+
+def _warm_up_args(home: Path) -> list[str]:
+    ini = home / "pytest.ini"
+    ini.write_text("[pytest]\n", encoding="utf-8")
+    return _pytest_args(["test_warm_up.py"], xml=home / "warm-up.xml", rootdir=home, ini=ini)
 
 
 _runner: _Runner | None = None
@@ -349,24 +364,12 @@ def run_tests(
         ini.write_text("[pytest]\n", encoding="utf-8")
         xml_path = scratch / "junit.xml"
         log_path = scratch / "output.log"
-        pytest_args = [
-            "-m", "pytest", *files, "-q",
-            "--junitxml", str(xml_path),
-            "-p", "no:cacheprovider",
-            # Isolate from the user's conftest.py, pytest.ini/pyproject addopts and plugins.
-            "--noconftest",
-            "--import-mode=importlib",
-            "--rootdir", str(worktree),
-            "-c", str(ini),
-            "-o", "console_output_style=classic",
-            # One broken test module should not hide the results of the others.
-            "--continue-on-collection-errors",
-        ]
         limits = _limits(timeout_s, memory_mb)
         env = _sandbox_env(home, python_path)
         # Output goes to a file, not a pipe: a straggler holding a pipe open would
         # otherwise keep us waiting after pytest itself has exited.
-        request = {"cwd": str(worktree), "args": pytest_args[2:], "limits": limits,
+        request = {"cwd": str(worktree), "limits": limits,
+                   "args": _pytest_args(files, xml=xml_path, rootdir=worktree, ini=ini),
                    "log": str(log_path), "env": env,
                    "path": [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]}
         try:
@@ -399,6 +402,22 @@ def run_tests(
         output=_tail(output, OUTPUT_LIMIT),
         timeout_s=timeout_s,
     )
+
+
+def _pytest_args(files: Sequence[str], *, xml: Path, rootdir: Path, ini: Path) -> list[str]:
+    return [
+        *files, "-q",
+        "--junitxml", str(xml),
+        "-p", "no:cacheprovider",
+        # Isolate from the user's conftest.py, pytest.ini/pyproject addopts and plugins.
+        "--noconftest",
+        "--import-mode=importlib",
+        "--rootdir", str(rootdir),
+        "-c", str(ini),
+        "-o", "console_output_style=classic",
+        # One broken test module should not hide the results of the others.
+        "--continue-on-collection-errors",
+    ]
 
 
 def _checked_test_files(test_files: Sequence[str]) -> list[str]:
