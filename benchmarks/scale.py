@@ -12,11 +12,11 @@ It records, per configuration:
   and `floor_jobs_s` = sum over levels of ceil(agents on the level / jobs) x latency, which is
   the best any schedule can do when at most `jobs` model calls are in flight;
 - `overhead_ms_per_agent` = (wall - floor_jobs) / agents: what soa-git itself costs per agent
-  (git, worktrees, the test harness, bookkeeping); at latency 0 that is simply wall / agents;
+  (git, workspaces, the test harness, bookkeeping); at latency 0 that is simply wall / agents;
   `cpu_ms_per_agent` is the CPU behind it (soa-git, git and pytest processes), which a busy
   machine does not inflate;
-- peak memory of the engine's process and of its largest subprocess, peak live worktrees;
-- git subprocesses by subcommand, and thread-seconds in worktrees, tests, commits, merges, notes.
+- peak memory of the engine's process and of its largest subprocess, peak live workspaces;
+- git subprocesses by subcommand, and thread-seconds in workspaces, tests, commits, merges, notes.
 
 A configuration that does not finish within `--limit` seconds is killed and recorded as skipped
 with the reason. Results go to JSON, with a PNG plot beside it.
@@ -128,7 +128,7 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
         "tokens_per_agent": round(result.get("tokens", 0) / n),
         "git_ms_per_agent": round(1000 * result["git_seconds"] / n, 1),
         "tests_ms_per_agent": round(1000 * result["seconds"].get("tests", 0) / n, 1),
-        "worktree_ms_per_agent": round(1000 * result["seconds"].get("worktree_add", 0) / n, 1),
+        "workspace_ms_per_agent": round(1000 * result["seconds"].get("workspace_fill", 0) / n, 1),
     })
     return {**record, **result}
 
@@ -139,7 +139,7 @@ def _line(r: dict) -> str:
         return f"{head}: skipped: {r['skipped']}"
     return (f"{head}: {r['state']}, wall {r['wall_s']:.2f}s (floor {r['floor_jobs_s']:.0f}s), "
             f"overhead {r['overhead_ms_per_agent']:.0f} ms/agent (cpu {r['cpu_ms_per_agent']:.0f}), git {r['git_calls_per_agent']:.0f} "
-            f"calls/agent, rss {r['peak_rss_mb']:.0f} MB, worktrees {r['peak_worktrees']}")
+            f"calls/agent, rss {r['peak_rss_mb']:.0f} MB, workspaces {r['peak_workspaces']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,8 @@
 a prepared repository against a model server that the parent process runs, and prints one JSON
 object: wall time, the run's summary, peak memory, and where the time went. The breakdown comes
 from wrapping soa-git's own seams, so it counts what soa-git does, not what the model does:
-every git subprocess (`GitRepo._execute`, by subcommand), worktree creation, the test harness
-(`run_tests`) and notes. Those are thread-seconds: with parallel agents they add up to more than
+every git subprocess (`GitRepo._execute`, by subcommand), object reads and writes in process,
+workspaces filled and synced, the test harness (`run_tests`), commits, merges and notes. Those are thread-seconds: with parallel agents they add up to more than
 the wall time.
 """
 
@@ -27,8 +27,7 @@ class Meter:
         self.lock = threading.Lock()
         self.calls: Counter[str] = Counter()
         self.seconds: defaultdict[str, float] = defaultdict(float)
-        self.live_worktrees = 0
-        self.peak_worktrees = 0
+        self.peak_workspaces = 0
 
     def add(self, key: str, seconds: float, n: int = 1) -> None:
         with self.lock:
@@ -55,7 +54,7 @@ def _subcommand(command: list[str]) -> str:
 
 
 def instrument(meter: Meter) -> None:
-    from soa_git import gitrepo, organizer
+    from soa_git import gitobjects, gitrepo, organizer
 
     execute = gitrepo.GitRepo._execute
 
@@ -68,25 +67,28 @@ def instrument(meter: Meter) -> None:
 
     gitrepo.GitRepo._execute = counted_execute
 
-    add_worktree = gitrepo.GitRepo.add_worktree
-    remove_worktree = gitrepo.GitRepo.remove_worktree
+    check_out = gitrepo.GitRepo.check_out
+    remove_workspace = gitrepo.GitRepo.remove_workspace
+    live: set[Path] = set()
 
-    def counted_add(self, *args, **kwargs):
-        path = meter.timed("worktree_add", add_worktree)(self, *args, **kwargs)
+    def counted_check_out(self, rev, folders, into, *, previous=None):
+        key = "workspace_sync" if previous else "workspace_fill"
+        meter.timed(key, check_out)(self, rev, folders, into, previous=previous)
         with meter.lock:
-            meter.live_worktrees += 1
-            meter.peak_worktrees = max(meter.peak_worktrees, meter.live_worktrees)
-        return path
+            live.add(Path(into))
+            meter.peak_workspaces = max(meter.peak_workspaces, len(live))
 
-    def counted_remove(self, *args, **kwargs):
-        meter.timed("worktree_remove", remove_worktree)(self, *args, **kwargs)
+    def counted_remove(self, path):
+        meter.timed("workspace_remove", remove_workspace)(self, path)
         with meter.lock:
-            meter.live_worktrees -= 1
+            live.discard(Path(path))
 
-    gitrepo.GitRepo.add_worktree = counted_add
-    gitrepo.GitRepo.remove_worktree = counted_remove
-    for name in ("commit", "merge", "add_note", "read_note", "create_branch"):
+    gitrepo.GitRepo.check_out = counted_check_out
+    gitrepo.GitRepo.remove_workspace = counted_remove
+    for name in ("commit_files", "merge", "append_note", "start_branch"):
         setattr(gitrepo.GitRepo, name, meter.timed(name, getattr(gitrepo.GitRepo, name)))
+    gitobjects.ObjectStore.read = meter.timed("object_reads", gitobjects.ObjectStore.read)
+    gitobjects.ObjectStore.write = meter.timed("object_writes", gitobjects.ObjectStore.write)
     organizer.run_tests = meter.timed("tests", organizer.run_tests)
 
 
@@ -130,7 +132,7 @@ def measure(spec: dict) -> dict:
         "children_cpu_s": round(children_usage.ru_utime + children_usage.ru_stime, 3),
         "peak_rss_mb": round(self_usage.ru_maxrss / 1024, 1),
         "peak_child_rss_mb": round(children_usage.ru_maxrss / 1024, 1),
-        "peak_worktrees": meter.peak_worktrees,
+        "peak_workspaces": meter.peak_workspaces,
         "calls": dict(sorted(meter.calls.items())),
         "seconds": {k: round(v, 3) for k, v in sorted(meter.seconds.items())},
         "git_calls": sum(n for k, n in meter.calls.items() if k.startswith("git:")),

@@ -212,7 +212,7 @@ def accept(run_id: str, squash: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or the result as JSON.")
 @error_boundary
 def clean(run_id: str | None, all_runs: bool, dry_run: bool, as_json: bool) -> None:
-    """Remove run RUN's (or --all runs') branches, worktrees, notes and lock."""
+    """Remove run RUN's (or --all runs') branches, workspaces, notes and lock."""
     if (run_id is None) == (not all_runs):
         raise click.UsageError("give a RUN or --all" if run_id is None
                                else "give a RUN or --all, not both")

@@ -1,14 +1,18 @@
-"""Every git operation soa-git performs: agent branches, worktrees, commits, merges, notes.
+"""Every git operation soa-git performs: agent branches, workspaces, commits, merges, notes.
 
-This is the only module that runs git. It hands out plain values (shas, paths, dataclasses),
-never live GitPython objects. It is safe for many threads in one process, each working on its
-own agent branch and worktree, and for two soa-git processes in one repository:
+This is the only module that runs git (with `gitobjects`, its in-process object layer). It hands
+out plain values (shas, paths, dataclasses), never live GitPython objects. It is safe for many
+threads in one process, each working on its own agent branch and workspace, and for two
+soa-git processes in one repository:
 
-- ref updates are compare-and-swap (`update-ref <ref> <new> <old>`), so a lost race is an
-  error (`BranchMoved`), never a lost commit;
-- the few operations on state shared by all agents (worktree registrations, the notes ref)
-  hold a module-level lock, and every git call retries while another process holds one of
-  git's own `.lock` files;
+- an agent commits without a worktree or an index: its files become blobs and trees in this
+  process, and one `update-ref --stdin` transaction moves its branch and the notes ref
+  together, each as a compare-and-swap, so a lost race is an error (`BranchMoved`) or a retry,
+  never a lost commit or a commit without its note;
+- an agent's workspace is a plain folder holding only the files its tests can import,
+  written from the branch's trees (see `check_out`);
+- the notes ref, shared by all agents, is written under a module-level lock, and every git
+  call retries while another process holds one of git's own `.lock` files;
 - every call pins GIT_DIR, GIT_WORK_TREE and GIT_INDEX_FILE, so an environment inherited from
   a git hook can never point a command at the user's index or working tree;
 - every call sets `core.hooksPath` to an empty directory: the user's hooks never run on
@@ -37,6 +41,7 @@ import git
 
 from . import faults
 from .errors import OwnershipError, RepositoryError
+from .gitobjects import FILE_MODE, Entry, ObjectStore, Selection
 
 TRAILER_KEYS = ("Soa-Run", "Soa-Agent", "Soa-Role", "Soa-Parent", "Soa-Phase", "Soa-Round",
                 "Soa-Tests", "Soa-Model", "Soa-Tokens", "Soa-Target")
@@ -46,38 +51,20 @@ _SCRATCH_NOTES = "refs/notes/soa-pending/"
 _TRAILERS_FORMAT = "%(trailers:only,unfold,separator=%x1e,key_value_separator=%x1f)"
 
 _MIN_GIT = (2, 38)
-_SOA_IDENTITY = {"GIT_COMMITTER_NAME": "soa-git", "GIT_COMMITTER_EMAIL": "soa-git@localhost"}
-_SOA_AUTHOR = {"GIT_AUTHOR_NAME": "soa-git", "GIT_AUTHOR_EMAIL": "soa-git@localhost"}
-# Test runs in a worktree leave caches behind; they are never an agent's work.
-_AGENT_EXCLUDES = "__pycache__/\n*.py[cod]\n.pytest_cache/\n"
+# `git notes` run as soa-git (removing and merging notes).
+_SOA_NOTES_ENV = {"GIT_AUTHOR_NAME": "soa-git", "GIT_AUTHOR_EMAIL": "soa-git@localhost",
+                  "GIT_COMMITTER_NAME": "soa-git", "GIT_COMMITTER_EMAIL": "soa-git@localhost"}
 _TRAILER_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 # Another git process holds one of git's lock files (git already waited briefly for ref locks).
 _LOCK_BUSY = re.compile(r"\.lock'?: File exists")
 # update-ref's compare-and-swap lost: the ref is not (or no longer) at the expected value.
 _CAS_LOST = re.compile(r"but expected|reference already exists|unable to resolve reference")
 _LOCK_ATTEMPTS = 12
-# Commands in a worktree that has a sparse-checkout pattern file run in cone mode.
-_SPARSE_CONFIG = ["-c", "core.sparseCheckout=true", "-c", "core.sparseCheckoutCone=true"]
+_FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _NOTE_ATTEMPTS = 20
 
 # Serializes notes writes among the threads of this process.
 _shared_lock = threading.Lock()
-# Serializes worktree registrations (re-entrant: removing a stale one happens inside adding);
-# apart from the notes lock so neither waits for the other.
-_worktree_lock = threading.RLock()
-
-
-@dataclass
-class _PendingNote:
-    target: str
-    blob: str
-    done: bool = False
-
-
-# Per repository (common git dir), the notes waiting to be written by whichever thread holds
-# the notes lock next (see add_note).
-_pending_notes: dict[Path, list[_PendingNote]] = {}
-_pending_notes_lock = threading.Lock()
 
 
 class RunLocked(RepositoryError):
@@ -103,11 +90,19 @@ class MergeConflict(RepositoryError):
 class BranchMoved(RepositoryError):
     """A branch moved between reading it and updating it (another thread or process won)."""
 
+    def __init__(self, message: str, ref: str = "") -> None:
+        super().__init__(message)
+        self.ref = ref
+
 
 @dataclass(frozen=True)
 class Author:
     name: str
     email: str
+
+
+# Who commits every commit soa-git writes, and authors its own (start, notes).
+SOA_GIT = Author("soa-git", "soa-git@localhost")
 
 
 @dataclass(frozen=True)
@@ -174,9 +169,14 @@ class GitRepo:
         # The user's own checkout may itself be a linked worktree with its own HEAD and index.
         self._own_git_dir = Path(repo.git_dir).resolve()
         self._soa_dir = self.git_dir / "soa"
-        self._worktrees_root = self._soa_dir / "worktrees"
+        self._workspaces_root = self._soa_dir / "work"
         self._hooks_dir = self._soa_dir / "no-hooks"
-        self._excludes = self._soa_dir / "agent-excludes"
+        # Tips of the refs this object moved itself (its run's branches, the notes ref): a
+        # run's branches are moved by nobody else while it holds the run's lock, and every
+        # move is a compare-and-swap that drops a tip found stale.
+        self._tips: dict[str, str] = {}
+        self._tips_lock = threading.Lock()
+        self._objects: ObjectStore | None = None
 
     @classmethod
     def open(cls, path: Path, *, allow_empty: bool = False) -> GitRepo:
@@ -200,7 +200,6 @@ class GitRepo:
                                   f"but this is git {'.'.join(map(str, version))}")
         opened = cls(repo)
         opened._hooks_dir.mkdir(parents=True, exist_ok=True)
-        _write_if_changed(opened._excludes, _AGENT_EXCLUDES)
         if not allow_empty and opened._head_sha() is None:
             raise RepositoryError("the repository has no commits yet; commit something first")
         return opened
@@ -216,7 +215,7 @@ class GitRepo:
         index = {"GIT_INDEX_FILE": str(opened._own_git_dir / "index")}
         opened._git("add", "-A", env=index)
         tree = opened._git("write-tree", env=index).text
-        sha = opened._commit_tree(tree, (), message, Author("soa-git", "soa-git@localhost"))
+        sha = opened._write_commit(tree, (), message, SOA_GIT)
         opened._git("update-ref", "HEAD", sha)
         return opened
 
@@ -292,7 +291,7 @@ class GitRepo:
             raise RepositoryError(f"cannot compare {base} with {rev}: {_reason(r.err)}")
         return sorted(_split_z(r.out))
 
-    # ---- branches -----------------------------------------------------------------------
+    # ---- branches and commits -----------------------------------------------------------
 
     def start_branch(self, branch: str, base: str, *, subject: str, trailers: Mapping[str, str],
                      author: Author, note: str) -> str:
@@ -300,21 +299,11 @@ class GitRepo:
         its record appear together, or not at all."""
         _guard_hook()
         parent = self._require_commit(base)
-        tree = self._git("rev-parse", "--verify", f"{parent}^{{tree}}").text
-        sha = self._commit_tree(tree, (parent,), _message(subject, "", trailers), author)
-        self.add_note(sha, note)
-        self.create_branch(branch, sha)
+        tree = self._store.commit_tree(parent)
+        sha = self._write_commit(tree, (parent,), _message(subject, "", trailers), author)
+        self._publish(f"refs/heads/{branch}", sha, None, note=note, what=f"branch {branch}",
+                      reflog=f"branch: created from {base}")
         return sha
-
-    def create_branch(self, branch: str, start: str) -> None:
-        _guard_hook()
-        sha = self._require_commit(start)
-        r = self._git("update-ref", "-m", f"branch: created from {start}", f"refs/heads/{branch}",
-                      sha, "", check=False, retry=True)
-        if r.status != 0:
-            if "reference already exists" in r.err:
-                raise RepositoryError(f"branch {branch} already exists")
-            raise RepositoryError(f"cannot create branch {branch}: {_reason(r.err)}")
 
     def delete_branch(self, branch: str) -> None:
         """Delete one of soa-git's own branches; a branch that is already gone is fine."""
@@ -328,78 +317,41 @@ class GitRepo:
                                   "remove that worktree first")
         self._update_ref(f"refs/heads/{branch}", "", sha, what=f"branch {branch}", delete=True)
 
-    # ---- worktrees ----------------------------------------------------------------------
+    def commit_files(self, branch: str, files: Mapping[str, str], *, subject: str, body: str = "",
+                     trailers: Mapping[str, str], author: Author, allowed_paths: Iterable[str],
+                     start: str | None = None, allow_empty: bool = False,
+                     note: str | None = None) -> str | None:
+        """Commit `files` (posix path -> text) on top of `branch`; a branch that does not exist
+        yet is created at `start`. Every path must be one of `allowed_paths` (OwnershipError,
+        nothing written, otherwise): an agent's commit can only ever touch its own files.
 
-    def add_worktree(self, branch: str, name: str, *, sparse: Iterable[str] | None = None) -> Path:
-        """A worktree under .git/soa/worktrees with `branch` checked out, replacing a stale one.
-
-        `sparse` (folders, posix, from the root) makes it a cone-mode sparse checkout: only the
-        files directly in the root and in each ancestor of those folders, and everything under
-        them, are written. The pattern file lives in the worktree's own admin dir and every
-        command in the worktree is told so with `-c`: the user's config is never changed.
-        """
-        if self.branch_sha(branch) is None:
-            raise RepositoryError(f"branch {branch} does not exist")
-        path = self._worktrees_root / _worktree_dir_name(name)
-        with _worktree_lock:
-            self._drop_stale_worktrees(also=path)
-            # --no-checkout: git's own checkout here would inherit an index path from our
-            # caller's environment; the checkout below runs with the new worktree's index pinned.
-            r = self._git("worktree", "add", "--no-checkout", str(path), branch,
-                          check=False, retry=True)
-            if r.status != 0:
-                raise RepositoryError(f"cannot create a worktree for {branch}: {_reason(r.err)}")
-        if sparse is not None:
-            info = _worktree_git_dir(path) / "info"
-            info.mkdir(parents=True, exist_ok=True)
-            _write_if_changed(info / "sparse-checkout", _cone_patterns(sparse))
-        self._git("reset", "--hard", "-q", worktree=path, retry=True)
-        return path
-
-    def remove_worktree(self, path: Path) -> None:
-        """Remove one of soa-git's worktrees; one that is already gone is fine."""
-        wt = self._agent_worktree_path(path)
-        with _worktree_lock:
-            self._remove_worktree_locked(wt)
-            self._drop_stale_worktrees()
-
-    # ---- commits and merges -------------------------------------------------------------
-
-    def commit(self, worktree: Path, *, subject: str, body: str = "", trailers: Mapping[str, str],
-               author: Author, allowed_paths: Iterable[str], allow_empty: bool = False,
-               note: str | None = None) -> str | None:
-        """Commit everything changed in `worktree`, if it only touches `allowed_paths`.
-
-        `note` is attached before the branch moves, so a commit on a branch always has its note.
-        Returns the new commit's sha, or None when nothing changed and `allow_empty` is off. On a change outside
-        `allowed_paths` the index is reset and OwnershipError raised; the files stay as they are.
+        `note` is attached in the same ref transaction that moves the branch, so a commit on a
+        branch always has its note. Returns the new commit's sha, or None when nothing changed
+        and `allow_empty` is off.
         """
         _guard_hook()
-        wt = self._agent_worktree_path(worktree)
-        message = _message(subject, body, trailers)
         allowed = {_posix(p) for p in allowed_paths}
-        self._git("add", "-A", config=(f"core.excludesFile={self._excludes}",), worktree=wt,
-                  retry=True)
-        changed = _split_z(self._git("diff-index", "--cached", "-z", "--name-only", "--no-renames",
-                                     "HEAD", worktree=wt).out)
-        foreign = sorted(set(changed) - allowed)
+        foreign = sorted(set(map(_posix, files)) - allowed)
         if foreign:
-            # A one-tree read-tree puts the index back to HEAD without touching any file.
-            self._git("read-tree", "--reset", "HEAD", worktree=wt, retry=True)
             agent = trailers.get("Soa-Agent", author.name)
             owned = (f"may only change {_join(sorted(allowed))}" if allowed
                      else "may not change any file")
             raise OwnershipError(f"agent {agent} {owned}, not {_join(foreign)}")
-        if not changed and not allow_empty:
+        parent = self.branch_sha(branch)
+        if parent is None and start is None:
+            raise RepositoryError(f"branch {branch} does not exist")
+        base = parent or self._require_commit(start or "")
+        tree = self._store.commit_tree(base)
+        blobs = {_posix(path): Entry(FILE_MODE, self._store.write_blob(text.encode("utf-8")))
+                 for path, text in files.items()}
+        new_tree = self._store.edit(tree, blobs)
+        if new_tree == tree and not allow_empty and parent is not None:
             return None
-        tree = self._git("write-tree", worktree=wt, retry=True).text
-        parent = self._git("rev-parse", "--verify", "HEAD", worktree=wt).text
-        sha = self._commit_tree(tree, (parent,), message, author)
-        if note is not None:
-            self.add_note(sha, note)
+        message = _message(subject, body, trailers)
+        sha = self._write_commit(new_tree, (base,), message, author)
         faults.reached("commit")
-        self._update_ref("HEAD", sha, parent, what=f"the branch checked out at {wt.name}",
-                         worktree=wt, reflog=f"commit: {message.splitlines()[0]}")
+        self._publish(f"refs/heads/{branch}", sha, parent, note=note, what=f"branch {branch}",
+                      reflog=f"commit: {message.splitlines()[0]}")
         return sha
 
     def merge_check(self, ours: str, theirs: str) -> MergeCheck:
@@ -414,13 +366,12 @@ class GitRepo:
         return MergeCheck(clean=False, tree=None, conflicts=tuple(dict.fromkeys(paths)))
 
     def merge(self, branch: str, other_branch: str, *, subject: str, trailers: Mapping[str, str],
-              author: Author, worktree: Path | None = None, note: str | None = None) -> str:
+              author: Author, note: str | None = None) -> str:
         """A --no-ff merge of `other_branch` into `branch`, made without any worktree.
 
         Raises MergeConflict (nothing changed) or BranchMoved (someone else moved `branch`
-        meanwhile; try again). `worktree`, which must have `branch` checked out, is then reset
-        to the merge: uncommitted changes there are discarded. Returns the merge commit's sha,
-        or the branch's sha when `other_branch` is already merged.
+        meanwhile; try again). Returns the merge commit's sha, or the branch's sha when
+        `other_branch` is already merged.
         """
         _guard_hook()
         message = _message(subject, "", trailers)
@@ -429,56 +380,98 @@ class GitRepo:
             if sha is None:
                 raise RepositoryError(f"branch {name} does not exist")
         assert ours is not None and theirs is not None
-        wt = self._agent_worktree_path(worktree) if worktree is not None else None
-        self._check_merge_target(branch, wt)
-        if self._git("merge-base", "--is-ancestor", theirs, ours, check=False).status == 0:
-            return ours
+        self._check_merge_target(branch)
         check = self.merge_check(ours, theirs)
         if not check.clean or check.tree is None:
             raise MergeConflict(f"merging {other_branch} into {branch} conflicts in "
                                 f"{_join(check.conflicts)}", check.conflicts)
-        sha = self._commit_tree(check.tree, (ours, theirs), message, author)
-        if note is not None:
-            self.add_note(sha, note)
+        # Only a merge that changes nothing can be one of a branch already merged.
+        if check.tree == self._store.commit_tree(ours) and self.is_ancestor(theirs, ours):
+            return ours
+        sha = self._write_commit(check.tree, (ours, theirs), message, author)
         faults.reached("merge")
-        self._update_ref(f"refs/heads/{branch}", sha, ours, what=f"branch {branch}",
-                         reflog=f"merge {other_branch}: {message.splitlines()[0]}")
-        if wt is not None:
-            self._git("reset", "--hard", "-q", worktree=wt, retry=True)
+        self._publish(f"refs/heads/{branch}", sha, ours, note=note, what=f"branch {branch}",
+                      reflog=f"merge {other_branch}: {message.splitlines()[0]}")
         return sha
 
     def catch_up(self, branch: str, onto: str, keep_paths: Iterable[str], *, subject: str,
-                 trailers: Mapping[str, str], author: Author, worktree: Path | None = None) -> str:
+                 trailers: Mapping[str, str], author: Author) -> str:
         """Bring `branch` onto the newer `onto` keeping its own `keep_paths`: a merge commit
         whose tree is `onto`'s with those paths as `branch` has them.
 
         This is how an agent redoes its work on a new base after a conflict: its own files win,
-        everything else is the base's. Made in a scratch index; `worktree` is reset to it.
+        everything else is the base's.
         """
         _guard_hook()
         ours, theirs = self.branch_sha(branch), self.branch_sha(onto)
         if ours is None or theirs is None:
             raise RepositoryError(f"branch {branch if ours is None else onto} does not exist")
-        wt = self._agent_worktree_path(worktree) if worktree is not None else None
-        self._check_merge_target(branch, wt)
-        with tempfile.TemporaryDirectory(dir=self._soa_dir) as scratch:
-            index = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
-            self._git("read-tree", theirs, env=index)
-            for path in (_posix(p) for p in keep_paths):
-                entry = self._git("ls-tree", ours, "--", path).text
-                if entry:
-                    mode, _, rest = entry.partition(" ")
-                    blob = rest.split()[1]
-                    self._git("update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}", env=index)
-                else:
-                    self._git("update-index", "--force-remove", "--", path, env=index)
-            tree = self._git("write-tree", env=index).text
-        sha = self._commit_tree(tree, (ours, theirs), _message(subject, "", trailers), author)
-        self._update_ref(f"refs/heads/{branch}", sha, ours, what=f"branch {branch}",
-                         reflog=f"catch up with {onto}")
-        if wt is not None:
-            self._git("reset", "--hard", "-q", worktree=wt, retry=True)
+        self._check_merge_target(branch)
+        own = self._store.commit_tree(ours)
+        tree = self._store.edit(self._store.commit_tree(theirs),
+                                {_posix(p): self._store.lookup(own, _posix(p)) for p in keep_paths})
+        sha = self._write_commit(tree, (ours, theirs), _message(subject, "", trailers), author)
+        self._publish(f"refs/heads/{branch}", sha, ours, note=None, what=f"branch {branch}",
+                      reflog=f"catch up with {onto}")
         return sha
+
+    # ---- workspaces ---------------------------------------------------------------------
+
+    def workspace(self, run: str, agent: str) -> Path:
+        """Where agent `agent` of run `run` writes its files and runs its tests (not created)."""
+        for name in (run, agent):
+            if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+                raise ValueError(f"invalid workspace name {name!r}")
+        return self._workspaces_root / run / agent
+
+    def check_out(self, rev: str, folders: Iterable[str], into: Path, *,
+                  previous: str | None = None) -> None:
+        """Write the files of `rev` that `folders` select (everything under them, and the files
+        directly in the root and in each folder above them, as a cone-mode sparse checkout
+        would) into the workspace `into`. With `previous`, the revision `into` holds now, only
+        the files that differ are written or removed: moving a workspace to a merge costs what
+        the merge changed, not the size of the checkout.
+        """
+        into = self._workspace_path(into)
+        wanted = Selection(folders)
+        tree = self._store.commit_tree(self._require_commit(rev) if previous is None else rev)
+        if previous is None:
+            changes: Iterable[tuple[str, Entry | None]] = self._store.files(tree, wanted)
+            into.mkdir(parents=True, exist_ok=True)
+        else:
+            changes = self._store.changes(self._store.commit_tree(previous), tree, wanted)
+        for path, entry in changes:
+            _check_checkout_path(path)
+            target = into / path
+            if entry is None:
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink(missing_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_symlink() or target.exists():
+                target.unlink()
+            data = self._store.blob(entry.sha) if entry.mode != "160000" else b""
+            if entry.mode == "120000":
+                os.symlink(os.fsdecode(data), target)
+            elif entry.mode != "160000":
+                target.write_bytes(data)
+                if entry.mode == "100755":
+                    target.chmod(0o755)
+
+    def remove_workspace(self, path: Path) -> None:
+        """Remove one of soa-git's workspaces; one that is already gone is fine."""
+        shutil.rmtree(self._workspace_path(path), ignore_errors=True)
+
+    def run_workspaces(self, run: str) -> list[Path]:
+        """The run's workspace folders left on disk."""
+        folder = self._workspaces_root / run
+        return sorted(folder.iterdir()) if folder.is_dir() else []
+
+    def remove_workspaces(self, run: str) -> None:
+        """Remove every workspace of `run`, and its folder; none of any other run."""
+        shutil.rmtree(self.workspace(run, "x").parent, ignore_errors=True)
 
     # ---- reading runs -------------------------------------------------------------------
 
@@ -654,33 +647,21 @@ class GitRepo:
         return sha
 
     def runs_with_traces(self) -> list[str]:
-        """Every run that left anything in this repository: a branch, a worktree, a lock file."""
+        """Every run that left anything in this repository: a branch, a workspace, a lock file."""
         runs = {name.split("/")[1] for name in self.list_branches("soa/") if name.count("/") >= 2}
-        runs |= {path.name.split("__")[0] for path in self._soa_worktree_paths()
-                 if "__" in path.name}
+        if self._workspaces_root.is_dir():
+            runs |= {p.name for p in self._workspaces_root.iterdir()}
         locks = self._soa_dir / "locks"
         if locks.is_dir():
             runs |= {p.name.split(".lock")[0] for p in locks.iterdir() if ".lock" in p.name}
         return sorted(r for r in runs if r)
 
-    def run_worktrees(self, run: str) -> list[Path]:
-        """The run's worktrees: registered with git, or only left on disk, or only registered."""
-        prefix = _worktree_dir_name(run) + "__"
-        return [p for p in self._soa_worktree_paths() if p.name.startswith(prefix)]
-
-    def remove_worktrees(self, paths: Iterable[Path]) -> None:
-        """Remove these worktrees of soa-git's and their registrations; none of any other run."""
-        with _worktree_lock:
-            for path in paths:
-                self._remove_worktree_locked(self._agent_worktree_path(path))
-
     def foreign_checkouts(self, branches: Iterable[str]) -> dict[str, Path]:
-        """Branch -> working tree, for those of `branches` checked out outside soa-git's worktrees
-        (the user's own checkout, or a worktree the user made)."""
+        """Branch -> working tree, for those of `branches` checked out anywhere (the user's own
+        checkout, or a worktree the user made; soa-git itself checks out nothing)."""
         wanted = set(branches)
-        root = self._worktrees_root.resolve()
         return {wt.branch: wt.path for wt in self._worktrees()
-                if wt.branch in wanted and not wt.prunable and not wt.path.is_relative_to(root)}
+                if wt.branch in wanted and not wt.prunable}
 
     def run_lock_file(self, run: str) -> Path | None:
         path = self._lock_path(run)
@@ -691,7 +672,7 @@ class GitRepo:
         """Commits with a note under NOTES_REF that `branches` reach and nothing else does.
 
         Nothing else: no other branch, tag, remote-tracking ref or stash, and no HEAD of a
-        working tree outside soa-git's worktrees. Branches in `going` (about to be removed as
+        working tree. Branches in `going` (about to be removed as
         well) do not count as something else. `orphans` adds the noted commits that nothing
         else reaches at all, or that no longer exist. Notes of a run merged into your branch
         are therefore kept: they are the transcript of your history.
@@ -777,14 +758,6 @@ class GitRepo:
         if squash_msg is not None:
             squash_msg.unlink(missing_ok=True)
 
-    def _soa_worktree_paths(self) -> list[Path]:
-        """soa-git's worktrees: registered under its folder, or left there without registration."""
-        root = self._worktrees_root.resolve()
-        found = {wt.path for wt in self._worktrees() if wt.path.parent == root}
-        if root.is_dir():
-            found |= {p.resolve() for p in root.iterdir()}
-        return sorted(found)
-
     def _noted_commits(self) -> list[str]:
         if not self._git("show-ref", "--verify", "-q", NOTES_REF, check=False).status == 0:
             return []
@@ -804,7 +777,7 @@ class GitRepo:
 
     def _kept_commits(self, leaving: set[str]) -> list[str]:
         """The commits that every ref but `leaving` (and notes refs) points at, and the HEAD of
-        every working tree outside soa-git's folder."""
+        every working tree."""
         r = self._git("for-each-ref", "--format=%(refname) %(objecttype) %(objectname) "
                       "%(*objecttype) %(*objectname)")
         kept = []
@@ -816,12 +789,10 @@ class GitRepo:
                 kept.append(sha)
             elif peeled and peeled[0] == "commit":
                 kept.append(peeled[1])
-        root = self._worktrees_root.resolve()
         out = self._git("worktree", "list", "--porcelain", "-z").out
         for record in os.fsdecode(out).split("\0\0"):
             attrs = dict((line.split(" ", 1) + [""])[:2] for line in record.split("\0") if line)
-            if "worktree" in attrs and attrs.get("HEAD") and \
-                    not Path(attrs["worktree"]).resolve().is_relative_to(root):
+            if "worktree" in attrs and attrs.get("HEAD"):
                 kept.append(attrs["HEAD"])
         return list(dict.fromkeys(kept))
 
@@ -840,6 +811,10 @@ class GitRepo:
 
     def ref_sha(self, ref: str) -> str | None:
         """The sha a full ref name (refs/...) points at, None if it does not exist."""
+        with self._tips_lock:
+            known = self._tips.get(ref)
+        if known is not None:
+            return known
         r = self._git("show-ref", "--verify", "-s", ref, check=False)
         return r.text if r.status == 0 and r.text else None
 
@@ -960,11 +935,11 @@ class GitRepo:
         if r.text == self._git("rev-parse", "--verify", f"{head}^{{tree}}").text:
             return head
         ident = self._user_git("var", "GIT_AUTHOR_IDENT")
-        author = Author("soa-git", "soa-git@localhost")
+        author = SOA_GIT
         if ident.status == 0 and "<" in ident.text:
             name, _, rest = ident.text.partition("<")
             author = Author(name.strip(), rest.partition(">")[0])
-        return self._commit_tree(r.text, (head,), message, author)
+        return self._write_commit(r.text, (head,), message, author)
 
     def hooks_dir(self) -> Path:
         """Where git looks for this repository's hooks (core.hooksPath when set)."""
@@ -1035,77 +1010,40 @@ class GitRepo:
     # ---- notes --------------------------------------------------------------------------
 
     def add_note(self, sha: str, text: str) -> None:
-        """Attach `text` to commit `sha` under NOTES_REF, replacing an earlier note.
+        """Attach `text` to commit `sha` under NOTES_REF, replacing an earlier note."""
+        self._write_note(self._require_commit(sha), lambda earlier: text)
 
-        Returns once the note is on NOTES_REF. Threads that arrive while another writes are
-        served together: whoever takes the lock next writes every waiting note in one swap
-        (one scratch ref, one compare-and-swap), so the notes lock is held for about one
-        `git notes add` per note, not a whole swap per note.
-        """
-        target = self._require_commit(sha)
-        # Writing the blob needs no lock: objects are content-addressed.
-        blob = self._git("hash-object", "-w", "--stdin", stdin=text.encode("utf-8")).text
-        mine = _PendingNote(target, blob)
-        with _pending_notes_lock:
-            queue = _pending_notes.setdefault(self.git_dir, [])
-            queue.append(mine)
-        with _shared_lock:
-            if mine.done:
-                return
-            with _pending_notes_lock:
-                batch = [mine, *(n for n in queue if n is not mine and not n.done)]
-                queue.clear()
-            # -C reuses the blob byte for byte, where -m/-F would reformat whitespace.
-            commands = [("add", "-f", "--allow-empty", "-C", n.blob, n.target) for n in batch]
-            try:
-                for attempt in range(_NOTE_ATTEMPTS):
-                    if self._swap_notes(*commands[0], more=commands[1:], reflog="notes: add",
-                                        adds=True):
-                        for note in batch:
-                            note.done = True
-                        return
-                    _backoff(attempt)
-            finally:
-                # Notes of other threads not written: each writes its own when it gets the lock.
-                left = [n for n in batch if n is not mine and not n.done]
-                if left:
-                    with _pending_notes_lock:
-                        queue.extend(left)
-        raise RepositoryError(f"could not attach a note to {sha}: other processes kept "
-                              f"updating {NOTES_REF}")
+    def append_note(self, sha: str, line: str) -> None:
+        """Add `line` as the last line of the note of commit `sha` (one compare-and-swap)."""
+        self._write_note(self._require_commit(sha),
+                         lambda earlier: f"{earlier.rstrip()}\n{line}" if earlier else line)
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         return self._git("merge-base", "--is-ancestor", _rev(ancestor), _rev(descendant),
                          check=False).status == 0
 
     def read_note(self, sha: str) -> str | None:
-        r = self._git("notes", f"--ref={NOTES_REF}", "list", _rev(sha), check=False)
-        if r.status == 1:
+        notes = self.ref_sha(NOTES_REF)
+        if notes is None:
             return None
-        if r.status != 0:
-            raise RepositoryError(f"cannot read the note of {sha}: {_reason(r.err)}")
-        return self._git("cat-file", "blob", r.text).out.decode("utf-8", errors="replace")
+        path = self._note_path(self._store.commit_tree(notes), self._require_commit(sha))
+        if path is None:
+            return None
+        entry = self._store.lookup(self._store.commit_tree(notes), path)
+        assert entry is not None
+        return self._store.blob(entry.sha).decode("utf-8", errors="replace")
 
     # ---- internals ----------------------------------------------------------------------
 
-    def _git(self, *args: str, config: Iterable[str] = (), worktree: Path | None = None,
-             env: Mapping[str, str] | None = None, stdin: bytes | None = None, check: bool = True,
-             retry: bool = False) -> _Result:
-        """Run one git command against the repository, or against one agent worktree.
+    def _git(self, *args: str, env: Mapping[str, str] | None = None, stdin: bytes | None = None,
+             check: bool = True, retry: bool = False) -> _Result:
+        """Run one git command against the repository.
 
         Calls `execute` with the whole command line because `repo.git(c=..., C=...)` keeps
         options on the shared Git object, which is not safe across threads.
         """
-        command = [git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git",
-                   "-c", f"core.hooksPath={self._hooks_dir}", "-c", "core.fsmonitor=false"]
-        command += [a for c in config for a in ("-c", c)]
-        location = self._location_env(worktree)
-        if worktree is not None:
-            if os.path.exists(os.path.join(location["GIT_DIR"], "info", "sparse-checkout")):
-                command += _SPARSE_CONFIG
-            command += ["-C", str(worktree)]
-        command += args
-        full_env = {**location, **(env or {})}
+        command = [*self._git_command(), *args]
+        full_env = {**self._location_env(), **(env or {})}
         for attempt in range(_LOCK_ATTEMPTS if retry else 1):
             if attempt:
                 _backoff(attempt)
@@ -1132,48 +1070,156 @@ class GitRepo:
         except git.GitCommandNotFound:
             raise RepositoryError("git is not installed or not on PATH") from None
 
-    def _location_env(self, worktree: Path | None) -> dict[str, str]:
-        """Where a command runs, stated outright rather than inherited from our environment."""
-        if worktree is None:
-            git_dir, work_tree = self._own_git_dir, self.root
-            # No repository-level command needs an index; a scratch path keeps the user's safe.
-            index = self._soa_dir / "unused-index"
-        else:
-            git_dir, work_tree = _worktree_git_dir(worktree), worktree
-            index = git_dir / "index"
-        return {"GIT_DIR": str(git_dir), "GIT_WORK_TREE": str(work_tree),
-                "GIT_INDEX_FILE": str(index), "GIT_COMMON_DIR": str(self.git_dir),
+    def _git_command(self) -> list[str]:
+        return [git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git",
+                "-c", f"core.hooksPath={self._hooks_dir}", "-c", "core.fsmonitor=false"]
+
+    def _location_env(self) -> dict[str, str]:
+        """Where a command runs, stated outright rather than inherited from our environment.
+        No command of ours needs an index; a scratch path keeps the user's safe."""
+        return {"GIT_DIR": str(self._own_git_dir), "GIT_WORK_TREE": str(self.root),
+                "GIT_INDEX_FILE": str(self._soa_dir / "unused-index"),
+                "GIT_COMMON_DIR": str(self.git_dir),
                 "GIT_OBJECT_DIRECTORY": str(self.git_dir / "objects")}
+
+    @property
+    def _store(self) -> ObjectStore:
+        with self._tips_lock:
+            if self._objects is None:
+                reader = self._repo.config_reader()
+                object_format = reader.get_value("extensions", "objectformat", "sha1")
+                self._objects = ObjectStore(self.git_dir / "objects", self._git_command(),
+                                            {**os.environ, **self._location_env()},
+                                            object_format=str(object_format).lower())
+            return self._objects
+
+    def close(self) -> None:
+        """End the object reader (it also ends with this process)."""
+        if self._objects is not None:
+            self._objects.close()
 
     def _head_sha(self) -> str | None:
         r = self._git("rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
         return r.text if r.status == 0 else None
 
     def _require_commit(self, rev: str) -> str:
+        if _FULL_SHA.fullmatch(rev):
+            # The id of a commit needs no name resolution: the object store knows, mostly from
+            # memory. Anything else (a tag to peel, a missing object) is git's to judge.
+            try:
+                self._store.commit_tree(rev)
+                return rev
+            except RepositoryError:
+                pass
         r = self._git("rev-parse", "--verify", "-q", f"{_rev(rev)}^{{commit}}", check=False)
         if r.status != 0:
             raise RepositoryError(f"{rev} is not a commit in this repository")
         return r.text
 
-    def _commit_tree(self, tree: str, parents: tuple[str, ...], message: str,
-                     author: Author) -> str:
-        env = {"GIT_AUTHOR_NAME": author.name, "GIT_AUTHOR_EMAIL": author.email, **_SOA_IDENTITY}
-        r = self._git("commit-tree", "--no-gpg-sign", *[a for p in parents for a in ("-p", p)],
-                      "-F", "-", tree, env=env, stdin=message.encode("utf-8"), check=False)
-        if r.status != 0:
-            raise RepositoryError(f"cannot write a commit: {_reason(r.err)}")
-        return r.text
+    def _write_commit(self, tree: str, parents: tuple[str, ...], message: str,
+                      author: Author) -> str:
+        """A commit object, as `git commit-tree` writes it (never signed); committed by soa-git."""
+        when = _git_time()
+        return self._store.write_commit(tree, parents, message,
+                                        author=f"{author.name} <{author.email}> {when}",
+                                        committer=f"{SOA_GIT.name} <{SOA_GIT.email}> {when}")
 
-    def _update_ref(self, ref: str, new: str, old: str, *, what: str, worktree: Path | None = None,
+    def _update_ref(self, ref: str, new: str, old: str, *, what: str,
                     reflog: str = "soa-git", delete: bool = False) -> None:
         """Compare-and-swap `ref` from `old` to `new` (or delete it if it is still at `old`)."""
-        args = ("-d", ref, old) if delete else ("-m", reflog, ref, new, old)
-        r = self._git("update-ref", *args, worktree=worktree, check=False, retry=True)
+        self._move([(ref, "" if delete else new, old)], what=what, reflog=reflog)
+
+    def _move(self, updates: list[tuple[str, str, str | None]], *, what: str,
+              reflog: str) -> None:
+        """One atomic transaction of compare-and-swaps (ref, new, old): all refs move or none.
+        `new` "" deletes the ref; `old` None means the ref must not exist yet."""
+        lines = []
+        for ref, new, old in updates:
+            if not new:
+                lines.append(f"delete {ref} {old}")
+            elif old is None:
+                lines.append(f"create {ref} {new}")
+            else:
+                lines.append(f"update {ref} {new} {old}")
+        r = self._git("update-ref", "-m", reflog, "--stdin",
+                      stdin="".join(f"{line}\n" for line in lines).encode(), check=False, retry=True)
+        with self._tips_lock:
+            for ref, new, _ in updates:
+                if r.status == 0 and new:
+                    self._tips[ref] = new
+                else:
+                    self._tips.pop(ref, None)
         if r.status == 0:
             return
         if _CAS_LOST.search(r.err):
-            raise BranchMoved(f"{what} moved while soa-git was updating it; try again")
+            lost = next((ref for ref, _, _ in updates if f"'{ref}'" in r.err), updates[-1][0])
+            if "reference already exists" in r.err:
+                raise BranchMoved(f"{what} already exists", ref=lost)
+            raise BranchMoved(f"{what} moved while soa-git was updating it; try again",
+                              ref=lost)
         raise RepositoryError(f"cannot update {what}: {_reason(r.err)}")
+
+    def _publish(self, ref: str, new: str, old: str | None, *, note: str | None, what: str,
+                 reflog: str) -> None:
+        """Move `ref` to the new commit `new`, with `note` on it in the same transaction."""
+        if note is None:
+            self._move([(ref, new, old)], what=what, reflog=reflog)
+            return
+        blob = self._store.write_blob(note.encode("utf-8"))
+        self._write_note(new, lambda earlier: blob, also=(ref, new, old), what=what, reflog=reflog)
+
+    def _write_note(self, target: str, text, *, also: tuple[str, str, str | None] | None = None,
+                    what: str = NOTES_REF, reflog: str = "notes: add") -> None:
+        """Set the note of `target` to `text(earlier note or "")` (a string, or the id of a
+        blob already written) and move NOTES_REF, and `also`, in one transaction.
+
+        Notes are rewritten here in this process, under the notes lock; another process that
+        moves NOTES_REF meanwhile costs a retry on its new tip, never a lost note.
+        """
+        with _shared_lock:
+            for attempt in range(_NOTE_ATTEMPTS):
+                old = self.ref_sha(NOTES_REF)
+                tree = self._store.commit_tree(old) if old else self._store.empty_tree()
+                path = self._note_path(tree, target)
+                earlier = ""
+                if path is not None:
+                    entry = self._store.lookup(tree, path)
+                    assert entry is not None
+                    earlier = self._store.blob(entry.sha).decode("utf-8", errors="replace")
+                value = text(earlier)
+                blob = value if also is not None else self._store.write_blob(value.encode("utf-8"))
+                # A new note goes one folder down (git's own layout for many notes), so no
+                # note costs a rewrite of a tree holding every other note.
+                new_tree = self._store.edit(tree, {path or f"{target[:2]}/{target[2:]}":
+                                                   Entry(FILE_MODE, blob)})
+                notes = self._write_commit(new_tree, (old,) if old else (),
+                                           "Notes added by soa-git\n",
+                                           SOA_GIT)
+                updates = [(NOTES_REF, notes, old), *([also] if also else [])]
+                try:
+                    self._move(updates, what=what, reflog=reflog)
+                    return
+                except BranchMoved as moved:
+                    if moved.ref != NOTES_REF:
+                        raise
+                _backoff(attempt)
+        raise RepositoryError(f"could not attach a note to {target}: other processes kept "
+                              f"updating {NOTES_REF}")
+
+    def _note_path(self, tree: str, target: str) -> str | None:
+        """Where the note of `target` is in a notes tree: at any fanout (`ab/cdef...`,
+        `ab/cd/ef...`), as git reads them; None if it has none."""
+        folder, rest = "", target
+        while rest:
+            entries = self._store.tree(tree)
+            entry = entries.get(rest)
+            if entry is not None and not entry.is_tree:
+                return folder + rest
+            sub = entries.get(rest[:2])
+            if sub is None or not sub.is_tree:
+                return None
+            tree, folder, rest = sub.sha, f"{folder}{rest[:2]}/", rest[2:]
+        return None
 
     def _swap_notes(self, *notes_args: str, stdin: bytes | None = None, reflog: str,
                     adds: bool = False, more: Iterable[tuple[str, ...]] = ()) -> bool:
@@ -1191,7 +1237,7 @@ class GitRepo:
             if old:
                 self._git("update-ref", scratch, old, "", retry=True)
             for args in (notes_args, *more):
-                r = self._git("notes", f"--ref={scratch}", *args, env=_SOA_AUTHOR | _SOA_IDENTITY,
+                r = self._git("notes", f"--ref={scratch}", *args, env=_SOA_NOTES_ENV,
                               stdin=stdin if args is notes_args else None, check=False, retry=True)
                 if r.status != 0:
                     raise RepositoryError(f"cannot update {NOTES_REF}: {_reason(r.err)}")
@@ -1228,76 +1274,31 @@ class GitRepo:
                                            "prunable" in attrs))
         return worktrees
 
-    def _drop_stale_worktrees(self, also: Path | None = None) -> None:
-        """Remove soa-git's worktrees whose directory is gone, and `also`, if anything is there.
-
-        Scoped to our own directory, unlike `git worktree prune`, which would also drop the
-        user's worktrees that merely live on a disk that is not mounted right now.
-        """
-        if not self._may_have_stale_worktrees(also):
-            return
-        root = self._worktrees_root.resolve()
-        for wt in self._worktrees():
-            if wt.path.is_relative_to(root) and (wt.prunable or wt.path == also):
-                self._remove_worktree_locked(wt.path)
-        if also is not None and also.exists():
-            self._remove_worktree_locked(also)
-
-    def _may_have_stale_worktrees(self, also: Path | None) -> bool:
-        """Whether `_drop_stale_worktrees` could find anything: a look at the registrations'
-        `gitdir` files, so the common case (nothing stale) costs no `git worktree list`, whose
-        cost grows with the number of worktrees."""
-        if also is not None and also.exists():
-            return True
-        admin = self.git_dir / "worktrees"
-        if not admin.is_dir():
-            return False
-        root = self._worktrees_root.resolve()
-        for entry in admin.iterdir():
-            if also is not None and entry.name == also.name:
-                return True
-            try:
-                gitdir = Path((entry / "gitdir").read_text(encoding="utf-8").strip())
-            except OSError:
-                return True     # half made or half removed: let git judge
-            if gitdir.parent.is_relative_to(root) and not gitdir.exists():
-                return True
-        return False
-
-    def _remove_worktree_locked(self, path: Path) -> None:
-        # Twice --force: also a worktree that is locked or has uncommitted changes.
-        remove = ("worktree", "remove", "--force", "--force", str(path))
-        r = self._git(*remove, check=False, retry=True)
-        if path.exists():
-            # A leftover directory that git no longer knows as a worktree.
-            shutil.rmtree(path)
-            if r.status != 0:
-                self._git(*remove, check=False, retry=True)
-        # git removed it (status 0), or look whether a registration is left.
-        if r.status != 0 and any(wt.path == path for wt in self._worktrees()):
-            raise RepositoryError(f"cannot remove the worktree {path}: {_reason(r.err)}")
-
-    def _agent_worktree_path(self, path: Path) -> Path:
-        """`path`, resolved, if it is one of soa-git's worktrees: never the user's working tree."""
-        resolved = Path(path).resolve()
-        root = self._worktrees_root.resolve()
-        if resolved == root or not resolved.is_relative_to(root):
-            raise RepositoryError(f"{path} is not an agent worktree under {root}")
-        return resolved
-
     def _checked_out_at(self, branch: str) -> list[Path]:
         """Live working trees with `branch` checked out (a stale registration has none)."""
         return [wt.path for wt in self._worktrees() if wt.branch == branch and not wt.prunable]
 
-    def _check_merge_target(self, branch: str, worktree: Path | None) -> None:
-        """Moving a branch that a working tree has checked out would leave that tree behind."""
-        checked_out = self._checked_out_at(branch)
-        for path in checked_out:
-            if path != worktree:
-                raise RepositoryError(f"branch {branch} is checked out at {path}; "
-                                      "soa-git will not move it under that working tree")
-        if worktree is not None and worktree not in checked_out:
-            raise RepositoryError(f"{worktree} does not have branch {branch} checked out")
+    def _check_merge_target(self, branch: str) -> None:
+        """Moving a branch that a working tree has checked out would leave that tree behind.
+
+        Reading the HEAD files first spares a `git worktree list` on every merge of a run.
+        """
+        wanted = f"ref: refs/heads/{branch}"
+        heads = [self.git_dir / "HEAD", self._own_git_dir / "HEAD",
+                 *(self.git_dir / "worktrees").glob("*/HEAD")]
+        if not any(_read_text(h).strip() == wanted for h in heads):
+            return
+        for path in self._checked_out_at(branch):
+            raise RepositoryError(f"branch {branch} is checked out at {path}; "
+                                  "soa-git will not move it under that working tree")
+
+    def _workspace_path(self, path: Path) -> Path:
+        """`path`, resolved, if it is one of soa-git's workspaces: never the user's files."""
+        resolved = Path(path).resolve()
+        root = self._workspaces_root.resolve()
+        if resolved.parent.parent != root:
+            raise RepositoryError(f"{path} is not an agent workspace under {root}")
+        return resolved
 
 
 HOOK_ALLOW_ENV = "SOA_GIT_ALLOW_IN_HOOK"
@@ -1314,46 +1315,6 @@ def _guard_hook() -> None:
                               "manual-stage hook soa-git-fill")
 
 
-def _write_if_changed(path: Path, text: str) -> None:
-    """Written aside and renamed, so a git reading it concurrently never sees half a file."""
-    if path.exists() and path.read_text(encoding="utf-8") == text:
-        return
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name)
-    with os.fdopen(fd, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(temp, path)
-
-
-def _cone_patterns(folders: Iterable[str]) -> str:
-    """A cone-mode sparse-checkout file, as `git sparse-checkout set --cone` writes it: the root's
-    files, each folder's ancestors' own files, and each folder whole."""
-    named = {_posix(f).strip("/") for f in folders} - {"", "."}
-    # A folder inside another wanted folder is covered by it.
-    wanted = sorted(f for f in named if not any(f.startswith(o + "/") for o in named))
-    lines = ["/*", "!/*/"]
-    parents: set[str] = set()
-    for folder in wanted:
-        parts = folder.split("/")
-        for depth in range(1, len(parts)):
-            parent = "/".join(parts[:depth])
-            if parent not in parents:
-                parents.add(parent)
-                lines += [f"/{parent}/", f"!/{parent}/*/"]
-    lines += [f"/{f}/" for f in wanted]
-    return "\n".join(lines) + "\n"
-
-
-def _worktree_git_dir(worktree: Path) -> Path:
-    """A linked worktree's private git dir, from the `gitdir:` line of its `.git` file."""
-    try:
-        line = (worktree / ".git").read_text(encoding="utf-8").strip()
-    except OSError:
-        raise RepositoryError(f"{worktree} is not a git worktree") from None
-    if not line.startswith("gitdir:"):
-        raise RepositoryError(f"{worktree} is not a linked git worktree")
-    return (worktree / line.removeprefix("gitdir:").strip()).resolve()
-
-
 def _process_alive(pid: int, host: str) -> bool:
     if host != socket.gethostname():
         return True    # another machine sharing this .git: its processes cannot be checked
@@ -1366,11 +1327,26 @@ def _process_alive(pid: int, host: str) -> bool:
     return True
 
 
-def _worktree_dir_name(name: str) -> str:
-    parts = name.split("/")
-    if not name or any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
-        raise ValueError(f"invalid worktree name {name!r}")
-    return "__".join(parts)
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _check_checkout_path(path: str) -> None:
+    """git refuses to check such paths out; a tree made by hand could still hold them."""
+    for part in path.split("/"):
+        if part in ("", ".", "..") or part.lower() == ".git":
+            raise RepositoryError(f"refusing to write {path!r}: not a safe path")
+
+
+def _git_time() -> str:
+    """Now, as git writes it in a commit: seconds since the epoch and the local UTC offset."""
+    now = time.time()
+    offset = time.localtime(now).tm_gmtoff // 60
+    sign = "+" if offset >= 0 else "-"
+    return f"{int(now)} {sign}{abs(offset) // 60:02d}{abs(offset) % 60:02d}"
 
 
 def _message(subject: str, body: str, trailers: Mapping[str, str]) -> str:

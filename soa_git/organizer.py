@@ -2,7 +2,7 @@
 
 Generation is top-down: the root answers first, before anything is written to the repository,
 so a dead endpoint or a nonsense answer leaves the repository exactly as it was. Each agent then
-works on its own branch in its own worktree; children run in parallel threads; a Mother merges a
+works on its own branch in its own workspace; children run in parallel threads; a Mother merges a
 child only after the child's tests pass. Modification is bottom-up: leaves repair themselves from
 test feedback, Mothers revise their own code and comment on the children they implicate.
 """
@@ -108,7 +108,9 @@ class Node:
     body: str = ""
     tests: list[str] = field(default_factory=list)
     test_imports: list[str] = field(default_factory=list)
-    worktree: Path | None = None
+    workspace: Path | None = None
+    held: str | None = None            # the commit whose files the workspace holds
+    written: dict[str, str] = field(default_factory=dict)  # its files as last written
     merged_tip: str | None = None
     generated: bool = False            # its first answer is committed
     pending_comment: str | None = None  # a Mother's comment not answered yet (resume)
@@ -179,7 +181,7 @@ class Organizer:
         self.on_event = on_event
         self.run_id = new_run_id()
         self._test_slots = threading.BoundedSemaphore(settings.jobs)
-        # Agents working at once (each holds a worktree). A Mother gives her slot back while she
+        # Agents working at once (each holds a workspace). A Mother gives her slot back while she
         # waits for her children, so slots never run out; twice `jobs`, so that while some agents
         # commit and test, others keep all `jobs` model slots busy.
         self._work_slots = threading.BoundedSemaphore(2 * settings.jobs)
@@ -235,8 +237,8 @@ class Organizer:
         self.run_id = recording.run
         self.repo.lock_run(self.run_id)
         try:
-            # What a killed process left behind: its worktrees and any git lock on its branches.
-            self.repo.remove_worktrees(self.repo.run_worktrees(self.run_id))
+            # What a killed process left behind: its workspaces and any git lock on its branches.
+            self.repo.remove_workspaces(self.run_id)
             self.repo.clear_stale_locks(self.run_id)
             root = self._begin(recording.target, recording.base)
             self._restore(root, recording)
@@ -257,7 +259,7 @@ class Organizer:
         return root
 
     def _checkout_folders(self, import_root: str) -> list[str]:
-        """The folders an agent's worktree holds (a sparse checkout; the root's own files always):
+        """The folders an agent's workspace holds (the root's own files always, as in git's cone mode):
         the target's top package (where every agent's module lives), the agents' tests, and
         every folder of the import root that code in those imports, followed to a fixed point.
 
@@ -293,6 +295,7 @@ class Organizer:
         finally:
             for node in self.nodes:
                 self._release(node)
+            self.repo.remove_workspaces(self.run_id)
         return self._finish(root, time.monotonic() - started)
 
     def _finish(self, root: Node, seconds: float) -> RunSummary:
@@ -310,14 +313,12 @@ class Organizer:
         try:
             mother = node.parent
             if mother is not None:
-                if self.repo.branch_sha(node.branch) is None:
-                    self.repo.create_branch(node.branch, self.repo.branch_sha(mother.branch) or self.base)
-                with self._workspace(node):
-                    self._write(node)
-                    self.repo.commit(node.worktree, subject=f"skeleton: {node.skeleton.name} from {mother.path}",
-                                     body="The signature, docstring and unit tests written by the Mother agent.",
-                                     trailers=self._trailers(node, "generate", Usage()),
-                                     author=self._author(node), allowed_paths=self._owned(node))
+                self.repo.commit_files(
+                    node.branch, self._files(node), start=self.repo.branch_sha(mother.branch) or self.base,
+                    subject=f"skeleton: {node.skeleton.name} from {mother.path}",
+                    body="The signature, docstring and unit tests written by the Mother agent.",
+                    trailers=self._trailers(node, "generate", Usage()),
+                    author=self._author(node), allowed_paths=self._owned(node))
             if self._halted(node):
                 self._retire(node)
                 return
@@ -411,7 +412,7 @@ class Organizer:
             self._work_slots.release()
         try:
             # At most `jobs` siblings at once: model calls and test runs are bounded by jobs
-            # anyway, and a working agent holds a worktree: more threads would only hold more disk.
+            # anyway, and a working agent holds a workspace: more threads would only hold more disk.
             with ThreadPoolExecutor(max_workers=min(len(nodes), self.settings.jobs)) as pool:
                 for future in [pool.submit(in_slot, node) for node in nodes]:
                     future.result()
@@ -532,6 +533,7 @@ class Organizer:
             tip = self.repo.branch_sha(child.branch)
             if child.result.ok and tip is not None and tip != child.merged_tip:
                 self._accept(mother, child, tip)
+        self._sync(mother)
         self._test(mother)
         self._note(self.repo.branch_sha(mother.branch),
                    {"agent": mother.path, "task": "test", "tests": mother.result.summary()})
@@ -541,7 +543,7 @@ class Organizer:
         on the new base, and its new tip is merged."""
         def merge(tip: str) -> str:
             return self.repo.merge(
-                mother.branch, child.branch, author=self._author(mother), worktree=mother.worktree,
+                mother.branch, child.branch, author=self._author(mother),
                 subject=f"merge: accept {child.skeleton.name} into {mother.skeleton.name}",
                 trailers={**self._trailers(mother, "merge", Usage()), "Soa-Tests": child.result.summary()},
                 note=json.dumps({"agent": mother.path, "task": "merge", "child": child.path,
@@ -555,7 +557,8 @@ class Organizer:
                                    subject=f"modify: redo {child.skeleton.name} on the new base "
                                            f"of {mother.skeleton.name}",
                                    trailers=self._trailers(child, "modify", Usage()),
-                                   author=self._author(child), worktree=child.worktree)
+                                   author=self._author(child))
+                self._sync(child)
                 self._test(child)
             tip = self.repo.branch_sha(child.branch)
             self._note(tip, {"agent": child.path, "task": "test", "tests": child.result.summary()})
@@ -590,18 +593,24 @@ class Organizer:
             return layout.root_source(self.original, node.skeleton.name, body, imports)
         return layout.module_source(node.path, node.skeleton, node.body, imports, node.extra)
 
-    def _write(self, node: Node) -> None:
-        assert node.worktree is not None
-        module = node.worktree / node.files.module
-        module.parent.mkdir(parents=True, exist_ok=True)
+    def _files(self, node: Node) -> dict[str, str]:
+        """The agent's files as its code and tests stand: path -> text."""
         source = self._own_source(node)
         pycode.check_parses(source, node.files.module)
-        module.write_text(source, encoding="utf-8")
+        files = {node.files.module: source}
         if node.tests:
-            tests = node.worktree / node.files.tests
-            tests.parent.mkdir(parents=True, exist_ok=True)
-            tests.write_text(layout.test_source(node.skeleton.name, node.files, node.tests,
-                                                node.test_imports), encoding="utf-8")
+            files[node.files.tests] = layout.test_source(node.skeleton.name, node.files, node.tests,
+                                                         node.test_imports)
+        return files
+
+    def _write(self, node: Node) -> None:
+        """The agent's files into its workspace, for its tests; its next commit takes them."""
+        assert node.workspace is not None
+        node.written = self._files(node)
+        for path, text in node.written.items():
+            target = node.workspace / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
 
     def _code(self, node: Node) -> str:
         """The agent's own code: its module, or for the root its function in the user's file."""
@@ -611,13 +620,13 @@ class Organizer:
         return source
 
     def _test(self, node: Node) -> None:
-        if not node.tests or node.worktree is None:
+        if not node.tests or node.workspace is None:
             node.result = NOT_RUN
             return
         self._set(node, "testing")
         with self._test_slots:
-            node.result = run_tests(node.worktree, [node.files.tests],
-                                    python_path=[node.worktree / node.files.import_root],
+            node.result = run_tests(node.workspace, [node.files.tests],
+                                    python_path=[node.workspace / node.files.import_root],
                                     timeout_s=self.settings.test_timeout,
                                     memory_mb=self.settings.test_memory_mb)
         self._set(node, node.state)
@@ -646,7 +655,6 @@ class Organizer:
 
         Its transcript note is written before the branch moves, so resume always finds it.
         """
-        assert node.worktree is not None
         reflection = step.reflection.strip()
         text = "\n\n".join(part for part in (reflection, body) if part)
         note = json.dumps({
@@ -655,41 +663,50 @@ class Organizer:
             "usage": step.usage.record(),
             **(record or {}),
             "messages": list(step.messages)}, ensure_ascii=False)
-        self.repo.commit(node.worktree, subject=subject, body=text,
-                         trailers=self._trailers(node, phase, step.usage, tested, step.model),
-                         author=self._author(node), allowed_paths=self._owned(node),
-                         allow_empty=True, note=note)
+        node.held = self.repo.commit_files(
+            node.branch, node.written, subject=subject, body=text,
+            trailers=self._trailers(node, phase, step.usage, tested, step.model),
+            author=self._author(node), allowed_paths=self._owned(node), allow_empty=True, note=note)
 
     def _note(self, sha: str | None, record: dict) -> None:
         """Notes are JSON lines, so a step that changed nothing still joins its commit's note."""
         if sha is None:
             return
-        earlier = self.repo.read_note(sha)
-        line = json.dumps(record, ensure_ascii=False)
-        self.repo.add_note(sha, f"{earlier.rstrip()}\n{line}" if earlier else line)
+        self.repo.append_note(sha, json.dumps(record, ensure_ascii=False))
 
     @contextmanager
     def _workspace(self, node: Node) -> Iterator[Path]:
-        if node.worktree is None:
-            node.worktree = self.repo.add_worktree(node.branch, f"{self.run_id}/{node.path}",
-                                                   sparse=self.checkout)
-        yield node.worktree
+        if node.workspace is None:
+            path = self.repo.workspace(self.run_id, node.path)
+            self.repo.remove_workspace(path)
+            tip = self.repo.branch_sha(node.branch)
+            assert tip is not None
+            self.repo.check_out(tip, self.checkout, path)
+            node.workspace, node.held = path, tip
+        yield node.workspace
+
+    def _sync(self, node: Node) -> None:
+        """Bring the workspace to the branch's tip after a merge moved it: only what changed."""
+        tip = self.repo.branch_sha(node.branch)
+        if node.workspace is not None and tip is not None and tip != node.held:
+            self.repo.check_out(tip, self.checkout, node.workspace, previous=node.held)
+            node.held = tip
 
     def _retire(self, node: Node) -> None:
-        """A child whose work is done gives its worktree back (a Mother's comment or a conflict
-        makes a new one): worktrees live only while their agent works, not until the run ends."""
+        """A child whose work is done gives its workspace back (a Mother's comment or a conflict
+        makes a new one): workspaces live only while their agent works, not until the run ends."""
         if node.parent is not None:
             self._release(node)
 
     def _release(self, node: Node) -> None:
-        if node.worktree is not None:
-            self.repo.remove_worktree(node.worktree)
-            node.worktree = None
+        if node.workspace is not None:
+            self.repo.remove_workspace(node.workspace)
+            node.workspace = node.held = None
 
     # ---- state and events ------------------------------------------------------------------
 
     def _settle(self, node: Node) -> None:
-        """An agent's work is done: its final state, and its worktree given back."""
+        """An agent's work is done: its final state, and its workspace given back."""
         self._set(node, "passed" if node.result.ok else node.state if node.error else "failed")
         self._retire(node)
 

@@ -258,7 +258,7 @@ def accept_lines(done: Accepted) -> list[str]:
 
 def clean_json(plan: CleanPlan) -> dict:
     return {"dry_run": plan.dry_run,
-            "runs": [{"run": r.run, "branches": list(r.branches), "worktrees": list(r.worktrees),
+            "runs": [{"run": r.run, "branches": list(r.branches), "workspaces": list(r.workspaces),
                       "notes": len(r.notes), "lock": r.lock} for r in plan.runs],
             "orphan_notes": len(plan.orphan_notes), "pending_refs": list(plan.pending_refs),
             "kept": [{"run": run, "reason": why} for run, why in plan.kept]}
@@ -272,7 +272,7 @@ def clean_lines(plan: CleanPlan) -> list[str]:
     for run in plan.runs:
         lines.append(f"{verb} run {run.run}:")
         lines += [f"  branch    {b}" for b in run.branches]
-        lines += [f"  worktree  {w}" for w in run.worktrees]
+        lines += [f"  workspace {w}" for w in run.workspaces]
         if run.notes:
             lines.append(f"  notes     on {_plural(len(run.notes), 'commit')}")
         if run.lock:

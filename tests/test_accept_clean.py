@@ -68,8 +68,17 @@ def worktrees(repo: Path) -> str:
 
 
 def soa_dirs(repo: Path) -> list[str]:
-    folder = repo / ".git" / "soa" / "worktrees"
-    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    """Workspaces on disk, as run/agent."""
+    folder = repo / ".git" / "soa" / "work"
+    return sorted(f"{p.parent.name}/{p.name}" for p in folder.glob("*/*"))
+
+
+def leftover_workspace(repo: Path, run: str, agent: str) -> Path:
+    """A workspace as a killed process leaves it: a folder with the agent's files."""
+    path = GitRepo.open(repo).workspace(run, agent)
+    path.mkdir(parents=True)
+    (path / "module.py").write_text("x = 1\n")
+    return path
 
 
 def state(repo: Path) -> dict:
@@ -246,12 +255,11 @@ def test_a_hook_that_refuses_aborts_the_merge(shapes, serve, tmp_path):
 
 def test_clean_removes_one_run_and_leaves_another(shapes, serve):
     first, second = done_run(shapes, serve), done_run(shapes, serve)
-    repo = GitRepo.open(shapes)
-    # Leftovers of a killed process: a registered worktree of each run, a directory without a
-    # registration, a scratch notes ref, a lock whose holder died.
-    repo.add_worktree(f"soa/{first}/area_report.area", f"{first}/area_report.area")
-    second_wt = repo.add_worktree(f"soa/{second}/area_report.fmt", f"{second}/area_report.fmt")
-    (shapes / ".git/soa/worktrees" / f"{first}__area_report.ghost").mkdir()
+    # Leftovers of a killed process: workspaces of each run, a scratch notes ref, a lock whose
+    # holder died.
+    leftover_workspace(shapes, first, "area_report.area")
+    leftover_workspace(shapes, first, "area_report.ghost")
+    leftover_workspace(shapes, second, "area_report.fmt")
     git(shapes, "update-ref", "refs/notes/soa-pending/0123abcd", "refs/notes/soa")
     lock = shapes / ".git/soa/locks" / f"{first}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -268,15 +276,14 @@ def test_clean_removes_one_run_and_leaves_another(shapes, serve):
     assert [r.run for r in plan.runs] == [first]
     assert set(plan.runs[0].branches) == {f"soa/{first}/area_report", f"soa/{first}/area_report.area",
                                           f"soa/{first}/area_report.fmt"}
-    assert len(plan.runs[0].worktrees) == 2 and plan.runs[0].lock == str(lock)
+    assert len(plan.runs[0].workspaces) == 2 and plan.runs[0].lock == str(lock)
     assert set(plan.runs[0].notes) == first_notes
     assert plan.pending_refs == ("refs/notes/soa-pending/0123abcd",)
     assert not branches(shapes, first)
     assert [line for line in refs(shapes).splitlines() if "soa" in line and "refs/notes/soa " not in line] \
         == second_refs
     assert notes(shapes) == second_notes
-    assert soa_dirs(shapes) == [second_wt.name]
-    assert str(second_wt) in worktrees(shapes) and first not in worktrees(shapes)
+    assert soa_dirs(shapes) == [f"{second}/area_report.fmt"]
     assert not lock.exists() and not list(lock.parent.glob(f"{first}*"))
     assert snapshot(shapes) == user
     with pytest.raises(RepositoryError, match=f"no run {first}"):
@@ -285,7 +292,7 @@ def test_clean_removes_one_run_and_leaves_another(shapes, serve):
 
 def test_dry_run_lists_and_changes_nothing(shapes, serve):
     run = done_run(shapes, serve)
-    GitRepo.open(shapes).add_worktree(f"soa/{run}/area_report.fmt", f"{run}/area_report.fmt")
+    leftover_workspace(shapes, run, "area_report.fmt")
     before = (refs(shapes), notes(shapes), worktrees(shapes), soa_dirs(shapes), snapshot(shapes))
 
     plan = clean(run, cwd=shapes, dry_run=True)
@@ -293,7 +300,7 @@ def test_dry_run_lists_and_changes_nothing(shapes, serve):
     assert plan.dry_run and [r.run for r in plan.runs] == [run]
     assert set(plan.runs[0].branches) == set(branches(shapes, run))
     assert set(plan.runs[0].notes) == notes(shapes)
-    assert [Path(p).name for p in plan.runs[0].worktrees] == [f"{run}__area_report.fmt"]
+    assert [Path(p).name for p in plan.runs[0].workspaces] == ["area_report.fmt"]
     assert (refs(shapes), notes(shapes), worktrees(shapes), soa_dirs(shapes), snapshot(shapes)) == before
     all_plan = clean(None, cwd=shapes, all_runs=True, dry_run=True)
     assert all_plan.runs == plan.runs
@@ -310,7 +317,7 @@ def test_dry_run_lists_and_changes_nothing(shapes, serve):
 
 def test_clean_all_leaves_no_trace(shapes, serve):
     first, second = done_run(shapes, serve), done_run(shapes, serve)
-    GitRepo.open(shapes).add_worktree(f"soa/{second}/area_report", f"{second}/area_report")
+    leftover_workspace(shapes, second, "area_report")
     git(shapes, "update-ref", "refs/notes/soa-pending/feed", "refs/notes/soa")
     user = snapshot(shapes)
 

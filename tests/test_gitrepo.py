@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -90,18 +89,16 @@ def trailers_for(agent: str, phase: str = "generate") -> dict[str, str]:
             "Soa-Role": "child", "Soa-Model": "m-1"}
 
 
-def agent_worktree(repo: GitRepo, branch: str, start: str = "HEAD") -> Path:
-    repo.create_branch(branch, start)
-    return repo.add_worktree(branch, branch.removeprefix("soa/"))
-
-
-def commit_file(repo: GitRepo, wt: Path, path: str, text: str, author: Author = AGENT) -> str:
-    (wt / path).parent.mkdir(parents=True, exist_ok=True)
-    (wt / path).write_text(text)
-    sha = repo.commit(wt, subject=f"write {path}", trailers=trailers_for(author.name),
-                      author=author, allowed_paths=[path])
+def commit_file(repo: GitRepo, branch: str, path: str, text: str, author: Author = AGENT,
+                start: str = "HEAD") -> str:
+    sha = repo.commit_files(branch, {path: text}, start=start, subject=f"write {path}",
+                            trailers=trailers_for(author.name), author=author, allowed_paths=[path])
     assert sha is not None
     return sha
+
+
+def start(repo: GitRepo, branch: str, base: str = "HEAD") -> str:
+    return repo.start_branch(branch, base, subject="start", trailers={}, author=MOTHER, note="{}")
 
 
 def install_failing_hooks(root: Path, marker: Path) -> None:
@@ -109,6 +106,11 @@ def install_failing_hooks(root: Path, marker: Path) -> None:
     for name in HOOKS:
         (hooks / name).write_text(f"#!/bin/sh\necho {name} >> '{marker}'\nexit 1\n")
         (hooks / name).chmod(0o755)
+
+
+def files_under(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): p.read_text() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
 
 
 # ---- opening ------------------------------------------------------------------------------
@@ -165,18 +167,19 @@ def test_read_file_and_file_exists(repo: GitRepo) -> None:
 
 def test_create_list_and_delete_branches(repo: GitRepo, repo_path: Path) -> None:
     head = repo.head()
-    for name in ("soa/r1/solve", "soa/r1/solve.parse", "soa/r10/solve"):
-        repo.create_branch(name, "HEAD")
-    assert repo.branch_sha("soa/r1/solve") == head
+    starts = {name: start(repo, name) for name in ("soa/r1/solve", "soa/r1/solve.parse", "soa/r10/solve")}
+    assert repo.branch_sha("soa/r1/solve") == starts["soa/r1/solve"]
+    assert git(repo_path, "rev-parse", "soa/r1/solve^").strip() == head
+    assert git(repo_path, "notes", f"--ref={NOTES_REF}", "show", starts["soa/r1/solve"]) == "{}"
     assert repo.branch_sha("soa/r2/solve") is None
     with pytest.raises(RepositoryError, match="branch soa/r1/solve already exists"):
-        repo.create_branch("soa/r1/solve", "HEAD")
+        start(repo, "soa/r1/solve")
     with pytest.raises(RepositoryError, match="is not a commit"):
-        repo.create_branch("soa/r1/other", "no-such-rev")
-    with pytest.raises(RepositoryError, match="cannot create branch"):
-        repo.create_branch("soa/r1/bad..name", "HEAD")
+        start(repo, "soa/r1/other", "no-such-rev")
+    with pytest.raises(RepositoryError, match="cannot update branch soa/r1/bad..name"):
+        start(repo, "soa/r1/bad..name")
 
-    assert repo.list_branches("soa/r1/") == {"soa/r1/solve": head, "soa/r1/solve.parse": head}
+    assert repo.list_branches("soa/r1/") == {n: starts[n] for n in ("soa/r1/solve", "soa/r1/solve.parse")}
     assert set(repo.list_branches("soa/r1")) == {"soa/r1/solve", "soa/r1/solve.parse",
                                                  "soa/r10/solve"}
     assert set(repo.list_branches("soa/r1/solve.")) == {"soa/r1/solve.parse"}
@@ -187,71 +190,69 @@ def test_create_list_and_delete_branches(repo: GitRepo, repo_path: Path) -> None
     assert repo.branch_sha("soa/r1/solve.parse") is None
     with pytest.raises(RepositoryError, match="only deletes its own soa/ branches"):
         repo.delete_branch("main")
-    wt = repo.add_worktree("soa/r1/solve", "r1/solve")
+    elsewhere = repo_path.parent / "elsewhere"
+    git(repo_path, "worktree", "add", "-q", str(elsewhere), "soa/r1/solve")
     with pytest.raises(RepositoryError, match="is checked out at"):
         repo.delete_branch("soa/r1/solve")
-    repo.remove_worktree(wt)
+    git(repo_path, "worktree", "remove", str(elsewhere))
     repo.delete_branch("soa/r1/solve")
     assert "soa/r1/solve" not in git(repo_path, "branch", "--list")
 
 
-# ---- worktrees and commits ----------------------------------------------------------------
+# ---- workspaces and commits ---------------------------------------------------------------
 
 
-def test_worktree_lives_under_git_dir_with_the_branch_checked_out(repo: GitRepo) -> None:
-    wt = agent_worktree(repo, "soa/r1/solve.parse")
-    assert wt == repo.git_dir / "soa" / "worktrees" / "r1__solve.parse"
-    assert git(wt, "symbolic-ref", "HEAD").strip() == "refs/heads/soa/r1/solve.parse"
-    assert (wt / "pkg" / "a.py").read_text() == FILES["pkg/a.py"]
-    assert git(wt, "status", "--porcelain") == ""
-    with pytest.raises(RepositoryError, match="branch soa/r1/nope does not exist"):
-        repo.add_worktree("soa/r1/nope", "r1/nope")
+def test_a_workspace_holds_the_cone_of_its_folders_and_follows_the_branch(repo: GitRepo,
+                                                                         repo_path: Path) -> None:
+    (repo_path / "README.md").write_text("top\n")
+    (repo_path / "docs/deep").mkdir(parents=True)
+    (repo_path / "docs/guide.md").write_text("guide\n")
+    (repo_path / "docs/deep/more.md").write_text("more\n")
+    (repo_path / "run.sh").write_text("#!/bin/sh\n")
+    (repo_path / "run.sh").chmod(0o755)
+    git(repo_path, "add", ".")
+    git(repo_path, *USER, "commit", "-q", "-m", "more files")
+    first = commit_file(repo, "soa/r1/solve", "pkg/a.py", "def a():\n    return 2\n")
+    ws = repo.workspace("r1", "solve")
+    assert ws == repo.git_dir / "soa" / "work" / "r1" / "solve" and not ws.exists()
 
+    repo.check_out(first, ["pkg"], ws)
+    # Everything under pkg/, the files in the root; not docs/ nor tests/.
+    assert files_under(ws) == {"README.md": "top\n", "run.sh": "#!/bin/sh\n",
+                               "pkg/a.py": "def a():\n    return 2\n", "pkg/b.py": FILES["pkg/b.py"]}
+    assert os.access(ws / "run.sh", os.X_OK) and not os.access(ws / "README.md", os.X_OK)
+    repo.check_out(first, ["docs/deep"], repo.workspace("r1", "docs"))
+    assert set(files_under(repo.workspace("r1", "docs"))) == {"README.md", "run.sh", "docs/guide.md",
+                                                              "docs/deep/more.md"}
 
-def test_stale_worktrees_are_replaced_and_removal_is_idempotent(repo: GitRepo,
-                                                                repo_path: Path) -> None:
-    wt = agent_worktree(repo, "soa/r1/solve")
-    (wt / "junk.txt").write_text("left by a crashed run\n")
-    assert repo.add_worktree("soa/r1/solve", "r1/solve") == wt  # registered and on disk
-    assert not (wt / "junk.txt").exists()
+    second = commit_file(repo, "soa/r1/solve", "pkg/new/c.py", "C = 1\n")
+    (ws / "pkg/b.py").write_text("an edit the branch does not have\n")
+    repo.check_out(second, ["pkg"], ws, previous=first)
+    # Only what differs between the two commits is written.
+    assert (ws / "pkg/new/c.py").read_text() == "C = 1\n"
+    assert (ws / "pkg/b.py").read_text() == "an edit the branch does not have\n"
 
-    shutil.rmtree(wt)  # registered, directory gone
-    assert repo.add_worktree("soa/r1/solve", "r1/solve") == wt
-    assert (wt / "pkg" / "a.py").exists()
-
-    repo.remove_worktree(wt)
-    wt.mkdir(parents=True)
-    (wt / "stray").write_text("x")  # on disk, not registered
-    assert repo.add_worktree("soa/r1/solve", "r1/solve") == wt
-    repo.remove_worktree(wt)
-    repo.remove_worktree(wt)
-    assert not wt.exists()
-    assert git(repo_path, "worktree", "list", "--porcelain").count("worktree ") == 1
-    with pytest.raises(RepositoryError, match="is not an agent worktree"):
-        repo.remove_worktree(repo_path)
-
-
-def test_a_vanished_worktree_does_not_hold_its_branch(repo: GitRepo) -> None:
-    wt = agent_worktree(repo, "soa/r1/gone")
-    shutil.rmtree(wt)  # a run killed while cleaning up
-    repo.delete_branch("soa/r1/gone")
-    assert repo.branch_sha("soa/r1/gone") is None
+    assert repo.run_workspaces("r1") == [repo.workspace("r1", "docs"), ws]
+    repo.remove_workspace(ws)
+    repo.remove_workspace(ws)   # already gone is fine
+    assert repo.run_workspaces("r1") == [repo.workspace("r1", "docs")]
+    repo.remove_workspaces("r1")
+    assert repo.run_workspaces("r1") == [] and not (repo.git_dir / "soa" / "work" / "r1").exists()
+    with pytest.raises(ValueError, match="invalid workspace name"):
+        repo.workspace("r1", "../escape")
 
 
 def test_commit_writes_trailers_author_and_committer(repo: GitRepo, repo_path: Path) -> None:
-    wt = agent_worktree(repo, "soa/r1/solve.parse")
-    (wt / "pkg/a.py").write_text("def a():\n    return 3\n")
-    (wt / "tests/test_a.py").unlink()
-    (wt / "tests/test_parse.py").write_text("def test_parse():\n    pass\n")
     trailers = {"X-Reviewed": "no", **trailers_for("solve.parse"),
                 "Soa-Tests": "4 passed,\n 1 failed"}
-    sha = repo.commit(wt, subject="implement  parse\n",
-                      body="Reflection: return 3.\n\nSecond paragraph.", trailers=trailers,
-                      author=AGENT,
-                      allowed_paths=["pkg/a.py", "tests/test_a.py", "./tests/test_parse.py"])
+    sha = repo.commit_files("soa/r1/solve.parse",
+                            {"pkg/a.py": "def a():\n    return 3\n",
+                             "./tests/test_parse.py": "def test_parse():\n    pass\n"},
+                            start="HEAD", subject="implement  parse\n",
+                            body="Reflection: return 3.\n\nSecond paragraph.", trailers=trailers,
+                            author=AGENT, allowed_paths=["pkg/a.py", "tests/test_parse.py"])
     assert sha is not None and repo.branch_sha("soa/r1/solve.parse") == sha
-    assert git(wt, "rev-parse", "HEAD").strip() == sha
-    assert git(wt, "status", "--porcelain") == ""
+    assert git(repo_path, "rev-parse", "soa/r1/solve.parse").strip() == sha
 
     expected = ["Soa-Run: r1", "Soa-Agent: solve.parse", "Soa-Role: child", "Soa-Phase: generate",
                 "Soa-Tests: 4 passed, 1 failed", "Soa-Model: m-1", "Soa-Tokens: 120",
@@ -260,6 +261,11 @@ def test_commit_writes_trailers_author_and_committer(repo: GitRepo, repo_path: P
     assert git(repo_path, "log", "-1", "--format=%an|%ae|%cn|%ce", sha).strip() == \
         "solve.parse|solve.parse@agents.soa-git|soa-git|soa-git@localhost"
     assert git(repo_path, "log", "-1", "--format=%s", sha).strip() == "implement parse"
+    # The same object `git commit-tree` would write: git reads it back byte for byte.
+    raw = git(repo_path, "cat-file", "commit", sha)
+    assert raw.endswith("\n\nimplement parse\n\nReflection: return 3.\n\nSecond paragraph.\n\n"
+                        + "\n".join(expected) + "\n")
+    assert subprocess.run(["git", "fsck", "--strict"], cwd=repo_path).returncode == 0
 
     newest, initial = repo.log("soa/r1/solve.parse")
     assert newest == CommitInfo(sha=sha, subject="implement parse",
@@ -267,68 +273,64 @@ def test_commit_writes_trailers_author_and_committer(repo: GitRepo, repo_path: P
                                 trailers=dict(line.split(": ", 1) for line in expected),
                                 parents=(initial.sha,), author=AGENT)
     assert initial.trailers == {} and initial.body == "" and initial.author.name == "Some User"
-    assert repo.changed_paths(initial.sha, sha) == ["pkg/a.py", "tests/test_a.py",
-                                                    "tests/test_parse.py"]
+    assert repo.changed_paths(initial.sha, sha) == ["pkg/a.py", "tests/test_parse.py"]
     assert repo.read_file(sha, "tests/test_parse.py") == "def test_parse():\n    pass\n"
-    assert not repo.file_exists(sha, "tests/test_a.py")
+    assert repo.read_file(sha, "tests/test_a.py") == FILES["tests/test_a.py"]
     assert set(TRAILER_KEYS) >= set(newest.trailers) - {"X-Reviewed"}
 
 
-def test_nothing_changed_means_no_commit(repo: GitRepo) -> None:
-    wt = agent_worktree(repo, "soa/r1/solve")
-    before = repo.branch_sha("soa/r1/solve")
-    def commit() -> str | None:
-        return repo.commit(wt, subject="nothing", trailers={}, author=AGENT,
-                           allowed_paths=["pkg/a.py"])
+def test_nothing_changed_means_no_commit_unless_asked(repo: GitRepo) -> None:
+    before = commit_file(repo, "soa/r1/solve", "pkg/a.py", "def a():\n    return 9\n")
 
-    assert commit() is None
-    (wt / "pkg/__pycache__").mkdir()
-    (wt / "pkg/__pycache__/a.cpython-311.pyc").write_bytes(b"\0cache")  # left by a test run
-    (wt / ".pytest_cache").mkdir()
-    (wt / ".pytest_cache/README.md").write_text("cache")
-    assert commit() is None
-    assert repo.branch_sha("soa/r1/solve") == before
+    def commit(allow_empty: bool) -> str | None:
+        return repo.commit_files("soa/r1/solve", {"pkg/a.py": "def a():\n    return 9\n"},
+                                 subject="nothing", trailers={}, author=AGENT,
+                                 allowed_paths=["pkg/a.py"], allow_empty=allow_empty)
+
+    assert commit(False) is None and repo.branch_sha("soa/r1/solve") == before
+    empty = commit(True)
+    assert empty and repo.branch_sha("soa/r1/solve") == empty
+    assert repo.changed_paths(before, empty) == []
+    with pytest.raises(RepositoryError, match="branch soa/r1/none does not exist"):
+        repo.commit_files("soa/r1/none", {}, subject="x", trailers={}, author=AGENT, allowed_paths=[])
 
 
-def test_a_change_outside_the_agents_files_is_refused(repo: GitRepo) -> None:
-    wt = agent_worktree(repo, "soa/r1/solve.parse")
-    before = repo.branch_sha("soa/r1/solve.parse")
-    (wt / "pkg/a.py").write_text("def a():\n    return 5\n")
-    (wt / "pkg/b.py").write_text("def b():\n    return 'stolen'\n")
-    (wt / "tests/test_a.py").unlink()
-    (wt / "new.py").write_text("x = 1\n")
+def test_a_change_outside_the_agents_files_is_refused(repo: GitRepo, repo_path: Path) -> None:
+    before = commit_file(repo, "soa/r1/solve.parse", "pkg/a.py", "def a():\n    return 5\n")
+    objects = git(repo_path, "count-objects", "-v")
     with pytest.raises(OwnershipError) as caught:
-        repo.commit(wt, subject="overreach", trailers=trailers_for("solve.parse"), author=AGENT,
-                    allowed_paths=["pkg/a.py", "tests/test_parse.py"])
+        repo.commit_files("soa/r1/solve.parse", {"pkg/a.py": "x = 1\n", "pkg/b.py": "stolen\n",
+                                                 "new.py": "x = 1\n"},
+                          subject="overreach", trailers=trailers_for("solve.parse"), author=AGENT,
+                          allowed_paths=["pkg/a.py", "tests/test_parse.py"])
     assert str(caught.value) == ("agent solve.parse may only change pkg/a.py and "
-                                 "tests/test_parse.py, not new.py, pkg/b.py and tests/test_a.py")
+                                 "tests/test_parse.py, not new.py and pkg/b.py")
     assert repo.branch_sha("soa/r1/solve.parse") == before
-    assert git(wt, "diff", "--cached", "--name-only") == ""  # the index is back at HEAD
-    # The files are left to the caller, who knows which ones to restore.
-    assert (wt / "pkg/b.py").read_text() == "def b():\n    return 'stolen'\n"
-    assert (wt / "new.py").exists() and not (wt / "tests/test_a.py").exists()
-    with pytest.raises(OwnershipError, match="may not change any file, not new.py, pkg/a.py"):
-        repo.commit(wt, subject="x", trailers={}, author=AGENT, allowed_paths=[])
+    assert git(repo_path, "count-objects", "-v") == objects     # nothing written
+    with pytest.raises(OwnershipError, match="may not change any file, not pkg/a.py"):
+        repo.commit_files("soa/r1/solve.parse", {"pkg/a.py": ""}, subject="x", trailers={},
+                          author=AGENT, allowed_paths=[])
 
 
-def test_commit_only_in_agent_worktrees(repo: GitRepo, repo_path: Path) -> None:
-    (repo_path / "pkg/a.py").write_text("changed by the user\n")
-    with pytest.raises(RepositoryError, match="is not an agent worktree"):
-        repo.commit(repo_path, subject="x", trailers={}, author=AGENT, allowed_paths=["pkg/a.py"])
-    assert git(repo_path, "diff", "--cached", "--name-only") == ""
+def test_workspaces_are_never_the_users_tree(repo: GitRepo, repo_path: Path) -> None:
+    before = user_state(repo_path)
+    for folder in (repo_path, repo_path / "pkg", repo.git_dir / "soa" / "work"):
+        with pytest.raises(RepositoryError, match="is not an agent workspace"):
+            repo.check_out("HEAD", ["pkg"], folder)
+        with pytest.raises(RepositoryError, match="is not an agent workspace"):
+            repo.remove_workspace(folder)
+    assert user_state(repo_path) == before
 
 
 def test_user_hooks_never_run(repo: GitRepo, repo_path: Path, tmp_path: Path) -> None:
     marker = tmp_path / "hook-ran"
     install_failing_hooks(repo_path, marker)
-    mother = agent_worktree(repo, "soa/r1/solve")
-    commit_file(repo, mother, "pkg/a.py", "def a():\n    return 7\n", MOTHER)
-    child = agent_worktree(repo, "soa/r1/solve.parse", "soa/r1/solve")
-    sha = commit_file(repo, child, "pkg/parse.py", "def parse():\n    return 1\n")
+    commit_file(repo, "soa/r1/solve", "pkg/a.py", "def a():\n    return 7\n", MOTHER)
+    sha = commit_file(repo, "soa/r1/solve.parse", "pkg/parse.py", "def parse():\n    return 1\n",
+                      start="soa/r1/solve")
     merge = repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="accept parse",
-                       trailers=trailers_for("solve", "merge"), author=MOTHER, worktree=mother)
+                       trailers=trailers_for("solve", "merge"), author=MOTHER)
     repo.add_note(sha, "transcript")
-    repo.remove_worktree(child)
     newest = repo.log("soa/r1/solve")[0]
     assert newest.sha == merge and len(newest.parents) == 2
     assert not marker.exists()
@@ -337,87 +339,77 @@ def test_user_hooks_never_run(repo: GitRepo, repo_path: Path, tmp_path: Path) ->
 # ---- merges -------------------------------------------------------------------------------
 
 
-def test_merge_check_clean_and_conflicting(repo: GitRepo) -> None:
-    one = agent_worktree(repo, "soa/r1/one")
-    two = agent_worktree(repo, "soa/r1/two")
-    three = agent_worktree(repo, "soa/r1/three")
-    a = commit_file(repo, one, "pkg/a.py", "def a():\n    return 'one'\n")
-    b = commit_file(repo, two, "pkg/a.py", "def a():\n    return 'two'\n")
-    c = commit_file(repo, three, "pkg/c.py", "C = 3\n")
+def test_merge_check_clean_and_conflicting(repo: GitRepo, repo_path: Path) -> None:
+    a = commit_file(repo, "soa/r1/one", "pkg/a.py", "def a():\n    return 'one'\n")
+    b = commit_file(repo, "soa/r1/two", "pkg/a.py", "def a():\n    return 'two'\n")
+    c = commit_file(repo, "soa/r1/three", "pkg/c.py", "C = 3\n")
 
     clean = repo.merge_check(a, c)
     assert clean.clean and clean.conflicts == () and clean.tree is not None
-    assert "c.py" in git(one, "ls-tree", "-r", "--name-only", clean.tree)
+    assert "c.py" in git(repo_path, "ls-tree", "-r", "--name-only", clean.tree)
     assert repo.merge_check(a, b) == MergeCheck(clean=False, tree=None, conflicts=("pkg/a.py",))
-    for wt in (one, two, three):
-        assert git(wt, "status", "--porcelain") == ""
 
 
-def test_merge_makes_a_two_parent_commit_and_syncs_the_worktree(repo: GitRepo,
-                                                                repo_path: Path) -> None:
-    mother = agent_worktree(repo, "soa/r1/solve")
-    mother_tip = commit_file(repo, mother, "pkg/a.py", "def a():\n    return parse()\n", MOTHER)
-    child = agent_worktree(repo, "soa/r1/solve.parse", "soa/r1/solve")
-    child_tip = commit_file(repo, child, "pkg/parse.py", "def parse():\n    return 1\n")
+def test_merge_makes_a_two_parent_commit(repo: GitRepo, repo_path: Path) -> None:
+    mother_tip = commit_file(repo, "soa/r1/solve", "pkg/a.py", "def a():\n    return parse()\n", MOTHER)
+    child_tip = commit_file(repo, "soa/r1/solve.parse", "pkg/parse.py", "def parse():\n    return 1\n",
+                            start="soa/r1/solve")
+    ws = repo.workspace("r1", "solve")
+    repo.check_out(mother_tip, ["pkg"], ws)
 
     sha = repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="merge: accept parse into solve",
                      trailers={**trailers_for("solve", "merge"), "Soa-Tests": "3 passed"},
-                     author=MOTHER, worktree=mother)
+                     author=MOTHER, note='{"task": "merge"}')
     merged = repo.log("soa/r1/solve")[0]
     assert merged.sha == sha == repo.branch_sha("soa/r1/solve")
     assert merged.parents == (mother_tip, child_tip)
     assert merged.trailers["Soa-Phase"] == "merge" and merged.trailers["Soa-Tests"] == "3 passed"
     assert git(repo_path, "log", "-1", "--format=%an|%cn", sha).strip() == "solve|soa-git"
-    assert (mother / "pkg/parse.py").read_text() == "def parse():\n    return 1\n"
-    assert git(mother, "status", "--porcelain") == ""
-    assert git(mother, "rev-parse", "HEAD").strip() == sha
+    assert repo.read_note(sha) == '{"task": "merge"}'
+    repo.check_out(sha, ["pkg"], ws, previous=mother_tip)
+    assert (ws / "pkg/parse.py").read_text() == "def parse():\n    return 1\n"
     # Merging again changes nothing: the child's work is already in.
     assert repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="again", trailers={},
-                      author=MOTHER, worktree=mother) == sha
+                      author=MOTHER) == sha
     assert [c.sha for c in repo.log("soa/r1/solve", first_parent=True)] == \
         [sha, mother_tip, git(repo_path, "rev-parse", "main").strip()]
 
 
 def test_a_conflicting_merge_changes_nothing(repo: GitRepo, repo_path: Path) -> None:
-    mother = agent_worktree(repo, "soa/r1/solve")
-    child = agent_worktree(repo, "soa/r1/solve.parse")
-    commit_file(repo, mother, "pkg/a.py", "def a():\n    return 'mother'\n", MOTHER)
-    commit_file(repo, child, "pkg/a.py", "def a():\n    return 'child'\n")
-    (mother / "pkg/b.py").write_text("uncommitted work in progress\n")
+    commit_file(repo, "soa/r1/solve", "pkg/a.py", "def a():\n    return 'mother'\n", MOTHER)
+    commit_file(repo, "soa/r1/solve.parse", "pkg/a.py", "def a():\n    return 'child'\n")
 
     def state() -> tuple[str, ...]:
-        return (git(repo_path, "for-each-ref"), git(mother, "status", "--porcelain"),
-                git(mother, "ls-files", "-s"), (mother / "pkg/a.py").read_text(),
-                (mother / "pkg/b.py").read_text(), git(child, "status", "--porcelain"),
+        return (git(repo_path, "for-each-ref"), git(repo_path, "status", "--porcelain"),
                 git(repo_path, "worktree", "list", "--porcelain"))
 
     before = state()
     with pytest.raises(MergeConflict) as caught:
         repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="accept", trailers={},
-                   author=MOTHER, worktree=mother)
+                   author=MOTHER)
     assert caught.value.conflicts == ("pkg/a.py",)
     assert isinstance(caught.value, RepositoryError) and "pkg/a.py" in str(caught.value)
     assert state() == before
 
 
-def test_merge_never_moves_a_branch_another_working_tree_has_checked_out(repo: GitRepo) -> None:
-    child = agent_worktree(repo, "soa/r1/solve.parse")
-    commit_file(repo, child, "pkg/parse.py", "P = 1\n")
+def test_merge_never_moves_a_branch_a_working_tree_has_checked_out(repo: GitRepo,
+                                                                   repo_path: Path) -> None:
+    commit_file(repo, "soa/r1/solve.parse", "pkg/parse.py", "P = 1\n")
     main = repo.branch_sha("main")
     with pytest.raises(RepositoryError, match="branch main is checked out at"):
         repo.merge("main", "soa/r1/solve.parse", subject="x", trailers={}, author=MOTHER)
-    repo.create_branch("soa/r1/solve", "HEAD")
-    with pytest.raises(RepositoryError, match="does not have branch soa/r1/solve checked out"):
-        repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="x", trailers={}, author=MOTHER,
-                   worktree=child)
-    assert repo.branch_sha("main") == main and repo.branch_sha("soa/r1/solve") == main
+    mother = start(repo, "soa/r1/solve")
+    elsewhere = repo_path.parent / "elsewhere"
+    git(repo_path, "worktree", "add", "-q", str(elsewhere), "soa/r1/solve")
+    with pytest.raises(RepositoryError, match=f"branch soa/r1/solve is checked out at {elsewhere}"):
+        repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="x", trailers={}, author=MOTHER)
+    assert repo.branch_sha("main") == main and repo.branch_sha("soa/r1/solve") == mother
 
 
 def test_a_branch_that_moved_meanwhile_is_reported(repo: GitRepo, repo_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    repo.create_branch("soa/r1/solve", "HEAD")
-    child = agent_worktree(repo, "soa/r1/solve.parse")
-    commit_file(repo, child, "pkg/parse.py", "P = 1\n")
+    start(repo, "soa/r1/solve")
+    commit_file(repo, "soa/r1/solve.parse", "pkg/parse.py", "P = 1\n")
     tree = git(repo_path, "rev-parse", "HEAD^{tree}").strip()
     elsewhere = git(repo_path, *USER, "commit-tree", "-p", "HEAD", "-m", "elsewhere", tree).strip()
     check = repo.merge_check
@@ -427,9 +419,12 @@ def test_a_branch_that_moved_meanwhile_is_reported(repo: GitRepo, repo_path: Pat
         return check(ours, theirs)
 
     monkeypatch.setattr(repo, "merge_check", another_writer_wins)
+    notes = repo.ref_sha(NOTES_REF)
     with pytest.raises(BranchMoved, match="soa/r1/solve moved while soa-git was updating it"):
-        repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="x", trailers={}, author=MOTHER)
+        repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="x", trailers={}, author=MOTHER,
+                   note="never attached")
     assert repo.branch_sha("soa/r1/solve") == elsewhere
+    assert repo.ref_sha(NOTES_REF) == notes     # the note moves with the branch, or not at all
 
 
 # ---- notes --------------------------------------------------------------------------------
@@ -474,23 +469,19 @@ def test_the_users_tree_index_and_branch_are_never_touched(repo: GitRepo, repo_p
     make_user_tree_dirty(repo_path)
     git(repo_path, "stash", "list")
     before = user_state(repo_path)
-    mother = agent_worktree(repo, "soa/r1/solve")
-    commit_file(repo, mother, "pkg/a.py", "def a():\n    return 'mother'\n", MOTHER)
-    child = agent_worktree(repo, "soa/r1/solve.parse", "soa/r1/solve")
-    sha = commit_file(repo, child, "pkg/parse.py", "P = 1\n")
-    (child / "pkg/b.py").write_text("not mine\n")
+    commit_file(repo, "soa/r1/solve", "pkg/a.py", "def a():\n    return 'mother'\n", MOTHER)
+    sha = commit_file(repo, "soa/r1/solve.parse", "pkg/parse.py", "P = 1\n", start="soa/r1/solve")
+    ws = repo.workspace("r1", "solve.parse")
+    repo.check_out(sha, ["pkg", "tests"], ws)
     with pytest.raises(OwnershipError):
-        repo.commit(child, subject="x", trailers={}, author=AGENT, allowed_paths=["pkg/parse.py"])
-    repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="accept", trailers={}, author=MOTHER,
-               worktree=mother)
-    other = agent_worktree(repo, "soa/r1/solve.other")
-    commit_file(repo, other, "pkg/a.py", "def a():\n    return 'other'\n")
+        repo.commit_files("soa/r1/solve.parse", {"pkg/b.py": "not mine\n"}, subject="x",
+                          trailers={}, author=AGENT, allowed_paths=["pkg/parse.py"])
+    repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="accept", trailers={}, author=MOTHER)
+    commit_file(repo, "soa/r1/solve.other", "pkg/a.py", "def a():\n    return 'other'\n")
     with pytest.raises(MergeConflict):
-        repo.merge("soa/r1/solve", "soa/r1/solve.other", subject="x", trailers={}, author=MOTHER,
-                   worktree=mother)
+        repo.merge("soa/r1/solve", "soa/r1/solve.other", subject="x", trailers={}, author=MOTHER)
     repo.add_note(sha, "transcript")
-    for wt in (mother, child, other):
-        repo.remove_worktree(wt)
+    repo.remove_workspaces("r1")
     repo.delete_branch("soa/r1/solve.other")
     assert user_state(repo_path) == before
 
@@ -504,18 +495,18 @@ def test_an_environment_inherited_from_a_git_hook_cannot_reach_the_users_index(
     monkeypatch.setenv("GIT_DIR", str(repo_path / ".git"))
     monkeypatch.setenv("GIT_WORK_TREE", str(repo_path))
     monkeypatch.setenv("GIT_INDEX_FILE", str(repo_path / ".git/index"))
-    mother = agent_worktree(repo, "soa/r1/solve")
-    child = agent_worktree(repo, "soa/r1/solve.parse")
-    commit_file(repo, child, "pkg/parse.py", "P = 1\n")
-    repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="accept", trailers={}, author=MOTHER,
-               worktree=mother)
-    repo.add_note(repo.branch_sha("soa/r1/solve") or "", "note")
-    repo.remove_worktree(child)
+    start(repo, "soa/r1/solve")
+    commit_file(repo, "soa/r1/solve.parse", "pkg/parse.py", "P = 1\n")
+    merged = repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="accept", trailers={},
+                        author=MOTHER)
+    repo.add_note(merged, "note")
+    ws = repo.workspace("r1", "solve")
+    repo.check_out(merged, ["pkg"], ws)
     assert (repo_path / ".git/index").read_bytes() == index_bytes
     for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
         monkeypatch.delenv(name)
     assert user_state(repo_path) == before
-    assert (mother / "pkg/parse.py").read_text() == "P = 1\n"
+    assert (ws / "pkg/parse.py").read_text() == "P = 1\n"
 
 
 # ---- many agents at once ------------------------------------------------------------------
@@ -525,18 +516,18 @@ def test_parallel_agents_commit_note_and_merge_without_corruption(repo: GitRepo,
                                                                   repo_path: Path) -> None:
     make_user_tree_dirty(repo_path)
     before = user_state(repo_path)
-    repo.create_branch("soa/p/solve", "HEAD")
-    base = repo.branch_sha("soa/p/solve")
-    assert base is not None
+    base = start(repo, "soa/p/solve")
 
     def agent(i: int) -> tuple[list[str], str]:
         name = f"solve.f{i}"
         me = Author(name, f"{name}@agents.soa-git")
-        wt = agent_worktree(repo, f"soa/p/{name}", base)
         commits = []
         for step in range(3):
-            sha = commit_file(repo, wt, f"pkg/f{i}.py", f"def f{i}():\n    return {step}\n", me)
-            repo.add_note(sha, f"transcript {i}.{step}")
+            sha = repo.commit_files(f"soa/p/{name}", {f"pkg/f{i}.py": f"def f{i}():\n    return {step}\n"},
+                                    start=base, subject=f"step {step}", trailers=trailers_for(name),
+                                    author=me, allowed_paths=[f"pkg/f{i}.py"],
+                                    note=f"transcript {i}.{step}")
+            assert sha is not None
             commits.append(sha)
         for _ in range(500):
             try:
@@ -547,8 +538,7 @@ def test_parallel_agents_commit_note_and_merge_without_corruption(repo: GitRepo,
                 continue
         else:
             raise AssertionError(f"agent {i} never got its merge in")
-        repo.add_note(merge, f"merge {i}")
-        repo.remove_worktree(wt)
+        repo.append_note(merge, f"merge {i}")
         return commits, merge
 
     with ThreadPoolExecutor(max_workers=12) as pool:
@@ -561,14 +551,17 @@ def test_parallel_agents_commit_note_and_merge_without_corruption(repo: GitRepo,
 
     history = repo.log("soa/p/solve", first_parent=True)
     merges = [c for c in history if len(c.parents) == 2]
-    assert len(merges) == 12 and history[-1].sha == base and len(history) == 13
+    assert len(merges) == 12 and history[12].sha == base and len(history) == 14
     assert {c.parents[1] for c in merges} == {commits[-1] for commits, _ in results}
     assert {c.sha for c in merges} == {merge for _, merge in results}
     for i in range(12):
         assert repo.read_file("soa/p/solve", f"pkg/f{i}.py") == f"def f{i}():\n    return 2\n"
+    fresh = GitRepo.open(repo_path)     # nothing read from this process's memory
     for i, (commits, merge) in enumerate(results):
-        assert [repo.read_note(sha) for sha in commits] == [f"transcript {i}.{s}" for s in range(3)]
-        assert repo.read_note(merge) == f"merge {i}"
+        assert [fresh.read_note(sha) for sha in commits] == [f"transcript {i}.{s}" for s in range(3)]
+        assert fresh.read_note(merge) == f"merge {i}"
+    notes = git(repo_path, "notes", f"--ref={NOTES_REF}", "list").splitlines()
+    assert len(notes) == 1 + 12 * 4
     assert git(repo_path, "worktree", "list", "--porcelain").count("worktree ") == 1
     assert git(repo_path, "for-each-ref", "refs/notes/").count("\n") == 1
     assert user_state(repo_path) == before

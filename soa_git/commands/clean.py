@@ -1,6 +1,6 @@
 """`soa-git clean`: remove what runs left in the repository, and nothing else.
 
-For a run: its branches soa/<run>/*, its worktrees (directories and registrations), the notes
+For a run: its branches soa/<run>/*, its workspace folders, the notes
 on commits that only its branches reach, and its lock file. Notes on commits that anything
 else reaches (your branch, after `soa-git accept`) are kept. Scratch notes refs
 (refs/notes/soa-pending/*) left by a killed process go too, when no soa-git process is at work
@@ -24,7 +24,7 @@ from .accept import check_run_id
 class RunPlan:
     run: str
     branches: tuple[str, ...]
-    worktrees: tuple[str, ...]
+    workspaces: tuple[str, ...]
     notes: tuple[str, ...]          # shas of the commits whose notes go
     lock: str | None                # the lock file, when there is one
 
@@ -118,25 +118,25 @@ def _plan(repo: GitRepo, run: str, going) -> RunPlan:
                               f"tree to another branch before cleaning run {run}")
     lock = repo.run_lock_file(run)
     return RunPlan(run=run, branches=tuple(branches),
-                   worktrees=tuple(str(p) for p in repo.run_worktrees(run)),
+                   workspaces=tuple(str(p) for p in repo.run_workspaces(run)),
                    notes=tuple(repo.unshared_notes(branches, going=going)),
                    lock=str(lock) if lock else None)
 
 
 def _remove_run(repo: GitRepo, run: str) -> RunPlan:
-    """Worktrees, then notes, then branches (so a killed clean never strands a note), then the lock."""
+    """Workspaces, then notes, then branches (so a killed clean never strands a note), then the lock."""
     _refuse_live(repo, run)
     had_lock = repo.run_lock_file(run)
     repo.lock_run(run)
     try:
         plan = _plan(repo, run, going=())
-        repo.remove_worktrees(Path(p) for p in plan.worktrees)
+        repo.remove_workspaces(run)
         repo.remove_notes(plan.notes)
         for branch in plan.branches:
             repo.delete_branch(branch)
     finally:
         repo.unlock_run(run)
-    return RunPlan(run=plan.run, branches=plan.branches, worktrees=plan.worktrees,
+    return RunPlan(run=plan.run, branches=plan.branches, workspaces=plan.workspaces,
                    notes=plan.notes, lock=str(had_lock) if had_lock else None)
 
 

@@ -2,7 +2,7 @@
 
 The sample is copied into a new git repository and every model call goes through the real
 OpenAI client to a scripted server on 127.0.0.1, so nothing leaves this machine and no key
-is needed. The answers are canned; everything else (git, worktrees, tests) is the real path.
+is needed. The answers are canned; everything else (git, workspaces, tests) is the real path.
 """
 
 from __future__ import annotations
