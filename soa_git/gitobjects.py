@@ -11,9 +11,9 @@ the process. Refs are never touched here: gitrepo moves them, with compare-and-s
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import subprocess
-import tempfile
 import threading
 import zlib
 from collections import OrderedDict
@@ -95,6 +95,8 @@ class ObjectStore:
         self._trees = _Cache(_TREE_CACHE_ENTRIES)
         self._blobs = _Cache(_BLOB_CACHE_BYTES)
         self._commit_trees = _Cache(1_000_000)
+        self._written: set[str] = set()     # objects known to be in the store: no stat needed
+        self._scratch_names = itertools.count()
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -188,20 +190,20 @@ class ObjectStore:
         """Store an object as a loose object (if it is not one already); its id."""
         raw = f"{kind} {len(data)}\0".encode("ascii") + data
         sha = hashlib.new(self._hash, raw).hexdigest()
-        path = self._objects / sha[:2] / sha[2:]
-        if not path.exists():
-            path.parent.mkdir(exist_ok=True)
-            fd, scratch = tempfile.mkstemp(dir=path.parent, prefix="tmp_obj_")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(zlib.compress(raw, 1))
-                os.chmod(scratch, 0o444)
-                try:
-                    os.link(scratch, path)
-                except FileExistsError:
-                    pass    # another writer stored the same object meanwhile
-            finally:
-                os.unlink(scratch)
+        if sha in self._written:
+            return sha
+        folder = os.path.join(self._objects, sha[:2])
+        path = os.path.join(folder, sha[2:])
+        if not os.path.exists(path):
+            os.makedirs(folder, exist_ok=True)
+            # As git does: written aside under a name no other writer uses, then renamed into
+            # place. Objects are named by their content, so a rename over the same object
+            # written meanwhile replaces it with identical bytes.
+            scratch = os.path.join(folder, f"tmp_obj_{os.getpid()}_{next(self._scratch_names)}")
+            with os.fdopen(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444), "wb") as f:
+                f.write(zlib.compress(raw, 1))
+            os.replace(scratch, path)
+        self._written.add(sha)
         return sha
 
     def write_blob(self, data: bytes) -> str:

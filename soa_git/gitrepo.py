@@ -35,7 +35,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Mapping, NamedTuple
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 import git
 
@@ -67,6 +67,19 @@ _NOTE_ATTEMPTS = 20
 _shared_lock = threading.Lock()
 
 
+@dataclass
+class _NoteWrite:
+    """One thread's note (and the branch move that goes with it), waiting for the notes lock."""
+
+    target: str
+    compose: Callable[[str], str]           # its note so far -> its new note
+    also: tuple[str, str, str | None] | None
+    what: str
+    reflog: str
+    done: bool = False
+    error: Exception | None = None
+
+
 class RunLocked(RepositoryError):
     """A live process holds the run's lock."""
 
@@ -87,12 +100,16 @@ class MergeConflict(RepositoryError):
         self.conflicts = conflicts
 
 
-class BranchMoved(RepositoryError):
-    """A branch moved between reading it and updating it (another thread or process won)."""
+class RefRefused(RepositoryError):
+    """git refused to update `ref` (an invalid name, a locked or unwritable ref)."""
 
     def __init__(self, message: str, ref: str = "") -> None:
         super().__init__(message)
         self.ref = ref
+
+
+class BranchMoved(RefRefused):
+    """A branch moved between reading it and updating it (another thread or process won)."""
 
 
 @dataclass(frozen=True)
@@ -177,6 +194,8 @@ class GitRepo:
         self._tips: dict[str, str] = {}
         self._tips_lock = threading.Lock()
         self._objects: ObjectStore | None = None
+        self._note_queue: list[_NoteWrite] = []
+        self._note_queue_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: Path, *, allow_empty: bool = False) -> GitRepo:
@@ -1026,12 +1045,9 @@ class GitRepo:
         notes = self.ref_sha(NOTES_REF)
         if notes is None:
             return None
-        path = self._note_path(self._store.commit_tree(notes), self._require_commit(sha))
-        if path is None:
-            return None
-        entry = self._store.lookup(self._store.commit_tree(notes), path)
-        assert entry is not None
-        return self._store.blob(entry.sha).decode("utf-8", errors="replace")
+        tree = self._store.commit_tree(notes)
+        path = self._note_path(tree, self._require_commit(sha))
+        return self._note_text(tree, path) if path is not None else None
 
     # ---- internals ----------------------------------------------------------------------
 
@@ -1130,9 +1146,10 @@ class GitRepo:
         self._move([(ref, "" if delete else new, old)], what=what, reflog=reflog)
 
     def _move(self, updates: list[tuple[str, str, str | None]], *, what: str,
-              reflog: str) -> None:
+              reflog: str, names: Mapping[str, str] | None = None) -> None:
         """One atomic transaction of compare-and-swaps (ref, new, old): all refs move or none.
-        `new` "" deletes the ref; `old` None means the ref must not exist yet."""
+        `new` "" deletes the ref; `old` None means the ref must not exist yet. `what` names
+        the refs in errors, or `names[ref]` where given."""
         lines = []
         for ref, new, old in updates:
             if not new:
@@ -1151,13 +1168,15 @@ class GitRepo:
                     self._tips.pop(ref, None)
         if r.status == 0:
             return
+        # git names the ref it could not update; in a transaction, which one matters.
+        culprit = next((ref for ref, _, _ in updates if f"'{ref}'" in r.err), updates[-1][0])
+        what = (names or {}).get(culprit, what)
+        if "reference already exists" in r.err:
+            raise BranchMoved(f"{what} already exists", ref=culprit)
         if _CAS_LOST.search(r.err):
-            lost = next((ref for ref, _, _ in updates if f"'{ref}'" in r.err), updates[-1][0])
-            if "reference already exists" in r.err:
-                raise BranchMoved(f"{what} already exists", ref=lost)
             raise BranchMoved(f"{what} moved while soa-git was updating it; try again",
-                              ref=lost)
-        raise RepositoryError(f"cannot update {what}: {_reason(r.err)}")
+                              ref=culprit)
+        raise RefRefused(f"cannot update {what}: {_reason(r.err)}", ref=culprit)
 
     def _publish(self, ref: str, new: str, old: str | None, *, note: str | None, what: str,
                  reflog: str) -> None:
@@ -1165,46 +1184,82 @@ class GitRepo:
         if note is None:
             self._move([(ref, new, old)], what=what, reflog=reflog)
             return
-        blob = self._store.write_blob(note.encode("utf-8"))
-        self._write_note(new, lambda earlier: blob, also=(ref, new, old), what=what, reflog=reflog)
+        self._write_note(new, lambda earlier: note, also=(ref, new, old), what=what, reflog=reflog)
 
-    def _write_note(self, target: str, text, *, also: tuple[str, str, str | None] | None = None,
-                    what: str = NOTES_REF, reflog: str = "notes: add") -> None:
-        """Set the note of `target` to `text(earlier note or "")` (a string, or the id of a
-        blob already written) and move NOTES_REF, and `also`, in one transaction.
+    def _write_note(self, target: str, compose: Callable[[str], str], *,
+                    also: tuple[str, str, str | None] | None = None, what: str = NOTES_REF,
+                    reflog: str = "notes: add") -> None:
+        """Set the note of `target` to `compose(its note so far, or "")`, moving NOTES_REF and
+        the ref update `also` in one transaction. Returns once both moved; BranchMoved if
+        `also`'s ref had moved.
 
-        Notes are rewritten here in this process, under the notes lock; another process that
-        moves NOTES_REF meanwhile costs a retry on its new tip, never a lost note.
+        Notes are written in this process under the notes lock. Threads that arrive while
+        another writes are served together: whoever takes the lock next writes every waiting
+        note, and moves every waiting branch, in one transaction.
         """
+        mine = _NoteWrite(target, compose, also, what, reflog)
+        with self._note_queue_lock:
+            self._note_queue.append(mine)
         with _shared_lock:
+            if not mine.done:
+                with self._note_queue_lock:
+                    batch, self._note_queue = self._note_queue, []
+                self._write_notes(batch)
+        if mine.error is not None:
+            raise mine.error
+
+    def _write_notes(self, batch: list[_NoteWrite]) -> None:
+        """Every write of `batch` in one transaction; one whose branch moved fails alone, and
+        another process moving NOTES_REF meanwhile costs a retry on its new tip."""
+        try:
             for attempt in range(_NOTE_ATTEMPTS):
+                if not batch:
+                    return
                 old = self.ref_sha(NOTES_REF)
                 tree = self._store.commit_tree(old) if old else self._store.empty_tree()
-                path = self._note_path(tree, target)
-                earlier = ""
-                if path is not None:
-                    entry = self._store.lookup(tree, path)
-                    assert entry is not None
-                    earlier = self._store.blob(entry.sha).decode("utf-8", errors="replace")
-                value = text(earlier)
-                blob = value if also is not None else self._store.write_blob(value.encode("utf-8"))
-                # A new note goes one folder down (git's own layout for many notes), so no
-                # note costs a rewrite of a tree holding every other note.
-                new_tree = self._store.edit(tree, {path or f"{target[:2]}/{target[2:]}":
-                                                   Entry(FILE_MODE, blob)})
-                notes = self._write_commit(new_tree, (old,) if old else (),
-                                           "Notes added by soa-git\n",
-                                           SOA_GIT)
-                updates = [(NOTES_REF, notes, old), *([also] if also else [])]
+                texts: dict[str, str] = {}
+                for write in batch:
+                    path = self._note_path(tree, write.target)
+                    # A new note goes one folder down (git's own layout for many notes), so no
+                    # note costs a rewrite of a tree holding every other note.
+                    key = path or f"{write.target[:2]}/{write.target[2:]}"
+                    if key not in texts:
+                        texts[key] = self._note_text(tree, path) if path else ""
+                    texts[key] = write.compose(texts[key])
+                notes = self._write_commit(
+                    self._store.edit(tree, {key: Entry(FILE_MODE, self._store.write_blob(text.encode()))
+                                            for key, text in texts.items()}),
+                    (old,) if old else (), "Notes added by soa-git\n", SOA_GIT)
+                moves = [w.also for w in batch if w.also]
                 try:
-                    self._move(updates, what=what, reflog=reflog)
-                    return
-                except BranchMoved as moved:
-                    if moved.ref != NOTES_REF:
+                    self._move([(NOTES_REF, notes, old), *moves], what=NOTES_REF,
+                               names={w.also[0]: w.what for w in batch if w.also},
+                               reflog=batch[0].reflog if len(batch) == 1
+                               else f"soa-git: {len(batch)} steps with their notes")
+                except (BranchMoved, RefRefused) as failed:
+                    if failed.ref == NOTES_REF and isinstance(failed, BranchMoved):
+                        _backoff(attempt)
+                        continue
+                    # One writer's branch: that write fails, the others go again without it.
+                    loser = next((w for w in batch if w.also and w.also[0] == failed.ref), None)
+                    if loser is None:
                         raise
-                _backoff(attempt)
-        raise RepositoryError(f"could not attach a note to {target}: other processes kept "
-                              f"updating {NOTES_REF}")
+                    loser.error, loser.done = failed, True
+                    batch = [w for w in batch if w is not loser]
+                    continue
+                for write in batch:
+                    write.done = True
+                return
+            raise RepositoryError(f"could not write notes: other processes kept updating {NOTES_REF}")
+        except Exception as exc:
+            for write in batch:
+                if not write.done:
+                    write.error, write.done = exc, True
+
+    def _note_text(self, tree: str, path: str) -> str:
+        entry = self._store.lookup(tree, path)
+        assert entry is not None
+        return self._store.blob(entry.sha).decode("utf-8", errors="replace")
 
     def _note_path(self, tree: str, target: str) -> str | None:
         """Where the note of `target` is in a notes tree: at any fanout (`ab/cdef...`,

@@ -111,6 +111,7 @@ class Node:
     workspace: Path | None = None
     held: str | None = None            # the commit whose files the workspace holds
     written: dict[str, str] = field(default_factory=dict)  # its files as last written
+    sources: tuple[tuple, str, str] | None = None          # see Organizer._sources
     merged_tip: str | None = None
     generated: bool = False            # its first answer is committed
     pending_comment: str | None = None  # a Mother's comment not answered yet (resume)
@@ -587,11 +588,23 @@ class Organizer:
         return layout.child_imports((c.skeleton.name, c.files) for c in node.children)
 
     def _own_source(self, node: Node) -> str:
-        imports = [*node.imports, *self._child_imports(node)]
-        if node.parent is None:
-            body = "\n\n".join([*node.extra, node.body]) if node.body else "..."
-            return layout.root_source(self.original, node.skeleton.name, body, imports)
-        return layout.module_source(node.path, node.skeleton, node.body, imports, node.extra)
+        return self._sources(node)[0]
+
+    def _sources(self, node: Node) -> tuple[str, str]:
+        """(the agent's file as its code stands, its own code): made again only when its code
+        changed, since every event shows the code's size."""
+        key = (tuple(node.imports), tuple(node.extra), node.body, len(node.children))
+        if node.sources is None or node.sources[0] != key:
+            imports = [*node.imports, *self._child_imports(node)]
+            if node.parent is None:
+                body = "\n\n".join([*node.extra, node.body]) if node.body else "..."
+                source = layout.root_source(self.original, node.skeleton.name, body, imports)
+                code = pycode.find_function(source, node.skeleton.name).source
+            else:
+                source = code = layout.module_source(node.path, node.skeleton, node.body, imports,
+                                                     node.extra)
+            node.sources = (key, source, code)
+        return node.sources[1], node.sources[2]
 
     def _files(self, node: Node) -> dict[str, str]:
         """The agent's files as its code and tests stand: path -> text."""
@@ -614,10 +627,7 @@ class Organizer:
 
     def _code(self, node: Node) -> str:
         """The agent's own code: its module, or for the root its function in the user's file."""
-        source = self._own_source(node)
-        if node.parent is None:
-            return pycode.find_function(source, node.skeleton.name).source
-        return source
+        return self._sources(node)[1]
 
     def _test(self, node: Node) -> None:
         if not node.tests or node.workspace is None:
