@@ -68,12 +68,12 @@ _shared_lock = threading.Lock()
 
 
 @dataclass
-class _NoteWrite:
-    """One thread's note (and the branch move that goes with it), waiting for the notes lock."""
+class _RefWrite:
+    """One thread's note and/or ref move, waiting for the notes lock (see GitRepo._write)."""
 
-    target: str
-    compose: Callable[[str], str]           # its note so far -> its new note
-    also: tuple[str, str, str | None] | None
+    target: str | None                      # the commit whose note is set
+    compose: Callable[[str], str] | None    # its note so far -> its new note
+    also: tuple[str, str, str | None] | None  # (ref, new, old or None to create)
     what: str
     reflog: str
     done: bool = False
@@ -194,8 +194,8 @@ class GitRepo:
         self._tips: dict[str, str] = {}
         self._tips_lock = threading.Lock()
         self._objects: ObjectStore | None = None
-        self._note_queue: list[_NoteWrite] = []
-        self._note_queue_lock = threading.Lock()
+        self._queue: list[_RefWrite] = []
+        self._queue_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: Path, *, allow_empty: bool = False) -> GitRepo:
@@ -356,22 +356,33 @@ class GitRepo:
             owned = (f"may only change {_join(sorted(allowed))}" if allowed
                      else "may not change any file")
             raise OwnershipError(f"agent {agent} {owned}, not {_join(foreign)}")
-        parent = self.branch_sha(branch)
+        ref = f"refs/heads/{branch}"
+        # Given a start, a branch this process has not moved yet is most likely new: creating it
+        # needs no look first, and finding it there after all (a resumed run) costs one look.
+        parent = self._known_tip(ref) if start is not None else self.branch_sha(branch)
         if parent is None and start is None:
             raise RepositoryError(f"branch {branch} does not exist")
-        base = parent or self._require_commit(start or "")
-        tree = self._store.commit_tree(base)
         blobs = {_posix(path): Entry(FILE_MODE, self._store.write_blob(text.encode("utf-8")))
                  for path, text in files.items()}
-        new_tree = self._store.edit(tree, blobs)
-        if new_tree == tree and not allow_empty and parent is not None:
-            return None
         message = _message(subject, body, trailers)
-        sha = self._write_commit(new_tree, (base,), message, author)
-        faults.reached("commit")
-        self._publish(f"refs/heads/{branch}", sha, parent, note=note, what=f"branch {branch}",
-                      reflog=f"commit: {message.splitlines()[0]}")
-        return sha
+        while True:
+            base = parent or self._require_commit(start or "")
+            tree = self._store.commit_tree(base)
+            new_tree = self._store.edit(tree, blobs)
+            if new_tree == tree and not allow_empty and parent is not None:
+                return None
+            sha = self._write_commit(new_tree, (base,), message, author)
+            faults.reached("commit")
+            try:
+                self._publish(ref, sha, parent, note=note, what=f"branch {branch}",
+                              reflog=f"commit: {message.splitlines()[0]}")
+                return sha
+            except BranchMoved:
+                if parent is not None:
+                    raise
+                parent = self.branch_sha(branch)
+                if parent is None:
+                    raise
 
     def merge_check(self, ours: str, theirs: str) -> MergeCheck:
         """Would merging `theirs` into `ours` be clean? Writes objects; no ref, index or file."""
@@ -830,12 +841,16 @@ class GitRepo:
 
     def ref_sha(self, ref: str) -> str | None:
         """The sha a full ref name (refs/...) points at, None if it does not exist."""
-        with self._tips_lock:
-            known = self._tips.get(ref)
+        known = self._known_tip(ref)
         if known is not None:
             return known
         r = self._git("show-ref", "--verify", "-s", ref, check=False)
         return r.text if r.status == 0 and r.text else None
+
+    def _known_tip(self, ref: str) -> str | None:
+        """Where this object last moved `ref` itself, if it did."""
+        with self._tips_lock:
+            return self._tips.get(ref)
 
     def remote_ref_sha(self, remote: str, ref: str) -> str | None:
         """The sha `ref` has on `remote` (one `ls-remote`), None if the remote has no such ref."""
@@ -1181,61 +1196,59 @@ class GitRepo:
     def _publish(self, ref: str, new: str, old: str | None, *, note: str | None, what: str,
                  reflog: str) -> None:
         """Move `ref` to the new commit `new`, with `note` on it in the same transaction."""
-        if note is None:
-            self._move([(ref, new, old)], what=what, reflog=reflog)
-            return
-        self._write_note(new, lambda earlier: note, also=(ref, new, old), what=what, reflog=reflog)
+        self._write(_RefWrite(new if note is not None else None,
+                              None if note is None else (lambda earlier: note),
+                              (ref, new, old), what, reflog))
 
-    def _write_note(self, target: str, compose: Callable[[str], str], *,
-                    also: tuple[str, str, str | None] | None = None, what: str = NOTES_REF,
-                    reflog: str = "notes: add") -> None:
-        """Set the note of `target` to `compose(its note so far, or "")`, moving NOTES_REF and
-        the ref update `also` in one transaction. Returns once both moved; BranchMoved if
-        `also`'s ref had moved.
+    def _write_note(self, target: str, compose: Callable[[str], str]) -> None:
+        """Set the note of `target` to `compose(its note so far, or "")`."""
+        self._write(_RefWrite(target, compose, None, NOTES_REF, "notes: add"))
 
-        Notes are written in this process under the notes lock. Threads that arrive while
+    def _write(self, mine: _RefWrite) -> None:
+        """Carry out `mine`: returns once its note and its ref moved; BranchMoved if its ref
+        had moved.
+
+        Notes and branch moves are written under the notes lock. Threads that arrive while
         another writes are served together: whoever takes the lock next writes every waiting
         note, and moves every waiting branch, in one transaction.
         """
-        mine = _NoteWrite(target, compose, also, what, reflog)
-        with self._note_queue_lock:
-            self._note_queue.append(mine)
+        with self._queue_lock:
+            self._queue.append(mine)
         with _shared_lock:
             if not mine.done:
-                with self._note_queue_lock:
-                    batch, self._note_queue = self._note_queue, []
-                self._write_notes(batch)
+                with self._queue_lock:
+                    waiting, self._queue = self._queue, []
+                while waiting:
+                    # A transaction moves each ref once; a second move of one waits its turn
+                    # (and then finds the ref moved, as it would have without the batch).
+                    batch: list[_RefWrite] = []
+                    refs: set[str] = set()
+                    for write in waiting:
+                        if write.also is None or write.also[0] not in refs:
+                            batch.append(write)
+                            refs |= {write.also[0]} if write.also else set()
+                    self._write_batch(batch)
+                    waiting = [w for w in waiting if not w.done]
         if mine.error is not None:
             raise mine.error
 
-    def _write_notes(self, batch: list[_NoteWrite]) -> None:
+    def _write_batch(self, batch: list[_RefWrite]) -> None:
         """Every write of `batch` in one transaction; one whose branch moved fails alone, and
         another process moving NOTES_REF meanwhile costs a retry on its new tip."""
         try:
             for attempt in range(_NOTE_ATTEMPTS):
                 if not batch:
                     return
-                old = self.ref_sha(NOTES_REF)
-                tree = self._store.commit_tree(old) if old else self._store.empty_tree()
-                texts: dict[str, str] = {}
-                for write in batch:
-                    path = self._note_path(tree, write.target)
-                    # A new note goes one folder down (git's own layout for many notes), so no
-                    # note costs a rewrite of a tree holding every other note.
-                    key = path or f"{write.target[:2]}/{write.target[2:]}"
-                    if key not in texts:
-                        texts[key] = self._note_text(tree, path) if path else ""
-                    texts[key] = write.compose(texts[key])
-                notes = self._write_commit(
-                    self._store.edit(tree, {key: Entry(FILE_MODE, self._store.write_blob(text.encode()))
-                                            for key, text in texts.items()}),
-                    (old,) if old else (), "Notes added by soa-git\n", SOA_GIT)
                 moves = [w.also for w in batch if w.also]
+                notes = [w for w in batch if w.compose]
+                if notes:
+                    old = self.ref_sha(NOTES_REF)
+                    moves.insert(0, (NOTES_REF, self._notes_commit(old, notes), old))
                 try:
-                    self._move([(NOTES_REF, notes, old), *moves], what=NOTES_REF,
+                    self._move(moves, what=NOTES_REF,
                                names={w.also[0]: w.what for w in batch if w.also},
                                reflog=batch[0].reflog if len(batch) == 1
-                               else f"soa-git: {len(batch)} steps with their notes")
+                               else f"soa-git: {len(batch)} steps")
                 except (BranchMoved, RefRefused) as failed:
                     if failed.ref == NOTES_REF and isinstance(failed, BranchMoved):
                         _backoff(attempt)
@@ -1255,6 +1268,23 @@ class GitRepo:
             for write in batch:
                 if not write.done:
                     write.error, write.done = exc, True
+
+    def _notes_commit(self, old: str | None, writes: list[_RefWrite]) -> str:
+        """A commit of NOTES_REF after `old` with the notes of `writes` set, in their order."""
+        tree = self._store.commit_tree(old) if old else self._store.empty_tree()
+        texts: dict[str, str] = {}
+        for write in writes:
+            assert write.target is not None and write.compose is not None
+            path = self._note_path(tree, write.target)
+            # A new note goes one folder down (git's own layout for many notes), so no note
+            # costs a rewrite of a tree holding every other note.
+            key = path or f"{write.target[:2]}/{write.target[2:]}"
+            if key not in texts:
+                texts[key] = self._note_text(tree, path) if path else ""
+            texts[key] = write.compose(texts[key])
+        new_tree = self._store.edit(tree, {key: Entry(FILE_MODE, self._store.write_blob(text.encode()))
+                                           for key, text in texts.items()})
+        return self._write_commit(new_tree, (old,) if old else (), "Notes added by soa-git\n", SOA_GIT)
 
     def _note_text(self, tree: str, path: str) -> str:
         entry = self._store.lookup(tree, path)
