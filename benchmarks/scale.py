@@ -14,7 +14,8 @@ It records, per configuration:
 - `overhead_ms_per_agent` = (wall - floor_jobs) / agents: what soa-git itself costs per agent
   (git, workspaces, the test harness, bookkeeping); at latency 0 that is simply wall / agents;
   `cpu_ms_per_agent` is the CPU behind it (soa-git, git and pytest processes), which a busy
-  machine does not inflate;
+  machine does not inflate, split into `test_sessions_cpu_ms_per_agent` (the forked pytest
+  sessions that run each agent's tests) and `machinery_cpu_ms_per_agent` (all the rest);
 - peak memory of the engine's process and of its largest subprocess, peak live workspaces;
 - git subprocesses by subcommand, and thread-seconds in workspaces, tests, commits, merges, notes.
 
@@ -124,6 +125,11 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
         # CPU (soa-git's process + git + pytest) per agent: what the wall time would be per
         # agent on one free core, whatever else the machine is doing.
         "cpu_ms_per_agent": round(1000 * (result["soa_cpu_s"] + result["children_cpu_s"]) / n, 1),
+        # Of that, the pytest sessions themselves (each agent's tests in a fresh sandboxed
+        # process: pytest's own start-up, collection and the tests) and everything else.
+        "test_sessions_cpu_ms_per_agent": round(1000 * result["seconds"].get("test_sessions_cpu", 0) / n, 1),
+        "machinery_cpu_ms_per_agent": round(1000 * (result["soa_cpu_s"] + result["children_cpu_s"]
+                                                    - result["seconds"].get("test_sessions_cpu", 0)) / n, 1),
         "git_calls_per_agent": round(result["git_calls"] / n, 1),
         "tokens_per_agent": round(result.get("tokens", 0) / n),
         "git_ms_per_agent": round(1000 * result["git_seconds"] / n, 1),
@@ -138,7 +144,8 @@ def _line(r: dict) -> str:
     if "skipped" in r:
         return f"{head}: skipped: {r['skipped']}"
     return (f"{head}: {r['state']}, wall {r['wall_s']:.2f}s (floor {r['floor_jobs_s']:.0f}s), "
-            f"overhead {r['overhead_ms_per_agent']:.0f} ms/agent (cpu {r['cpu_ms_per_agent']:.0f}), git {r['git_calls_per_agent']:.0f} "
+            f"overhead {r['overhead_ms_per_agent']:.0f} ms/agent (cpu {r['cpu_ms_per_agent']:.0f}: pytest "
+            f"{r['test_sessions_cpu_ms_per_agent']:.0f}, rest {r['machinery_cpu_ms_per_agent']:.0f}), git {r['git_calls_per_agent']:.0f} "
             f"calls/agent, rss {r['peak_rss_mb']:.0f} MB, workspaces {r['peak_workspaces']}")
 
 

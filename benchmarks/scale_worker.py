@@ -89,7 +89,14 @@ def instrument(meter: Meter) -> None:
         setattr(gitrepo.GitRepo, name, meter.timed(name, getattr(gitrepo.GitRepo, name)))
     gitobjects.ObjectStore.read = meter.timed("object_reads", gitobjects.ObjectStore.read)
     gitobjects.ObjectStore.write = meter.timed("object_writes", gitobjects.ObjectStore.write)
-    organizer.run_tests = meter.timed("tests", organizer.run_tests)
+    run_tests = meter.timed("tests", organizer.run_tests)
+
+    def counted_run_tests(*args, **kwargs):
+        result = run_tests(*args, **kwargs)
+        meter.add("test_sessions_cpu", result.cpu_s, 0)
+        return result
+
+    organizer.run_tests = counted_run_tests
 
 
 def measure(spec: dict) -> dict:

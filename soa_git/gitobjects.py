@@ -97,6 +97,7 @@ class ObjectStore:
         self._commit_trees = _Cache(1_000_000)
         self._written: set[str] = set()     # objects known to be in the store: no stat needed
         self._scratch_names = itertools.count()
+        self._folders: set[str] = set()     # objects/xx folders known to exist
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -195,7 +196,9 @@ class ObjectStore:
         folder = os.path.join(self._objects, sha[:2])
         path = os.path.join(folder, sha[2:])
         if not os.path.exists(path):
-            os.makedirs(folder, exist_ok=True)
+            if sha[:2] not in self._folders:
+                os.makedirs(folder, exist_ok=True)
+                self._folders.add(sha[:2])
             # As git does: written aside under a name no other writer uses, then renamed into
             # place. Objects are named by their content, so a rename over the same object
             # written meanwhile replaces it with identical bytes.

@@ -470,6 +470,7 @@ class GitRepo:
             into.mkdir(parents=True, exist_ok=True)
         else:
             changes = self._store.changes(self._store.commit_tree(previous), tree, wanted)
+        made: set[Path] = set()
         for path, entry in changes:
             _check_checkout_path(path)
             target = into / path
@@ -479,7 +480,9 @@ class GitRepo:
                 else:
                     target.unlink(missing_ok=True)
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.parent not in made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                made.add(target.parent)
             if target.is_symlink() or target.exists():
                 target.unlink()
             data = self._store.blob(entry.sha) if entry.mode != "160000" else b""

@@ -81,6 +81,9 @@ class TokenLedger:
         self.agent_limit = agent_limit
         self._lock = threading.Lock()
         self._by_agent: dict[str, Usage] = {}
+        # Kept as it grows: summing every agent on each check would cost more per call the
+        # larger the run.
+        self._total = Usage()
 
     def check(self, agent: str) -> None:
         """Raise BudgetExhausted if the run or `agent` has already reached its budget."""
@@ -94,6 +97,7 @@ class TokenLedger:
     def record(self, agent: str, usage: Usage) -> None:
         with self._lock:
             self._by_agent[agent] = self._by_agent.get(agent, Usage()) + usage
+            self._total = self._total + usage
 
     def for_agent(self, agent: str) -> Usage:
         with self._lock:
@@ -102,7 +106,7 @@ class TokenLedger:
     @property
     def total(self) -> Usage:
         with self._lock:
-            return sum(self._by_agent.values(), Usage())
+            return self._total
 
 
 def _estimate_tokens(text: str) -> int:

@@ -107,12 +107,13 @@ def child(request):
 def reap():
     while children:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
-        reply({"id": children.pop(pid), "exit": os.waitstatus_to_exitcode(status)})
+        reply({"id": children.pop(pid), "exit": os.waitstatus_to_exitcode(status),
+               "cpu": usage.ru_utime + usage.ru_stime})
 
 
 pending = b""
@@ -154,11 +155,13 @@ while True:
 
 
 class _Launch:
-    """One test run the runner forked: its pid, and its exit code once the runner reaped it."""
+    """One test run the runner forked: its pid, and its exit code and CPU seconds once the
+    runner reaped it."""
 
     def __init__(self) -> None:
         self.pid: int | None = None
         self.returncode: int | None = None
+        self.cpu_s = 0.0
         self.started = threading.Event()
         self.done = threading.Event()
 
@@ -222,6 +225,7 @@ class _Runner:
                 run.started.set()
             else:
                 run.returncode = message["exit"]
+                run.cpu_s = message["cpu"]
                 with self._lock:
                     self._runs.pop(message["id"], None)
                 run.done.set()
@@ -275,7 +279,8 @@ class TestCase:
 
 @dataclass(frozen=True)
 class TestResult:
-    """The outcome of one pytest run; `timeout_s` is the wall limit the run had."""
+    """The outcome of one pytest run; `timeout_s` is the wall limit the run had, `cpu_s` the
+    CPU time the run's process used (what the tests themselves cost, apart from soa-git)."""
 
     __test__ = False
 
@@ -283,6 +288,7 @@ class TestResult:
     timed_out: bool = False
     output: str = ""
     timeout_s: float = 0.0
+    cpu_s: float = 0.0
 
     def _count(self, outcome: str) -> int:
         return sum(1 for case in self.cases if case.outcome == outcome)
@@ -401,6 +407,7 @@ def run_tests(
         timed_out=timed_out,
         output=_tail(output, OUTPUT_LIMIT),
         timeout_s=timeout_s,
+        cpu_s=run.cpu_s,
     )
 
 

@@ -266,6 +266,24 @@ def test_crash_is_explained(worktree: Path) -> None:
     assert "killed without writing a report: Segmentation fault" in result.feedback()
 
 
+def test_a_run_reports_the_cpu_its_tests_used(worktree: Path) -> None:
+    _write(worktree, {"test_light.py": """
+        def test_light():
+            assert True
+        """, "test_heavy.py": """
+        import time
+
+        def test_heavy():
+            end = time.process_time() + 0.5
+            while time.process_time() < end:
+                pass
+        """})
+    light = _run(worktree, ["test_light.py"])
+    heavy = _run(worktree, ["test_heavy.py"])
+    assert light.ok and heavy.ok
+    assert 0 < light.cpu_s < 0.5 <= heavy.cpu_s < 5
+
+
 def test_test_files_must_be_relative_paths_inside_the_worktree(worktree: Path) -> None:
     for bad in ([], ["/etc/passwd"], ["../x.py"], ["-p evil"]):
         with pytest.raises(ValueError):
