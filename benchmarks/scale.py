@@ -16,6 +16,8 @@ It records, per configuration:
   `cpu_ms_per_agent` is the CPU behind it (soa-git, git and pytest processes), which a busy
   machine does not inflate, split into `test_sessions_cpu_ms_per_agent` (the forked pytest
   sessions that run each agent's tests) and `machinery_cpu_ms_per_agent` (all the rest);
+- `before_first_call_s` and `after_last_call_s`: the wall time before the first model call and
+  after the last one ends (start-up, and the final merges and tests);
 - peak memory of the engine's process and of its largest subprocess, peak live workspaces;
 - git subprocesses by subcommand, and thread-seconds in workspaces, tests, commits, merges, notes.
 
@@ -118,6 +120,7 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
     finally:
         shutil.rmtree(repo.parent, ignore_errors=True)
     n = config["agents"]
+    result.update(_timeline(responder.spans, result.pop("started_at"), result["wall_s"]))
     result.update({
         "model_calls": responder.calls, "most_calls_in_flight": responder.most,
         "overhead_ms_per_agent": round(1000 * (result["wall_s"] - bounded) / n, 1),
@@ -137,6 +140,15 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
         "workspace_ms_per_agent": round(1000 * result["seconds"].get("workspace_fill", 0) / n, 1),
     })
     return {**record, **result}
+
+
+def _timeline(spans: list[tuple[float, float]], started_at: float, wall: float) -> dict:
+    """Where the wall time went around the model calls: before the first, after the last."""
+    if not spans:
+        return {}
+    first = min(s for s, _ in spans) - started_at
+    last = max(e for _, e in spans) - started_at
+    return {"before_first_call_s": round(first, 3), "after_last_call_s": round(wall - last, 3)}
 
 
 def _line(r: dict) -> str:

@@ -123,11 +123,13 @@ class Responder:
         self.calls = 0
         self.in_flight = 0
         self.most = 0
+        self.spans: list[tuple[float, float]] = []   # (start, end) of each call, epoch seconds
         self._lock = threading.Lock()
 
     def __call__(self, request: dict) -> str:
         first = request["messages"][-1]["content"].splitlines()[0]
         task, path = first.removeprefix("soa-git task: ").split(" ", 1)
+        start = time.time()
         with self._lock:
             self.calls += 1
             self.in_flight += 1
@@ -139,6 +141,7 @@ class Responder:
         finally:
             with self._lock:
                 self.in_flight -= 1
+                self.spans.append((start, time.time()))
 
 
 def _git(repo: Path, *args: str) -> None:

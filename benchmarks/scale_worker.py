@@ -111,6 +111,7 @@ def measure(spec: dict) -> dict:
              # The budgets are a user's brake, not part of what is measured.
              "run_token_budget": 10 ** 12, "agent_token_budget": 10 ** 12}
     profile = cProfile.Profile() if spec.get("profile") else None
+    started_at = time.time()
     start = time.perf_counter()
     cpu_start = time.process_time()
     if profile:
@@ -135,6 +136,7 @@ def measure(spec: dict) -> dict:
         "passed_agents": sum(1 for a in summary.agents if a.state == "passed"),
         "tokens": summary.usage.total,
         "wall_s": round(wall, 3),
+        "started_at": started_at,
         "soa_cpu_s": round(cpu, 3),
         "children_cpu_s": round(children_usage.ru_utime + children_usage.ru_stime, 3),
         "peak_rss_mb": round(self_usage.ru_maxrss / 1024, 1),

@@ -28,7 +28,7 @@ from .config import Settings
 from .errors import AnswerError, BudgetExhausted, ModelError, TargetError
 from .gitrepo import Author, GitRepo, MergeConflict
 from .llm import ChatModel, TokenLedger, Usage
-from .testing import TestResult, run_tests
+from .testing import TestResult, run_tests, start_runner
 
 NOT_RUN = TestResult(cases=())
 # Up to this many siblings, a child sees all their skeletons; beyond, only those it names.
@@ -112,6 +112,7 @@ class Node:
     held: str | None = None            # the commit whose files the workspace holds
     written: dict[str, str] = field(default_factory=dict)  # its files as last written
     sources: tuple[tuple, str, str] | None = None          # see Organizer._sources
+    merging: threading.Lock = field(default_factory=threading.Lock)  # one merge into it at a time
     merged_tip: str | None = None
     generated: bool = False            # its first answer is committed
     pending_comment: str | None = None  # a Mother's comment not answered yet (resume)
@@ -216,6 +217,7 @@ class Organizer:
         root = self._begin(target, self.repo.head())
         self.repo.lock_run(self.run_id)
         try:
+            start_runner()
             self._set(root, "thinking")
             # The first answer comes before any write: a failing endpoint leaves no trace.
             step, plan = root.agent.generate(split=self._may_split(root))
@@ -241,6 +243,7 @@ class Organizer:
             # What a killed process left behind: its workspaces and any git lock on its branches.
             self.repo.remove_workspaces(self.run_id)
             self.repo.clear_stale_locks(self.run_id)
+            start_runner()
             root = self._begin(recording.target, recording.base)
             self._restore(root, recording)
             return self._complete(root, lambda: self._continue(root), started)
@@ -366,7 +369,7 @@ class Organizer:
     def _carry_on(self, node: Node) -> None:
         """Children first (in parallel), then merging and the modification phase."""
         if node.children:
-            self._in_parallel(self._continue, [c for c in node.children if not self._merged(c)])
+            self._in_parallel(self._continue_and_merge, [c for c in node.children if not self._merged(c)])
             self._merge_and_test(node)
             self._answer_comments(node, {c.skeleton.name: c.pending_comment
                                          for c in node.children if c.pending_comment})
@@ -527,13 +530,26 @@ class Organizer:
 
     # ---- merging ---------------------------------------------------------------------------
 
+    def _continue_and_merge(self, child: Node) -> None:
+        """A child's work, then its merge as soon as it passes, while its siblings still work:
+        the Mother is left only the merges of the last to finish."""
+        self._continue(child)
+        self._merge_if_passing(child)
+
+    def _merge_if_passing(self, child: Node) -> None:
+        """Merge the child's newest work into its Mother if it passes and is not merged yet."""
+        mother = child.parent
+        assert mother is not None
+        tip = self.repo.branch_sha(child.branch)
+        if child.result.ok and tip is not None and tip != child.merged_tip:
+            with mother.merging:
+                self._accept(mother, child, tip)
+
     def _merge_and_test(self, mother: Node) -> None:
         """Merge every child whose newest work passes and is not merged yet, then test the whole."""
         self._set(mother, "merging")
         for child in mother.children:
-            tip = self.repo.branch_sha(child.branch)
-            if child.result.ok and tip is not None and tip != child.merged_tip:
-                self._accept(mother, child, tip)
+            self._merge_if_passing(child)
         self._sync(mother)
         self._test(mother)
         self._note(self.repo.branch_sha(mother.branch),

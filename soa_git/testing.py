@@ -248,6 +248,12 @@ _runner: _Runner | None = None
 _runner_lock = threading.Lock()
 
 
+def start_runner() -> None:
+    """Start the test runner now, so its warm-up overlaps whatever comes before the first test
+    (the runner also starts by itself at the first test)."""
+    _the_runner()
+
+
 def stop_runner() -> None:
     """Stop the test runner (it also stops by itself when this process exits)."""
     global _runner
