@@ -113,6 +113,9 @@ class Node:
     written: dict[str, str] = field(default_factory=dict)  # its files as last written
     sources: tuple[tuple, str, str] | None = None          # see Organizer._sources
     merging: threading.Lock = field(default_factory=threading.Lock)  # one merge into it at a time
+    # The Mother's commit that wrote her children's skeletons: where every child branches from,
+    # whatever siblings were merged since (they are not the child's to carry).
+    split: str | None = None
     merged_tip: str | None = None
     generated: bool = False            # its first answer is committed
     pending_comment: str | None = None  # a Mother's comment not answered yet (resume)
@@ -318,7 +321,8 @@ class Organizer:
             mother = node.parent
             if mother is not None:
                 self.repo.commit_files(
-                    node.branch, self._files(node), start=self.repo.branch_sha(mother.branch) or self.base,
+                    node.branch, self._files(node),
+                    start=mother.split or self.repo.branch_sha(mother.branch) or self.base,
                     subject=f"skeleton: {node.skeleton.name} from {mother.path}",
                     body="The signature, docstring and unit tests written by the Mother agent.",
                     trailers=self._trailers(node, "generate", Usage()),
@@ -342,6 +346,7 @@ class Organizer:
                 self._commit(node, step, phase="generate", subject=(
                     f"generate: split {node.skeleton.name} into "
                     + ", ".join(c.skeleton.name for c in node.children)), tested=False)
+                node.split = node.held
             else:
                 self._test(node)
                 self._commit(node, step, phase="generate",
