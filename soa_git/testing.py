@@ -1,8 +1,8 @@
 """Run an agent's unit tests (generated code) with pytest in a sandboxed subprocess.
 
-The tests run in the agent's worktree, in their own process group, under resource limits and
+The tests run in the agent's workspace, in their own process group, under resource limits and
 with an environment built from scratch, so no secret reaches generated code. Nothing is written
-into the worktree: the JUnit report, the pytest config and HOME all live in a temporary
+into the workspace: the JUnit report, the pytest config and HOME all live in a temporary
 directory that is removed afterwards.
 """
 
@@ -36,7 +36,7 @@ _TRUNCATED = "[...]"
 # The test runner: one process per soa-git process, started from a sandbox environment with pytest
 # already imported, that forks one child per test run. The child gets its own session (process
 # group), the limits, an environment built from scratch, /dev/null as stdin and the log file as
-# stdout and stderr, then runs pytest in the worktree: what `python -m pytest` would do, without
+# stdout and stderr, then runs pytest in the workspace: what `python -m pytest` would do, without
 # paying for an interpreter and pytest's imports on every run. The runner only forks, reaps and
 # reports exit codes; it never runs generated code itself. The limits are set in the forked child
 # before pytest starts, so they bind pytest and all it starts; Popen(preexec_fn=...) could
@@ -83,6 +83,8 @@ def child(request):
     os.close(wake_r)
     os.close(wake_w)
     os.setsid()
+    # Generated code runs at a lower priority than soa-git and the user's own work.
+    os.nice(10)
     for which, soft, hard in request["limits"]:
         resource.setrlimit(which, (soft, hard))
     null = os.open(os.devnull, os.O_RDONLY)
@@ -354,19 +356,19 @@ class TestResult:
 
 
 def run_tests(
-    worktree: Path,
+    workspace: Path,
     test_files: Sequence[str],
     *,
     python_path: Sequence[Path] = (),
     timeout_s: float = 60.0,
     memory_mb: int = 1024,
 ) -> TestResult:
-    """Run `test_files` (relative to `worktree`) with pytest in a sandbox and parse the result.
+    """Run `test_files` (relative to `workspace`) with pytest in a sandbox and parse the result.
 
-    `python_path` entries are put on PYTHONPATH; the worktree itself is importable because
-    pytest runs as `python -m pytest` with the worktree as cwd.
+    `python_path` entries are put on PYTHONPATH; the workspace itself is importable because
+    pytest runs as `python -m pytest` with the workspace as cwd.
     """
-    worktree = worktree.resolve()
+    workspace = workspace.resolve()
     files = _checked_test_files(test_files)
     with tempfile.TemporaryDirectory(prefix="soa-tests-", ignore_cleanup_errors=True) as tmp:
         scratch = Path(tmp)
@@ -380,8 +382,8 @@ def run_tests(
         env = _sandbox_env(home, python_path)
         # Output goes to a file, not a pipe: a straggler holding a pipe open would
         # otherwise keep us waiting after pytest itself has exited.
-        request = {"cwd": str(worktree), "limits": limits,
-                   "args": _pytest_args(files, xml=xml_path, rootdir=worktree, ini=ini),
+        request = {"cwd": str(workspace), "limits": limits,
+                   "args": _pytest_args(files, xml=xml_path, rootdir=workspace, ini=ini),
                    "log": str(log_path), "env": env,
                    "path": [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]}
         try:
@@ -441,15 +443,15 @@ def _pytest_args(files: Sequence[str], *, xml: Path, rootdir: Path, ini: Path) -
 
 
 def _checked_test_files(test_files: Sequence[str]) -> list[str]:
-    """Relative paths inside the worktree, none of which pytest could read as an option."""
+    """Relative paths inside the workspace, none of which pytest could read as an option."""
     if not test_files:
-        # pytest without paths would collect the whole worktree.
+        # pytest without paths would collect the whole workspace.
         raise ValueError("no test files given")
     files = []
     for name in test_files:
         path = Path(name)
         if path.is_absolute() or ".." in path.parts or name.startswith("-"):
-            raise ValueError(f"test file {name!r} is not a relative path inside the worktree")
+            raise ValueError(f"test file {name!r} is not a relative path inside the workspace")
         files.append(path.as_posix())
     return files
 
@@ -482,7 +484,7 @@ def _limits(timeout_s: float, memory_mb: int) -> list[tuple[int, int, int]]:
         (resource.RLIMIT_AS, memory_mb * 1024 * 1024, memory_mb * 1024 * 1024),
         (resource.RLIMIT_CPU, cpu_s, cpu_s + 1),
         (resource.RLIMIT_FSIZE, FILE_SIZE_LIMIT, FILE_SIZE_LIMIT),
-        # A crash (or SIGXCPU) would otherwise drop a core file into the worktree.
+        # A crash (or SIGXCPU) would otherwise drop a core file into the workspace.
         (resource.RLIMIT_CORE, 0, 0),
     ]
     nproc = _nproc_limit()

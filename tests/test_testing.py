@@ -284,6 +284,17 @@ def test_a_run_reports_the_cpu_its_tests_used(worktree: Path) -> None:
     assert 0 < light.cpu_s < 0.5 <= heavy.cpu_s < 5
 
 
+def test_generated_code_runs_at_a_lower_priority(worktree: Path) -> None:
+    expected = min(19, os.nice(0) + 10)
+    _write(worktree, {"test_nice.py": f"""
+        import os
+
+        def test_nice():
+            assert os.nice(0) == {expected}
+        """})
+    assert _run(worktree, ["test_nice.py"]).ok
+
+
 def test_test_files_must_be_relative_paths_inside_the_worktree(worktree: Path) -> None:
     for bad in ([], ["/etc/passwd"], ["../x.py"], ["-p evil"]):
         with pytest.raises(ValueError):
