@@ -186,10 +186,11 @@ class Organizer:
         self.on_event = on_event
         self.run_id = new_run_id()
         self._test_slots = threading.BoundedSemaphore(settings.jobs)
-        # Agents working at once (each holds a workspace). A Mother gives her slot back while she
-        # waits for her children, so slots never run out; twice `jobs`, so that while some agents
-        # commit and test, others keep all `jobs` model slots busy.
-        self._work_slots = threading.BoundedSemaphore(2 * settings.jobs)
+        # Agents working at once. A Mother gives her slot back while she waits for her children,
+        # so slots never run out. Four times `jobs`: when a round of answers comes back and those
+        # agents test and commit, enough others must already be waiting for the model to keep all
+        # `jobs` model slots busy (an agent waiting for its answer holds no workspace yet).
+        self._work_slots = threading.BoundedSemaphore(4 * settings.jobs)
         self._holds_slot = threading.local()
         self._halt: str | None = None       # why the whole run stops early
         self._lock = threading.Lock()
