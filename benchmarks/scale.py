@@ -104,7 +104,8 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
                     "max_children": shape.max_children, "jobs": jobs,
                     "target": scale_shape.TARGET, "function": scale_shape.ROOT_FUNCTION,
                     "profile": profile}
-            proc = subprocess.Popen([sys.executable, "-m", "benchmarks.scale_worker", json.dumps(spec)],
+            proc = subprocess.Popen([sys.executable, "-m", "benchmarks.scale_worker",
+                                     json.dumps(spec)],
                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     start_new_session=True, text=True)
             try:
@@ -112,10 +113,12 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
-                return {**record, "skipped": f"did not finish within the {limit_s:g} s limit "
-                                             f"({responder.calls} of {shape.agents} model calls made)"}
+                return {**record,
+                        "skipped": f"did not finish within the {limit_s:g} s limit "
+                                   f"({responder.calls} of {shape.agents} model calls made)"}
         if proc.returncode != 0:
-            return {**record, "skipped": f"the run failed: {err.strip().splitlines()[-1:] or proc.returncode}"}
+            return {**record, "skipped": "the run failed: "
+                                         f"{err.strip().splitlines()[-1:] or proc.returncode}"}
         result = json.loads(out.strip().splitlines()[-1])
     finally:
         shutil.rmtree(repo.parent, ignore_errors=True)
@@ -130,9 +133,11 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
         "cpu_ms_per_agent": round(1000 * (result["soa_cpu_s"] + result["children_cpu_s"]) / n, 1),
         # Of that, the pytest sessions themselves (each agent's tests in a fresh sandboxed
         # process: pytest's own start-up, collection and the tests) and everything else.
-        "test_sessions_cpu_ms_per_agent": round(1000 * result["seconds"].get("test_sessions_cpu", 0) / n, 1),
-        "machinery_cpu_ms_per_agent": round(1000 * (result["soa_cpu_s"] + result["children_cpu_s"]
-                                                    - result["seconds"].get("test_sessions_cpu", 0)) / n, 1),
+        "test_sessions_cpu_ms_per_agent":
+            round(1000 * result["seconds"].get("test_sessions_cpu", 0) / n, 1),
+        "machinery_cpu_ms_per_agent":
+            round(1000 * (result["soa_cpu_s"] + result["children_cpu_s"]
+                          - result["seconds"].get("test_sessions_cpu", 0)) / n, 1),
         "git_calls_per_agent": round(result["git_calls"] / n, 1),
         "tokens_per_agent": round(result.get("tokens", 0) / n),
         "git_ms_per_agent": round(1000 * result["git_seconds"] / n, 1),
@@ -152,17 +157,20 @@ def _timeline(spans: list[tuple[float, float]], started_at: float, wall: float) 
 
 
 def _line(r: dict) -> str:
-    head = f"files={r['files']:>5} agents={r['agents']:>4} depth={r['depth']} latency={r['latency_s']:g}s"
+    head = (f"files={r['files']:>5} agents={r['agents']:>4} depth={r['depth']} "
+            f"latency={r['latency_s']:g}s")
     if "skipped" in r:
         return f"{head}: skipped: {r['skipped']}"
     return (f"{head}: {r['state']}, wall {r['wall_s']:.2f}s (floor {r['floor_jobs_s']:.0f}s), "
-            f"overhead {r['overhead_ms_per_agent']:.0f} ms/agent (cpu {r['cpu_ms_per_agent']:.0f}: pytest "
-            f"{r['test_sessions_cpu_ms_per_agent']:.0f}, rest {r['machinery_cpu_ms_per_agent']:.0f}), git {r['git_calls_per_agent']:.0f} "
+            f"overhead {r['overhead_ms_per_agent']:.0f} ms/agent (cpu {r['cpu_ms_per_agent']:.0f}: "
+            f"pytest {r['test_sessions_cpu_ms_per_agent']:.0f}, "
+            f"rest {r['machinery_cpu_ms_per_agent']:.0f}), git {r['git_calls_per_agent']:.0f} "
             f"calls/agent, rss {r['peak_rss_mb']:.0f} MB, workspaces {r['peak_workspaces']}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", default="1,10,100,1000")
     parser.add_argument("--depth", default="1-4")
     parser.add_argument("--files", default="10,10000")
@@ -171,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=float, default=300.0, help="seconds per configuration")
     parser.add_argument("--out", default="benchmarks/results/scale.json")
     parser.add_argument("--label", default="", help="a name for this set of results")
-    parser.add_argument("--profile", action="store_true", help="add a cProfile top list (main thread)")
+    parser.add_argument("--profile", action="store_true",
+                        help="add a cProfile top list (main thread)")
     args = parser.parse_args(argv)
 
     configs = configurations(_ints(args.agents), _ints(args.depth), _ints(args.files),
@@ -201,7 +210,8 @@ def _write(out: Path, args: argparse.Namespace, results: list[dict], started: fl
         "command": "python -m benchmarks.scale " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform(),
-                    "git": subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.strip()},
+                    "git": subprocess.run(["git", "--version"], capture_output=True,
+                                          text=True).stdout.strip()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "jobs": args.jobs,
         "limit_s": args.limit,

@@ -31,8 +31,8 @@ def series(results: list[dict]) -> dict[str, list[dict]]:
     for r in results:
         if "skipped" not in r and r["agents"] == 1:
             for key, points in lines.items():
-                if key.startswith(f"{r['files']} files,") and key.endswith(f"latency {r['latency_s']:g}s") \
-                        and r not in points:
+                if key.startswith(f"{r['files']} files,") \
+                        and key.endswith(f"latency {r['latency_s']:g}s") and r not in points:
                     points.append(r)
     return {k: sorted(v, key=lambda r: r["agents"]) for k, v in lines.items()}
 
@@ -91,7 +91,8 @@ def _plain_png(lines: dict[str, list[dict]], path: Path, w: int = 360, h: int = 
         top_y = max(values + [1e-9]) * 1.1
         for n, points in enumerate(lines.values()):
             colour = COLOURS[n % len(COLOURS)]
-            xy = [(left + (right - left) * ((math.log10(p["agents"]) - lo_x) / ((hi_x - lo_x) or 1)),
+            xy = [(left + (right - left) * ((math.log10(p["agents"]) - lo_x)
+                                            / ((hi_x - lo_x) or 1)),
                    bottom - (bottom - top) * max(0.0, p[field]) / top_y)
                   for p in points if p.get(field) is not None]
             for (x0, y0), (x1, y1) in zip(xy, xy[1:]):
@@ -103,9 +104,11 @@ def _plain_png(lines: dict[str, list[dict]], path: Path, w: int = 360, h: int = 
     raw = b"".join(b"\x00" + bytes(pixels[y * width * 3:(y + 1) * width * 3]) for y in range(h))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
 
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, h, 8, 2, 0, 0, 0))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, h, 8, 2, 0, 0, 0))
                      + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
 

@@ -110,7 +110,8 @@ def answer(shape: Shape, task: str, path: str) -> str:
         tests = "\n\n".join(f"def test_{k}():\n    assert {k}(0) == {shape.leaves[f'{path}.{k}']}\n"
                             for k in kids)
         return (f"Split into {len(kids)} helpers.\n\n```python\n"
-                f"def {name}(x: int) -> int:\n    return {body}\n\n\n{helpers}\n\n{tests}{own_test}```\n")
+                f"def {name}(x: int) -> int:\n    return {body}\n\n\n"
+                f"{helpers}\n\n{tests}{own_test}```\n")
     return f"Direct.\n\n```python\ndef {name}(x: int) -> int:\n    return x + 1\n{own_test}```\n"
 
 

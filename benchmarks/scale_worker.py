@@ -5,8 +5,8 @@ a prepared repository against a model server that the parent process runs, and p
 object: wall time, the run's summary, peak memory, and where the time went. The breakdown comes
 from wrapping soa-git's own seams, so it counts what soa-git does, not what the model does:
 every git subprocess (`GitRepo._execute`, by subcommand), object reads and writes in process,
-workspaces filled and synced, the test harness (`run_tests`), commits, merges and notes. Those are thread-seconds: with parallel agents they add up to more than
-the wall time.
+workspaces filled and synced, the test harness (`run_tests`), commits, merges and notes. Those
+are thread-seconds: with parallel agents they add up to more than the wall time.
 """
 
 from __future__ import annotations

@@ -124,7 +124,8 @@ def parse_plan(text: str, function: str, *, max_children: int, require_tests: bo
     if require_tests and function not in by_owner:
         missing.insert(0, function)
     if missing:
-        raise AnswerError("write unit tests (`def test_...`) for " + ", ".join(f"`{n}`" for n in missing))
+        raise AnswerError("write unit tests (`def test_...`) for "
+                          + ", ".join(f"`{n}`" for n in missing))
     extra = tuple(f.source for f in helpers if not f.is_skeleton) + tuple(
         s for s in parts.other if not s.startswith("if __name__"))
     return Plan(imports=tuple(parts.imports), function=own[-1], extra=extra, children=children,
@@ -178,7 +179,8 @@ class Agent:
 
     def _ask(self, task: str, user: str, parse):
         """Ask, and re-ask with the parse error while the answer is unusable."""
-        messages = [{"role": "system", "content": prompt("system")}, {"role": "user", "content": user}]
+        messages = [{"role": "system", "content": prompt("system")},
+                    {"role": "user", "content": user}]
         usage = Usage()
         tries = 0
         while True:
@@ -204,17 +206,20 @@ class Agent:
 
         An agent whose Mother gave it no tests (the root) must write its own.
         """
-        shown = ("\nIts unit tests:\n\n```python\n" + "\n\n".join(tests) + "\n```\n") if tests else ""
+        shown = (("\nIts unit tests:\n\n```python\n" + "\n\n".join(tests) + "\n```\n") if tests
+                 else "")
         values = dict(agent=self.path, function=self.function, callees=self._callees_text(),
                       skeleton=pycode.skeleton_text(self.skeleton), tests=shown)
         if split:
             own_tests = ("at least two for `" + self.function + "`") if not tests else \
                 "more for `" + self.function + "` only if its tests above miss a case"
-            user = prompt("decompose", max_children=self.max_children, own_tests=own_tests, **values)
+            user = prompt("decompose", max_children=self.max_children, own_tests=own_tests,
+                          **values)
             limit = self.max_children
         else:
-            write = "" if tests else (" After it, in the same block, write at least three unit tests"
-                                      f" as plain pytest functions `def test_...():` calling `{self.function}`.")
+            write = "" if tests else (" After it, in the same block, write at least three unit"
+                                      " tests as plain pytest functions `def test_...():` calling"
+                                      f" `{self.function}`.")
             user = prompt("implement", write_tests=write, **values)
             limit = 0
         return self._ask("decompose" if split else "implement", user, lambda text: parse_plan(
@@ -229,7 +234,8 @@ class Agent:
         self.memory.append(f"tests {tests}; you reflected: {reflection[:300]}"
                            + (f"; you commented {comments}" if comments else ""))
 
-    def repair(self, code: str, result: TestResult, *, comment: str | None = None) -> tuple[Step, Plan]:
+    def repair(self, code: str, result: TestResult, *,
+               comment: str | None = None) -> tuple[Step, Plan]:
         shown = f"\nYour Mother agent asks for this change:\n\n{comment}\n" if comment else ""
         user = prompt("repair", agent=self.path, function=self.function, code=code,
                       summary=result.summary(), feedback=result.feedback(), comment=shown,

@@ -49,11 +49,12 @@ def error_boundary(command: Callable) -> Callable:
             raise
         except KeyboardInterrupt:
             raise click.ClickException("interrupted") from None
-        except Exception as exc:  # noqa: BLE001 - the boundary exists to catch what we did not foresee
+        except Exception as exc:  # noqa: BLE001 - the boundary catches what we did not foresee
             with tempfile.NamedTemporaryFile("w", prefix="soa-git-error-", suffix=".log",
                                              delete=False) as log:
                 traceback.print_exc(file=log)
-            raise click.ClickException(f"internal error: {exc!r} (traceback in {log.name})") from None
+            raise click.ClickException(f"internal error: {exc!r} "
+                                       f"(traceback in {log.name})") from None
 
     return wrapper
 
@@ -117,9 +118,12 @@ def _print(as_json: bool, data: Callable[[], dict], lines: Callable[[], list[str
 def model_options(command: Callable) -> Callable:
     options = [
         click.option("--model", help="Model name, e.g. gpt-4o-mini."),
-        click.option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1."),
+        click.option("--base-url",
+                     help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1."),
         click.option("--api-key-env", help="Name of the environment variable that holds the key."),
-        click.option("--max-depth", type=int, help="Levels in the agent tree (1: a single agent; 2: a Mother over Children)."),
+        click.option("--max-depth", type=int,
+                     help="Levels in the agent tree (1: a single agent; "
+                          "2: a Mother over Children)."),
         click.option("--max-children", type=int, help="Most sub-functions one Mother may spawn."),
         click.option("--repair-rounds", type=int, help="Repair rounds per agent."),
         click.option("--jobs", "-j", type=int, help="Agents working (model calls, tests) at once."),
@@ -219,7 +223,8 @@ def clean(run_id: str | None, all_runs: bool, dry_run: bool, as_json: bool) -> N
     plan = clean_command(run_id, cwd=Path.cwd(), all_runs=all_runs, dry_run=dry_run)
     _print(as_json, lambda: report.clean_json(plan), lambda: report.clean_lines(plan))
     if plan.kept:
-        raise click.ClickException("kept " + "; ".join(f"run {run}: {why}" for run, why in plan.kept))
+        raise click.ClickException("kept " + "; ".join(f"run {run}: {why}"
+                                                       for run, why in plan.kept))
 
 
 # ---- reviewing runs: read back from git alone ---------------------------------------------

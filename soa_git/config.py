@@ -119,7 +119,8 @@ def env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
     for f in fields(Settings):
         for var in (*ENV_ALIASES.get(f.name, ()), f"SOA_GIT_{f.name.upper()}"):
             if environ.get(var):
-                found[f.name] = _coerce(f.name, f"environment variable {var} ({f.name})", environ[var])
+                found[f.name] = _coerce(f.name, f"environment variable {var} ({f.name})",
+                                        environ[var])
     return found
 
 

@@ -124,7 +124,8 @@ class ObjectStore:
                                  lambda tree: len(tree) + 1)
 
     def blob(self, sha: str) -> bytes:
-        return self._blobs.fetch(sha, lambda: self._read_a("blob", sha), lambda data: len(data) + 64)
+        return self._blobs.fetch(sha, lambda: self._read_a("blob", sha),
+                                 lambda data: len(data) + 64)
 
     def commit_tree(self, sha: str) -> str:
         """The tree of commit `sha`."""
@@ -203,7 +204,8 @@ class ObjectStore:
             # place. Objects are named by their content, so a rename over the same object
             # written meanwhile replaces it with identical bytes.
             scratch = os.path.join(folder, f"tmp_obj_{os.getpid()}_{next(self._scratch_names)}")
-            with os.fdopen(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444), "wb") as f:
+            with os.fdopen(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444),
+                           "wb") as f:
                 f.write(zlib.compress(raw, 1))
             os.replace(scratch, path)
         self._written.add(sha)
@@ -217,7 +219,8 @@ class ObjectStore:
     def write_tree(self, entries: Tree) -> str:
         # git orders entries by name, a folder's name as if it ended in "/".
         order = sorted(entries, key=lambda n: n + "/" if entries[n].is_tree else n)
-        data = b"".join(f"{entries[n].mode} {n}".encode("utf-8") + b"\0" + bytes.fromhex(entries[n].sha)
+        data = b"".join(f"{entries[n].mode} {n}".encode("utf-8") + b"\0"
+                        + bytes.fromhex(entries[n].sha)
                         for n in order)
         sha = self.write("tree", data)
         self._trees.put(sha, dict(entries), len(entries) + 1)

@@ -643,16 +643,16 @@ class GitRepo:
         status = self.user_status()
         changed = sorted(path for code, path in status if code != "??")
         if changed:
-            raise RepositoryError(f"your working tree has uncommitted changes ({self._few(changed)}); "
-                                  "commit or stash them first")
+            raise RepositoryError("your working tree has uncommitted changes "
+                                  f"({self._few(changed)}); commit or stash them first")
         # git would refuse to overwrite an untracked file, but silently overwrites an ignored one.
         tracked = set(_split_z(self._git("ls-tree", "-r", "-z", "--name-only", ours, "--",
                                          *sorted(incoming)).out))
         blocking = sorted(path for path in incoming - tracked
                           if os.path.lexists(self.root / path))
         if blocking:
-            raise RepositoryError(f"the untracked {self._few(blocking)} would be overwritten by the "
-                                  "merge; move or remove them first")
+            raise RepositoryError(f"the untracked {self._few(blocking)} would be overwritten "
+                                  "by the merge; move or remove them first")
         squash_msg = self._own_git_dir / "SQUASH_MSG"
         had_squash_msg = squash_msg.exists()
         mode = ("--squash",) if squash else ("--no-ff", "--no-commit")
@@ -908,7 +908,8 @@ class GitRepo:
         refspecs = list(refspecs)
         if any(not spec or spec.startswith(("-", "+")) for spec in refspecs):
             raise ValueError(f"refspecs {refspecs!r} must not force or look like options")
-        r = self._git("push", "--porcelain", _rev(remote), *refspecs, env=self._NO_PROMPT, check=False)
+        r = self._git("push", "--porcelain", _rev(remote), *refspecs, env=self._NO_PROMPT,
+                      check=False)
         outcomes = []
         for line in os.fsdecode(r.out).splitlines():
             parts = line.split("\t")
@@ -943,14 +944,16 @@ class GitRepo:
                 names.add(name)
         return names
 
-    def import_lines(self, rev: str, folders: Iterable[str], files: Iterable[str] = ()) -> list[str]:
+    def import_lines(self, rev: str, folders: Iterable[str],
+                     files: Iterable[str] = ()) -> list[str]:
         """Every line that starts an import (`import x`, `from x import y`) in the Python files
         under `folders` and in `files`, at `rev`: one `git grep`."""
         specs = [f":(glob){_posix(f).strip('/')}/**/*.py" for f in folders if f.strip("/")]
         specs += [f":(literal){_posix(f)}" for f in files]
         if not specs:
             return []
-        r = self._git("grep", "-h", "-I", "--no-color", "-E", r"^[[:space:]]*(from|import)[[:space:]]",
+        r = self._git("grep", "-h", "-I", "--no-color", "-E",
+                      r"^[[:space:]]*(from|import)[[:space:]]",
                       _rev(rev), "--", *specs, check=False)
         return os.fsdecode(r.out).splitlines() if r.status == 0 else []
 
@@ -1177,7 +1180,8 @@ class GitRepo:
             else:
                 lines.append(f"update {ref} {new} {old}")
         r = self._git("update-ref", "-m", reflog, "--stdin",
-                      stdin="".join(f"{line}\n" for line in lines).encode(), check=False, retry=True)
+                      stdin="".join(f"{line}\n" for line in lines).encode(), check=False,
+                      retry=True)
         with self._tips_lock:
             for ref, new, _ in updates:
                 if r.status == 0 and new:
@@ -1266,7 +1270,8 @@ class GitRepo:
                 for write in batch:
                     write.done = True
                 return
-            raise RepositoryError(f"could not write notes: other processes kept updating {NOTES_REF}")
+            raise RepositoryError("could not write notes: other processes kept updating "
+                                  f"{NOTES_REF}")
         except Exception as exc:
             for write in batch:
                 if not write.done:
@@ -1285,9 +1290,11 @@ class GitRepo:
             if key not in texts:
                 texts[key] = self._note_text(tree, path) if path else ""
             texts[key] = write.compose(texts[key])
-        new_tree = self._store.edit(tree, {key: Entry(FILE_MODE, self._store.write_blob(text.encode()))
+        new_tree = self._store.edit(tree, {key: Entry(FILE_MODE,
+                                                      self._store.write_blob(text.encode()))
                                            for key, text in texts.items()})
-        return self._write_commit(new_tree, (old,) if old else (), "Notes added by soa-git\n", SOA_GIT)
+        return self._write_commit(new_tree, (old,) if old else (), "Notes added by soa-git\n",
+                                  SOA_GIT)
 
     def _note_text(self, tree: str, path: str) -> str:
         entry = self._store.lookup(tree, path)

@@ -73,7 +73,8 @@ def module_source(agent_path: str, skeleton: pycode.Function, body: str, imports
     return pycode.replace_body(text, skeleton.name, body) if body else text
 
 
-def test_source(function: str, files: AgentFiles, tests: Iterable[str], imports: Iterable[str]) -> str:
+def test_source(function: str, files: AgentFiles, tests: Iterable[str],
+                imports: Iterable[str]) -> str:
     header = f'"""Unit tests of `{function}`, kept by soa-git."""\n'
     lines = _ordered_imports([*imports, f"from {files.import_name} import {function}"])
     return header + "\n".join(lines) + "\n\n\n" + "\n\n\n".join(t.strip("\n") for t in tests) + "\n"

@@ -186,7 +186,8 @@ class ReplayModel:
 
 
 def _exchanges(records: Sequence[Mapping[str, Any]]) -> list[_Recorded]:
-    """Every (request, answer) pair of an agent's steps; a step's usage goes with its last answer."""
+    """Every (request, answer) pair of an agent's steps; a step's usage goes with its last
+    answer."""
     exchanges = []
     for number, record in enumerate(records, start=1):
         messages = [dict(m) for m in record["messages"]]
@@ -274,7 +275,8 @@ class OpenAIChat:
                 failure = exc
                 # A refused connection means nothing listens there; one retry covers a dropped
                 # connection, and more would only delay the answer by seconds.
-                if attempt >= CONNECTION_ATTEMPTS - 1 and not isinstance(exc, openai.APITimeoutError):
+                if (attempt >= CONNECTION_ATTEMPTS - 1
+                        and not isinstance(exc, openai.APITimeoutError)):
                     break
             except json.JSONDecodeError:
                 raise ModelError(self._not_a_completion()) from None

@@ -226,7 +226,8 @@ class Organizer:
             # The first answer comes before any write: a failing endpoint leaves no trace.
             step, plan = root.agent.generate(split=self._may_split(root))
             self.repo.start_branch(root.branch, self.base, author=self._author(root),
-                                   subject=f"start: run {self.run_id} on {target.file}::{target.function}",
+                                   subject=f"start: run {self.run_id} on "
+                                           f"{target.file}::{target.function}",
                                    trailers=self._trailers(root, "start", Usage()),
                                    note=json.dumps({"agent": root.path, "task": "start",
                                                     "settings": self._recorded_settings()}))
@@ -262,14 +263,16 @@ class Organizer:
         self.target_ = target
         self.base = base
         self.original = self.repo.read_file(base, target.file) or ""
-        root = self._node(target.function, pycode.find_function(self.original, target.function), None)
+        root = self._node(target.function, pycode.find_function(self.original, target.function),
+                          None)
         self.checkout = self._checkout_folders(root.files.import_root)
         return root
 
     def _checkout_folders(self, import_root: str) -> list[str]:
-        """The folders an agent's workspace holds (the root's own files always, as in git's cone mode):
-        the target's top package (where every agent's module lives), the agents' tests, and
-        every folder of the import root that code in those imports, followed to a fixed point.
+        """The folders an agent's workspace holds (the root's own files always, as in git's
+        cone mode): the target's top package (where every agent's module lives), the agents'
+        tests, and every folder of the import root that code in those imports, followed to a
+        fixed point.
 
         A full checkout of a large repository per agent costs more than all else an agent does;
         the tests of generated code need only what the code under test can import.
@@ -292,7 +295,8 @@ class Organizer:
                 match = _IMPORTED.match(line)
                 if match:
                     names = [match[1]] if match[1] else [part.split()[0].split(".")[0]
-                                                         for part in match[2].split(",") if part.split()]
+                                                         for part in match[2].split(",")
+                                                         if part.split()]
                     found |= {n for n in names if n in available}
             files = []
             folders |= {str(root / name) if import_root else name for name in found}
@@ -307,7 +311,8 @@ class Organizer:
         return self._finish(root, time.monotonic() - started)
 
     def _finish(self, root: Node, seconds: float) -> RunSummary:
-        """The end record on the root's tip is how history tells a finished run from a killed one."""
+        """The end record on the root's tip is how history tells a finished run from a killed
+        one."""
         summary = self._summary(root, seconds)
         self._note(self.repo.branch_sha(root.branch), {
             "agent": root.path, "task": "end", "state": summary.state, "message": summary.message,
@@ -375,7 +380,8 @@ class Organizer:
     def _carry_on(self, node: Node) -> None:
         """Children first (in parallel), then merging and the modification phase."""
         if node.children:
-            self._in_parallel(self._continue_and_merge, [c for c in node.children if not self._merged(c)])
+            self._in_parallel(self._continue_and_merge,
+                              [c for c in node.children if not self._merged(c)])
             self._merge_and_test(node)
             self._answer_comments(node, {c.skeleton.name: c.pending_comment
                                          for c in node.children if c.pending_comment})
@@ -445,18 +451,21 @@ class Organizer:
             task = record["task"]
             sent: dict[str, str] = {}
             if task in ("decompose", "implement"):
-                self._adopt_plan(node, parse_plan(answer, node.skeleton.name, require_tests=False,
-                                                  max_children=sys.maxsize if task == "decompose" else 0))
+                self._adopt_plan(node, parse_plan(
+                    answer, node.skeleton.name, require_tests=False,
+                    max_children=sys.maxsize if task == "decompose" else 0))
             elif task == "repair":
                 self._adopt(node, parse_plan(answer, node.skeleton.name, max_children=0,
                                              require_tests=False), adopt_tests=False)
             elif task == "revise":
-                revision = parse_revision(answer, node.skeleton.name, {c.skeleton.name for c in node.children})
+                revision = parse_revision(answer, node.skeleton.name,
+                                          {c.skeleton.name for c in node.children})
                 sent = revision.comments
                 if revision.plan:
                     self._adopt(node, revision.plan, adopt_tests=False)
                 for child in node.children:
-                    child.pending_comment = revision.comments.get(child.skeleton.name, child.pending_comment)
+                    child.pending_comment = revision.comments.get(child.skeleton.name,
+                                                                  child.pending_comment)
             if node.pending_comment and record.get("comment") == node.pending_comment:
                 node.pending_comment = None
             node.rounds = int(record.get("round", node.rounds))
@@ -476,7 +485,8 @@ class Organizer:
 
         A Mother's comment opens a new series of rounds, even for an agent whose tests pass.
         """
-        limit = node.rounds + self.settings.repair_rounds if comment else self.settings.repair_rounds
+        limit = (node.rounds + self.settings.repair_rounds if comment
+                 else self.settings.repair_rounds)
         while node.rounds < limit:
             if (node.result.ok and comment is None) or self._halted(node):
                 return
@@ -503,7 +513,8 @@ class Organizer:
                 return
             self._set(node, "revising")
             statuses = tuple(ChildStatus(c.skeleton.name, pycode.skeleton_text(c.skeleton),
-                                         c.result.summary() if c.merged_tip else f"{c.state}: {c.result.summary()}")
+                                         c.result.summary() if c.merged_tip
+                                         else f"{c.state}: {c.result.summary()}")
                              for c in node.children)
             try:
                 step, revision = node.agent.revise(self._code(node), node.result, statuses)
@@ -568,7 +579,8 @@ class Organizer:
             return self.repo.merge(
                 mother.branch, child.branch, author=self._author(mother),
                 subject=f"merge: accept {child.skeleton.name} into {mother.skeleton.name}",
-                trailers={**self._trailers(mother, "merge", Usage()), "Soa-Tests": child.result.summary()},
+                trailers={**self._trailers(mother, "merge", Usage()),
+                          "Soa-Tests": child.result.summary()},
                 note=json.dumps({"agent": mother.path, "task": "merge", "child": child.path,
                                  "child_tip": tip, "tests": child.result.summary()}))
 
@@ -576,7 +588,8 @@ class Organizer:
             merge(tip)
         except MergeConflict as conflict:
             with self._workspace(child):
-                self.repo.catch_up(child.branch, mother.branch, (child.files.module, child.files.tests),
+                self.repo.catch_up(child.branch, mother.branch,
+                                   (child.files.module, child.files.tests),
                                    subject=f"modify: redo {child.skeleton.name} on the new base "
                                            f"of {mother.skeleton.name}",
                                    trailers=self._trailers(child, "modify", Usage()),
@@ -586,7 +599,8 @@ class Organizer:
             tip = self.repo.branch_sha(child.branch)
             self._note(tip, {"agent": child.path, "task": "test", "tests": child.result.summary()})
             if not child.result.ok:
-                child.error = f"{conflict}; on the new base its tests fail ({child.result.summary()})"
+                child.error = (f"{conflict}; on the new base its tests fail "
+                               f"({child.result.summary()})")
                 self._set(child, "failed")
                 return
             merge(tip)
@@ -764,9 +778,10 @@ class Organizer:
 
     def _view(self, node: Node) -> AgentView:
         source = self._code(node) if node.body else ""
-        return AgentView(run=self.run_id, path=node.path, role=node.role, function=node.skeleton.name,
-                         file=node.files.module, test_file=node.files.tests, branch=node.branch,
-                         state=node.state, tests=node.result.summary(), passed=node.result.passed,
+        return AgentView(run=self.run_id, path=node.path, role=node.role,
+                         function=node.skeleton.name, file=node.files.module,
+                         test_file=node.files.tests, branch=node.branch, state=node.state,
+                         tests=node.result.summary(), passed=node.result.passed,
                          rounds=node.rounds, lines=code_lines(source),
                          tokens=self.ledger.for_agent(node.path).total, error=node.error)
 
@@ -777,9 +792,11 @@ class Organizer:
         elif root.result.ok:
             state, message = "done", f"all tests pass; review the branch {root.branch}"
         else:
-            state, message = "failed", f"{root.skeleton.name} still fails its tests ({root.result.summary()})"
+            state, message = "failed", (f"{root.skeleton.name} still fails its tests "
+                                        f"({root.result.summary()})")
         return RunSummary(run=self.run_id, target=self.target_, branch=root.branch, base=self.base,
                           state=state, message=message, agents=views,
-                          depth=1 + max(n.depth for n in self.nodes), lines=sum(v.lines for v in views),
+                          depth=1 + max(n.depth for n in self.nodes),
+                          lines=sum(v.lines for v in views),
                           tests_passed=sum(v.passed for v in views), usage=self.ledger.total,
                           seconds=seconds)

@@ -334,7 +334,8 @@ def _markdown(rep: RunReport, *, attempts: bool) -> list[str]:
     run = rep.run
     lines_of_code = sum(a.lines for a in run.agents)
     out = [f"<!-- soa-git report {run.run} -->",
-           f"### soa-git run `{run.run}`: {_MARK.get(run.state, '')} {run.state}".replace("  ", " "),
+           (f"### soa-git run `{run.run}`: "
+            f"{_MARK.get(run.state, '')} {run.state}").replace("  ", " "),
            "", _md_text(run.message), "",
            f"**target** `{run.target or '?'}` · **from** `{run.base[:7] or '?'}` · "
            f"**result** `{run.branch}`",

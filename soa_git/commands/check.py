@@ -34,7 +34,8 @@ _MARKER_DOC = re.compile(r"^\s*soa-git:\s*fill\s*$", re.MULTILINE)
 _TEST_HEADER = re.compile(r'\A\s*"""Unit tests of `(\w+)`, kept by soa-git\.')
 _IMPORT = re.compile(r"^from\s+([\w.]+)\s+import\s+([\w, ]+)$", re.MULTILINE)
 # Directories never searched for an agent's module.
-_SKIP_DIRS = {".git", ".hg", ".tox", ".venv", "venv", "node_modules", "__pycache__", "build", "dist"}
+_SKIP_DIRS = {".git", ".hg", ".tox", ".venv", "venv", "node_modules", "__pycache__", "build",
+              "dist"}
 _MESSAGE_LIMIT = 160
 
 

@@ -44,7 +44,8 @@ class CleanPlan:
         return not (self.runs or self.orphan_notes or self.pending_refs)
 
 
-def clean(run: str | None, *, cwd: Path, all_runs: bool = False, dry_run: bool = False) -> CleanPlan:
+def clean(run: str | None, *, cwd: Path, all_runs: bool = False,
+          dry_run: bool = False) -> CleanPlan:
     if (run is None) == (not all_runs):
         raise ValueError("give exactly one of a run id and all_runs")
     repo = GitRepo.open(cwd)
@@ -124,7 +125,8 @@ def _plan(repo: GitRepo, run: str, going) -> RunPlan:
 
 
 def _remove_run(repo: GitRepo, run: str) -> RunPlan:
-    """Workspaces, then notes, then branches (so a killed clean never strands a note), then the lock."""
+    """Workspaces, then notes, then branches (so a killed clean never strands a note), then
+    the lock."""
     _refuse_live(repo, run)
     had_lock = repo.run_lock_file(run)
     repo.lock_run(run)

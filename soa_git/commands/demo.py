@@ -37,7 +37,8 @@ def demo(directory: Path | None, on_event: Callable[[AgentView], None] = lambda 
     GitRepo.create(target, "the pipeline sample, with three skeletons")
     script = Script.from_json(json.loads((SAMPLES / f"{SAMPLE}.scripted-model.json").read_text()))
     with ScriptedServer(script) as server:
-        flags = {"base_url": server.base_url, "model": "scripted", "api_key_env": "SOA_GIT_DEMO_KEY"}
+        flags = {"base_url": server.base_url, "model": "scripted",
+                 "api_key_env": "SOA_GIT_DEMO_KEY"}
         environ = {"SOA_GIT_DEMO_KEY": "scripted-no-key"}
         summaries = [summary for path in TARGETS
                      for summary in run(path, cwd=target, flags=flags, on_event=on_event,

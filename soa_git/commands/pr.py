@@ -41,7 +41,8 @@ def pr(report: RunReport, *, cwd: Path, body: str | Callable[[RunReport], str],
                           "requests")
     github = GitHub(token, environ.get(API_URL_ENV) or DEFAULT_API_URL)
     text = body(report) if callable(body) else body
-    return github.upsert_pull(owner, name, title=f"soa-git: {run.target or run.root} (run {run.run})",
+    return github.upsert_pull(owner, name,
+                              title=f"soa-git: {run.target or run.root} (run {run.run})",
                               branch=run.branch, base=base, body=text)
 
 

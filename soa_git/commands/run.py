@@ -20,7 +20,8 @@ def split_target(spec: str) -> tuple[str, str | None]:
     """`path.py::func` -> (path, func); `path.py` -> (path, None)."""
     path, _, function = spec.partition("::")
     if not path.endswith(".py"):
-        raise TargetError(f"{path} is not a Python file (expected path/to/file.py or file.py::function)")
+        raise TargetError(f"{path} is not a Python file "
+                          "(expected path/to/file.py or file.py::function)")
     return path, function or None
 
 
