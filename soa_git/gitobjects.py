@@ -15,6 +15,7 @@ import itertools
 import os
 import subprocess
 import threading
+import weakref
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ class _Cache:
 
 
 class ObjectStore:
-    """The objects of one repository. Safe for many threads; `close` ends the reader."""
+    """The objects of one repository. Safe for many threads."""
 
     def __init__(self, objects_dir: Path, command: list[str], env: Mapping[str, str],
                  object_format: str = "sha1") -> None:
@@ -283,24 +284,27 @@ class ObjectStore:
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
             except FileNotFoundError:
                 raise RepositoryError("git is not installed or not on PATH") from None
+            # The reader ends with this store: a process that opens many repositories (tests,
+            # a bot) does not keep one `cat-file` per repository it ever read.
+            weakref.finalize(self, _end, self._reader)
         return self._reader
 
     def _stop_reader(self) -> None:
         reader, self._reader = self._reader, None
         if reader is not None:
-            if reader.stdin is not None:
-                try:
-                    reader.stdin.close()
-                except OSError:
-                    pass
-            reader.kill()
-            reader.wait()
-            if reader.stdout is not None:
-                reader.stdout.close()
+            _end(reader)
 
-    def close(self) -> None:
-        with self._read_lock:
-            self._stop_reader()
+
+def _end(reader: subprocess.Popen) -> None:
+    if reader.stdin is not None:
+        try:
+            reader.stdin.close()
+        except OSError:
+            pass
+    reader.kill()
+    reader.wait()
+    if reader.stdout is not None:
+        reader.stdout.close()
 
 
 class Selection:

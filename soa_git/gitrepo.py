@@ -1130,11 +1130,6 @@ class GitRepo:
                                             object_format=str(object_format).lower())
             return self._objects
 
-    def close(self) -> None:
-        """End the object reader (it also ends with this process)."""
-        if self._objects is not None:
-            self._objects.close()
-
     def _head_sha(self) -> str | None:
         r = self._git("rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
         return r.text if r.status == 0 else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -202,8 +203,8 @@ def test_create_list_and_delete_branches(repo: GitRepo, repo_path: Path) -> None
 # ---- workspaces and commits ---------------------------------------------------------------
 
 
-def test_a_workspace_holds_the_cone_of_its_folders_and_follows_the_branch(repo: GitRepo,
-                                                                         repo_path: Path) -> None:
+def test_a_workspace_holds_the_cone_of_its_folders_and_follows_the_branch(
+        repo: GitRepo, repo_path: Path) -> None:
     (repo_path / "README.md").write_text("top\n")
     (repo_path / "docs/deep").mkdir(parents=True)
     (repo_path / "docs/guide.md").write_text("guide\n")
@@ -565,3 +566,26 @@ def test_parallel_agents_commit_note_and_merge_without_corruption(repo: GitRepo,
     assert git(repo_path, "worktree", "list", "--porcelain").count("worktree ") == 1
     assert git(repo_path, "for-each-ref", "refs/notes/").count("\n") == 1
     assert user_state(repo_path) == before
+
+
+def test_the_object_reader_ends_with_its_repository(repo_path: Path) -> None:
+    def readers() -> int:
+        mine = str(os.getpid())
+        count = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                cmdline = (stat.parent / "cmdline").read_bytes()
+            except OSError:
+                continue
+            count += fields[1] == mine and b"cat-file\0--batch" in cmdline
+        return count
+
+    before = readers()
+    opened = [GitRepo.open(repo_path) for _ in range(3)]
+    for one in opened:
+        one.add_note(one.head(), "read through the object store")
+    assert readers() == before + 3
+    del opened, one
+    gc.collect()
+    assert readers() == before
