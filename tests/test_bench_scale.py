@@ -12,9 +12,6 @@ from pathlib import Path
 import pytest
 
 from benchmarks import scale, scale_shape
-from soa_git.gitrepo import Author, GitRepo
-
-from .conftest import git, make_repo
 
 
 @pytest.mark.parametrize("agents,depth,expected", [
@@ -65,5 +62,3 @@ def test_work_per_agent_does_not_grow_with_the_number_of_agents(tmp_path: Path):
     # A child's prompt does not carry all its siblings' skeletons once there are many: the
     # tokens per agent do not grow with the width of the tree (the root's answer does, once).
     assert large["tokens"] / 30 <= small["tokens"] / 10 * 1.1
-
-
