@@ -929,7 +929,7 @@ class GitRepo:
             raise RepositoryError(f"cannot compare {base} with {rev}: {_reason(r.err)}")
         return r.out.decode("utf-8", errors="replace")
 
-    # ---- what a sparse worktree needs -----------------------------------------------------
+    # ---- what a workspace needs -----------------------------------------------------------
 
     def subfolders(self, rev: str, folder: str) -> set[str]:
         """Names of the folders directly inside `folder` ('' is the root) at `rev`."""
