@@ -581,6 +581,7 @@ def test_the_object_reader_ends_with_its_repository(repo_path: Path) -> None:
             count += fields[1] == mine and b"cat-file\0--batch" in cmdline
         return count
 
+    gc.collect()    # readers of repositories other tests left for the collector
     before = readers()
     opened = [GitRepo.open(repo_path) for _ in range(3)]
     for one in opened:
