@@ -464,31 +464,27 @@ class GitRepo:
         """
         into = self._workspace_path(into)
         wanted = Selection(folders)
-        tree = self._store.commit_tree(self._require_commit(rev) if previous is None else rev)
+        tree = self._store.commit_tree(self._require_commit(rev))
         if previous is None:
             changes: Iterable[tuple[str, Entry | None]] = self._store.files(tree, wanted)
             into.mkdir(parents=True, exist_ok=True)
         else:
-            changes = self._store.changes(self._store.commit_tree(previous), tree, wanted)
+            old = self._store.commit_tree(self._require_commit(previous))
+            changes = self._store.changes(old, tree, wanted)
         made: set[Path] = set()
         for path, entry in changes:
             _check_checkout_path(path)
             target = into / path
-            if entry is None:
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                else:
-                    target.unlink(missing_ok=True)
+            _remove(target)
+            if entry is None or entry.mode == "160000":     # gone, or a submodule: no files
                 continue
             if target.parent not in made:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 made.add(target.parent)
-            if target.is_symlink() or target.exists():
-                target.unlink()
-            data = self._store.blob(entry.sha) if entry.mode != "160000" else b""
+            data = self._store.blob(entry.sha)
             if entry.mode == "120000":
                 os.symlink(os.fsdecode(data), target)
-            elif entry.mode != "160000":
+            else:
                 target.write_bytes(data)
                 if entry.mode == "100755":
                     target.chmod(0o755)
@@ -1422,6 +1418,14 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def _remove(path: Path) -> None:
+    """Whatever is at `path` in a workspace (a file, a link, a folder), if anything."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _check_checkout_path(path: str) -> None:

@@ -233,6 +233,13 @@ def test_a_workspace_holds_the_cone_of_its_folders_and_follows_the_branch(
     assert (ws / "pkg/new/c.py").read_text() == "C = 1\n"
     assert (ws / "pkg/b.py").read_text() == "an edit the branch does not have\n"
 
+    # A folder that becomes a file (and back): the workspace follows.
+    third = commit_file(repo, "soa/r1/solve", "pkg/new", "now a file\n")
+    repo.check_out(third, ["pkg"], ws, previous=second)
+    assert (ws / "pkg/new").read_text() == "now a file\n"
+    repo.check_out(second, ["pkg"], ws, previous=third)
+    assert (ws / "pkg/new/c.py").read_text() == "C = 1\n"
+
     assert repo.run_workspaces("r1") == [repo.workspace("r1", "docs"), ws]
     repo.remove_workspace(ws)
     repo.remove_workspace(ws)   # already gone is fine
