@@ -227,10 +227,13 @@ class ObjectStore:
         self._trees.put(sha, dict(entries), len(entries) + 1)
         return sha
 
-    def edit(self, tree: str, changes: Mapping[str, Entry | None]) -> str:
-        """`tree` with each posix path set to its entry (None removes it): the new tree's id.
-        Only the trees on the changed paths are rewritten."""
-        entries = dict(self.tree(tree))
+    def edit(self, tree: str | None, changes: Mapping[str, Entry | None]) -> str:
+        """`tree` (None: an empty one) with each posix path set to its entry (None removes it):
+        the new tree's id. Only the trees on the changed paths are rewritten."""
+        return self.write_tree(self._edited(tree, changes))
+
+    def _edited(self, tree: str | None, changes: Mapping[str, Entry | None]) -> dict[str, Entry]:
+        entries = dict(self.tree(tree)) if tree else {}
         inner: dict[str, dict[str, Entry | None]] = {}
         for path, entry in changes.items():
             head, _, rest = path.partition("/")
@@ -242,16 +245,13 @@ class ObjectStore:
                 entries[head] = entry
         for name, below in inner.items():
             current = entries.get(name)
-            start = current.sha if current is not None and current.is_tree else self.empty_tree()
-            sub = self.edit(start, below)
-            if self.tree(sub):
-                entries[name] = Entry(TREE_MODE, sub)
+            sub = self._edited(current.sha if current is not None and current.is_tree else None,
+                               below)
+            if sub:
+                entries[name] = Entry(TREE_MODE, self.write_tree(sub))
             else:
                 entries.pop(name, None)     # git has no empty folders
-        return self.write_tree(entries)
-
-    def empty_tree(self) -> str:
-        return self.write_tree({})
+        return entries
 
     def write_commit(self, tree: str, parents: Iterable[str], message: str, *,
                      author: str, committer: str) -> str:

@@ -449,10 +449,7 @@ class GitRepo:
 
     def workspace(self, run: str, agent: str) -> Path:
         """Where agent `agent` of run `run` writes its files and runs its tests (not created)."""
-        for name in (run, agent):
-            if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
-                raise ValueError(f"invalid workspace name {name!r}")
-        return self._workspaces_root / run / agent
+        return self._run_folder(run) / _workspace_name(agent)
 
     def check_out(self, rev: str, folders: Iterable[str], into: Path, *,
                   previous: str | None = None) -> None:
@@ -495,12 +492,15 @@ class GitRepo:
 
     def run_workspaces(self, run: str) -> list[Path]:
         """The run's workspace folders left on disk."""
-        folder = self._workspaces_root / run
+        folder = self._run_folder(run)
         return sorted(folder.iterdir()) if folder.is_dir() else []
 
     def remove_workspaces(self, run: str) -> None:
         """Remove every workspace of `run`, and its folder; none of any other run."""
-        shutil.rmtree(self.workspace(run, "x").parent, ignore_errors=True)
+        shutil.rmtree(self._run_folder(run), ignore_errors=True)
+
+    def _run_folder(self, run: str) -> Path:
+        return self._workspaces_root / _workspace_name(run)
 
     # ---- reading runs -------------------------------------------------------------------
 
@@ -1062,9 +1062,8 @@ class GitRepo:
         notes = self.ref_sha(NOTES_REF)
         if notes is None:
             return None
-        tree = self._store.commit_tree(notes)
-        path = self._note_path(tree, self._require_commit(sha))
-        return self._note_text(tree, path) if path is not None else None
+        found = self._find_note(self._store.commit_tree(notes), self._require_commit(sha))
+        return self._note_text(found[1]) if found else None
 
     # ---- internals ----------------------------------------------------------------------
 
@@ -1222,9 +1221,11 @@ class GitRepo:
                     batch: list[_RefWrite] = []
                     refs: set[str] = set()
                     for write in waiting:
-                        if write.also is None or write.also[0] not in refs:
+                        if write.also is None:
                             batch.append(write)
-                            refs |= {write.also[0]} if write.also else set()
+                        elif write.also[0] not in refs:
+                            batch.append(write)
+                            refs.add(write.also[0])
                     self._write_batch(batch)
                     waiting = [w for w in waiting if not w.done]
         if mine.error is not None:
@@ -1270,16 +1271,16 @@ class GitRepo:
 
     def _notes_commit(self, old: str | None, writes: list[_RefWrite]) -> str:
         """A commit of NOTES_REF after `old` with the notes of `writes` set, in their order."""
-        tree = self._store.commit_tree(old) if old else self._store.empty_tree()
+        tree = self._store.commit_tree(old) if old else None
         texts: dict[str, str] = {}
         for write in writes:
             assert write.target is not None and write.compose is not None
-            path = self._note_path(tree, write.target)
+            found = self._find_note(tree, write.target)
             # A new note goes one folder down (git's own layout for many notes), so no note
             # costs a rewrite of a tree holding every other note.
-            key = path or f"{write.target[:2]}/{write.target[2:]}"
+            key = found[0] if found else f"{write.target[:2]}/{write.target[2:]}"
             if key not in texts:
-                texts[key] = self._note_text(tree, path) if path else ""
+                texts[key] = self._note_text(found[1]) if found else ""
             texts[key] = write.compose(texts[key])
         new_tree = self._store.edit(tree, {key: Entry(FILE_MODE,
                                                       self._store.write_blob(text.encode()))
@@ -1287,20 +1288,18 @@ class GitRepo:
         return self._write_commit(new_tree, (old,) if old else (), "Notes added by soa-git\n",
                                   SOA_GIT)
 
-    def _note_text(self, tree: str, path: str) -> str:
-        entry = self._store.lookup(tree, path)
-        assert entry is not None
+    def _note_text(self, entry: Entry) -> str:
         return self._store.blob(entry.sha).decode("utf-8", errors="replace")
 
-    def _note_path(self, tree: str, target: str) -> str | None:
-        """Where the note of `target` is in a notes tree: at any fanout (`ab/cdef...`,
-        `ab/cd/ef...`), as git reads them; None if it has none."""
+    def _find_note(self, tree: str | None, target: str) -> tuple[str, Entry] | None:
+        """Where the note of `target` is in a notes tree, and its entry: at any fanout
+        (`ab/cdef...`, `ab/cd/ef...`), as git reads them; None if it has none."""
         folder, rest = "", target
-        while rest:
+        while tree and rest:
             entries = self._store.tree(tree)
             entry = entries.get(rest)
             if entry is not None and not entry.is_tree:
-                return folder + rest
+                return folder + rest, entry
             sub = entries.get(rest[:2])
             if sub is None or not sub.is_tree:
                 return None
@@ -1418,6 +1417,13 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def _workspace_name(name: str) -> str:
+    """A run id or agent path as one folder name under .git/soa/work, never a path out of it."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError(f"invalid workspace name {name!r}")
+    return name
 
 
 def _remove(path: Path) -> None:
