@@ -115,6 +115,11 @@ def _print(as_json: bool, data: Callable[[], dict], lines: Callable[[], list[str
     click.echo(json.dumps(data(), indent=2, ensure_ascii=False) if as_json else "\n".join(lines()))
 
 
+def _settings_flags(flags: dict) -> dict:
+    """The settings among a command's options (FLAG_NAMES), for config.resolve."""
+    return {k: flags[k] for k in FLAG_NAMES}
+
+
 def model_options(command: Callable) -> Callable:
     options = [
         click.option("--model", help="Model name, e.g. gpt-4o-mini."),
@@ -153,7 +158,7 @@ def init(hooks: bool, **flags) -> None:
     """Write soa-git's configuration for this repository."""
     if hooks:
         install_hook(Path.cwd(), check_only=True)
-    path, written = init_command(Path.cwd(), {k: flags[k] for k in FLAG_NAMES})
+    path, written = init_command(Path.cwd(), _settings_flags(flags))
     click.echo(f"{'wrote' if written else 'kept the existing'} configuration in {path}")
     if hooks:
         hook, changed = install_hook(Path.cwd())
@@ -168,7 +173,7 @@ def init(hooks: bool, **flags) -> None:
 def run(target: str, as_json: bool, **flags) -> None:
     """Fill TARGET (path/to/file.py::function, or every skeleton in path/to/file.py)."""
     with live_view() as live:
-        summaries = run_command(target, cwd=Path.cwd(), flags={k: flags[k] for k in FLAG_NAMES},
+        summaries = run_command(target, cwd=Path.cwd(), flags=_settings_flags(flags),
                                 on_event=live)
     render(summaries, as_json)
 
@@ -181,7 +186,7 @@ def run(target: str, as_json: bool, **flags) -> None:
 def resume(run_id: str, as_json: bool, **flags) -> None:
     """Continue RUN (killed or stopped) from the last committed step of each agent."""
     with live_view() as live:
-        summary = resume_command(run_id, cwd=Path.cwd(), flags={k: flags[k] for k in FLAG_NAMES},
+        summary = resume_command(run_id, cwd=Path.cwd(), flags=_settings_flags(flags),
                                  on_event=live)
     render([summary], as_json)
 
@@ -361,7 +366,7 @@ def fill(files: tuple[str, ...], as_json: bool, **flags) -> None:
     files), as staged; each result waits on a run branch. Your commit is never changed."""
     with live_view() as live:
         _, summaries = fill_command(list(files) or None, cwd=Path.cwd(),
-                                    flags={k: flags[k] for k in FLAG_NAMES}, on_event=live)
+                                    flags=_settings_flags(flags), on_event=live)
     if not summaries:
         click.echo("[]" if as_json else "no skeleton marked for soa-git (`# soa-git: fill`) "
                    "in the files given; nothing to fill")
