@@ -93,7 +93,7 @@ def instrument(meter: Meter) -> None:
 
     def counted_run_tests(*args, **kwargs):
         result = run_tests(*args, **kwargs)
-        meter.add("test_sessions_cpu", result.cpu_s, 0)
+        meter.add("test_sessions_cpu", result.cpu_s)
         return result
 
     organizer.run_tests = counted_run_tests
