@@ -71,9 +71,11 @@ def instrument(meter: Meter) -> None:
     remove_workspace = gitrepo.GitRepo.remove_workspace
     live: set[Path] = set()
 
-    def counted_check_out(self, rev, folders, into, *, previous=None):
-        key = "workspace_sync" if previous else "workspace_fill"
-        meter.timed(key, check_out)(self, rev, folders, into, previous=previous)
+    def counted_check_out(self, rev, folders, into):
+        # A folder that exists is moved to `rev` (a merge, or another agent's tree); a new
+        # one is filled.
+        key = "workspace_sync" if Path(into).is_dir() else "workspace_fill"
+        meter.timed(key, check_out)(self, rev, folders, into)
         with meter.lock:
             live.add(Path(into))
             meter.peak_workspaces = max(meter.peak_workspaces, len(live))

@@ -40,8 +40,9 @@ from typing import Callable, Iterable, Mapping, NamedTuple
 import git
 
 from . import faults
+from .checkouts import Checkouts
 from .errors import OwnershipError, RepositoryError
-from .gitobjects import FILE_MODE, Entry, ObjectStore, Selection
+from .gitobjects import FILE_MODE, Entry, ObjectStore
 
 TRAILER_KEYS = ("Soa-Run", "Soa-Agent", "Soa-Role", "Soa-Parent", "Soa-Phase", "Soa-Round",
                 "Soa-Tests", "Soa-Model", "Soa-Tokens", "Soa-Target")
@@ -194,6 +195,7 @@ class GitRepo:
         self._tips: dict[str, str] = {}
         self._tips_lock = threading.Lock()
         self._objects: ObjectStore | None = None
+        self._checkouts = Checkouts()
         self._queue: list[_RefWrite] = []
         self._queue_lock = threading.Lock()
 
@@ -447,48 +449,27 @@ class GitRepo:
 
     # ---- workspaces ---------------------------------------------------------------------
 
-    def workspace(self, run: str, agent: str) -> Path:
-        """Where agent `agent` of run `run` writes its files and runs its tests (not created)."""
-        return self._run_folder(run) / _workspace_name(agent)
+    def workspace(self, run: str, name: str) -> Path:
+        """Where workspace `name` of run `run` lives (not created)."""
+        return self._run_folder(run) / _workspace_name(name)
 
-    def check_out(self, rev: str, folders: Iterable[str], into: Path, *,
-                  previous: str | None = None) -> None:
-        """Write the files of `rev` that `folders` select (everything under them, and the files
-        directly in the root and in each folder above them, as a cone-mode sparse checkout
-        would) into the workspace `into`. With `previous`, the revision `into` holds now, only
-        the files that differ are written or removed: moving a workspace to a merge costs what
-        the merge changed, not the size of the checkout.
+    def check_out(self, rev: str, folders: Iterable[str], into: Path) -> None:
+        """Make the workspace `into` hold the files of `rev` that `folders` select (everything
+        under them, and the files directly in the root and in each folder above them, as a
+        cone-mode sparse checkout would), and nothing else.
+
+        A workspace this object filled before moves to `rev` by writing only what differs from
+        what it holds, and repairing whatever was changed in it since (see `checkouts`): moving
+        a workspace to a merge, or handing it to another agent, costs what changed.
         """
-        into = self._workspace_path(into)
-        wanted = Selection(folders)
-        tree = self._store.commit_tree(self._require_commit(rev))
-        if previous is None:
-            changes: Iterable[tuple[str, Entry | None]] = self._store.files(tree, wanted)
-            into.mkdir(parents=True, exist_ok=True)
-        else:
-            old = self._store.commit_tree(self._require_commit(previous))
-            changes = self._store.changes(old, tree, wanted)
-        made: set[Path] = set()
-        for path, entry in changes:
-            _check_checkout_path(path)
-            target = into / path
-            _remove(target)
-            if entry is None or entry.mode == "160000":     # gone, or a submodule: no files
-                continue
-            if target.parent not in made:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                made.add(target.parent)
-            data = self._store.blob(entry.sha)
-            if entry.mode == "120000":
-                os.symlink(os.fsdecode(data), target)
-            else:
-                target.write_bytes(data)
-                if entry.mode == "100755":
-                    target.chmod(0o755)
+        self._checkouts.write(self._store, self._store.commit_tree(self._require_commit(rev)),
+                              folders, self._workspace_path(into))
 
     def remove_workspace(self, path: Path) -> None:
         """Remove one of soa-git's workspaces; one that is already gone is fine."""
-        shutil.rmtree(self._workspace_path(path), ignore_errors=True)
+        path = self._workspace_path(path)
+        shutil.rmtree(path, ignore_errors=True)
+        self._checkouts.forget(path)
 
     def run_workspaces(self, run: str) -> list[Path]:
         """The run's workspace folders left on disk."""
@@ -497,7 +478,9 @@ class GitRepo:
 
     def remove_workspaces(self, run: str) -> None:
         """Remove every workspace of `run`, and its folder; none of any other run."""
-        shutil.rmtree(self._run_folder(run), ignore_errors=True)
+        folder = self._run_folder(run)
+        shutil.rmtree(folder, ignore_errors=True)
+        self._checkouts.forget(folder.resolve())
 
     def _run_folder(self, run: str) -> Path:
         return self._workspaces_root / _workspace_name(run)
@@ -1424,21 +1407,6 @@ def _workspace_name(name: str) -> str:
     if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
         raise ValueError(f"invalid workspace name {name!r}")
     return name
-
-
-def _remove(path: Path) -> None:
-    """Whatever is at `path` in a workspace (a file, a link, a folder), if anything."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _check_checkout_path(path: str) -> None:
-    """git refuses to check such paths out; a tree made by hand could still hold them."""
-    for part in path.split("/"):
-        if part in ("", ".", "..") or part.lower() == ".git":
-            raise RepositoryError(f"refusing to write {path!r}: not a safe path")
 
 
 def _git_time() -> str:

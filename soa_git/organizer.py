@@ -9,6 +9,7 @@ test feedback, Mothers revise their own code and comment on the children they im
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import secrets
@@ -192,6 +193,10 @@ class Organizer:
         # `jobs` model slots busy (an agent waiting for its answer holds no workspace yet).
         self._work_slots = threading.BoundedSemaphore(4 * settings.jobs)
         self._holds_slot = threading.local()
+        # Workspaces given back by agents whose work is done, for the next agent to take.
+        self._spare: list[Path] = []
+        self._spare_lock = threading.Lock()
+        self._workspace_numbers = itertools.count(1)
         self._halt: str | None = None       # why the whole run stops early
         self._lock = threading.Lock()
         self.nodes: list[Node] = []
@@ -722,9 +727,12 @@ class Organizer:
 
     @contextmanager
     def _workspace(self, node: Node) -> Iterator[Path]:
+        """The agent's workspace: a folder another agent gave back (the last one, most likely a
+        sibling's, so little differs), else a new one."""
         if node.workspace is None:
-            path = self.repo.workspace(self.run_id, node.path)
-            self.repo.remove_workspace(path)
+            with self._spare_lock:
+                path = (self._spare.pop() if self._spare
+                        else self.repo.workspace(self.run_id, str(next(self._workspace_numbers))))
             tip = self.repo.branch_sha(node.branch)
             assert tip is not None
             self.repo.check_out(tip, self.checkout, path)
@@ -735,18 +743,20 @@ class Organizer:
         """Bring the workspace to the branch's tip after a merge moved it: only what changed."""
         tip = self.repo.branch_sha(node.branch)
         if node.workspace is not None and tip is not None and tip != node.held:
-            self.repo.check_out(tip, self.checkout, node.workspace, previous=node.held)
+            self.repo.check_out(tip, self.checkout, node.workspace)
             node.held = tip
 
     def _retire(self, node: Node) -> None:
-        """A child whose work is done gives its workspace back (a Mother's comment or a conflict
-        makes a new one): workspaces live only while their agent works, not until the run ends."""
+        """A child whose work is done gives its workspace back for the next agent to take (a
+        Mother's comment or a conflict makes it take one again): a run holds no more workspaces
+        than it has agents working at once."""
         if node.parent is not None:
             self._release(node)
 
     def _release(self, node: Node) -> None:
         if node.workspace is not None:
-            self.repo.remove_workspace(node.workspace)
+            with self._spare_lock:
+                self._spare.append(node.workspace)
             node.workspace = node.held = None
 
     # ---- state and events ------------------------------------------------------------------

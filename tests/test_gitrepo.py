@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -227,17 +228,17 @@ def test_a_workspace_holds_the_cone_of_its_folders_and_follows_the_branch(
                                                               "docs/deep/more.md"}
 
     second = commit_file(repo, "soa/r1/solve", "pkg/new/c.py", "C = 1\n")
-    (ws / "pkg/b.py").write_text("an edit the branch does not have\n")
-    repo.check_out(second, ["pkg"], ws, previous=first)
+    untouched = (ws / "pkg/b.py").stat().st_ino
+    repo.check_out(second, ["pkg"], ws)
     # Only what differs between the two commits is written.
-    assert (ws / "pkg/new/c.py").read_text() == "C = 1\n"
-    assert (ws / "pkg/b.py").read_text() == "an edit the branch does not have\n"
+    assert files_under(ws)["pkg/new/c.py"] == "C = 1\n"
+    assert (ws / "pkg/b.py").stat().st_ino == untouched
 
     # A folder that becomes a file (and back): the workspace follows.
     third = commit_file(repo, "soa/r1/solve", "pkg/new", "now a file\n")
-    repo.check_out(third, ["pkg"], ws, previous=second)
+    repo.check_out(third, ["pkg"], ws)
     assert (ws / "pkg/new").read_text() == "now a file\n"
-    repo.check_out(second, ["pkg"], ws, previous=third)
+    repo.check_out(second, ["pkg"], ws)
     assert (ws / "pkg/new/c.py").read_text() == "C = 1\n"
 
     assert repo.run_workspaces("r1") == [repo.workspace("r1", "docs"), ws]
@@ -248,6 +249,46 @@ def test_a_workspace_holds_the_cone_of_its_folders_and_follows_the_branch(
     assert repo.run_workspaces("r1") == [] and not (repo.git_dir / "soa" / "work" / "r1").exists()
     with pytest.raises(ValueError, match="invalid workspace name"):
         repo.workspace("r1", "../escape")
+
+
+def test_a_workspace_moving_on_repairs_whatever_its_tests_did_to_it(
+        repo: GitRepo, repo_path: Path, tmp_path: Path) -> None:
+    commit_file(repo, "soa/r1/solve", "pkg/sub/c.py", "C = 1\n")
+    first = commit_file(repo, "soa/r1/solve", "pkg/d.py", "D = 4\n")
+    second = commit_file(repo, "soa/r1/solve", "pkg/a.py", "def a():\n    return 2\n")
+    expected_first = {**{k: v for k, v in FILES.items() if k.startswith("pkg/")},
+                      "pkg/sub/c.py": "C = 1\n", "pkg/d.py": "D = 4\n"}
+    expected = {**expected_first, "pkg/a.py": "def a():\n    return 2\n"}
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the workspace's\n")
+    ws = repo.workspace("r1", "1")
+    repo.check_out(first, ["pkg"], ws)
+    assert files_under(ws) == expected_first
+
+    # At once, so its change time may be the one it was written with: a same-size edit.
+    with open(ws / "pkg/b.py", "r+") as f:
+        f.write("X")
+    (ws / "pkg/a.py").write_text("edited by a test\n")
+    (ws / "junk.txt").write_text("a file a test left\n")
+    (ws / "pkg/__pycache__").mkdir()
+    (ws / "pkg/__pycache__/a.cpython.pyc").write_bytes(b"\0")
+    shutil.rmtree(ws / "pkg/sub")
+    (ws / "pkg/sub").write_text("a file where a folder was\n")
+    (ws / "pkg/d.py").unlink()
+    (ws / "pkg/d.py").symlink_to(outside)
+
+    repo.check_out(second, ["pkg"], ws)
+    assert files_under(ws) == expected
+    assert not (ws / "pkg/d.py").is_symlink()
+    assert outside.read_text() == "not the workspace's\n"
+
+    # Handed from one selection to another, a workspace is filled anew.
+    repo.check_out(second, ["docs"], ws)
+    assert files_under(ws) == {}
+    # One removed behind soa-git's back is filled anew too.
+    shutil.rmtree(ws)
+    repo.check_out(second, ["pkg"], ws)
+    assert files_under(ws) == expected
 
 
 def test_commit_writes_trailers_author_and_committer(repo: GitRepo, repo_path: Path) -> None:
@@ -374,7 +415,7 @@ def test_merge_makes_a_two_parent_commit(repo: GitRepo, repo_path: Path) -> None
     assert merged.trailers["Soa-Phase"] == "merge" and merged.trailers["Soa-Tests"] == "3 passed"
     assert git(repo_path, "log", "-1", "--format=%an|%cn", sha).strip() == "solve|soa-git"
     assert repo.read_note(sha) == '{"task": "merge"}'
-    repo.check_out(sha, ["pkg"], ws, previous=mother_tip)
+    repo.check_out(sha, ["pkg"], ws)
     assert (ws / "pkg/parse.py").read_text() == "def parse():\n    return 1\n"
     # Merging again changes nothing: the child's work is already in.
     assert repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="again", trailers={},
