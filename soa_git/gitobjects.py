@@ -95,7 +95,7 @@ class ObjectStore:
         self._read_lock = threading.Lock()
         self._trees = _Cache(_TREE_CACHE_ENTRIES)
         self._blobs = _Cache(_BLOB_CACHE_BYTES)
-        self._commit_trees = _Cache(1_000_000)
+        self._commit_heads = _Cache(1_000_000)     # commit -> (tree, parents)
         self._written: set[str] = set()     # objects known to be in the store: no stat needed
         self._scratch_names = itertools.count()
         self._folders: set[str] = set()     # objects/xx folders known to exist
@@ -130,13 +130,22 @@ class ObjectStore:
 
     def commit_tree(self, sha: str) -> str:
         """The tree of commit `sha`."""
-        def read() -> str:
-            data = self._read_a("commit", sha)
-            if not data.startswith(b"tree "):
-                raise RepositoryError(f"commit {sha} has no tree")
-            return data[5:data.index(b"\n")].decode("ascii")
+        return self._commit_head(sha)[0]
 
-        return self._commit_trees.fetch(sha, read, lambda tree: 1)
+    def parents(self, sha: str) -> tuple[str, ...]:
+        """The parents of commit `sha`."""
+        return self._commit_head(sha)[1]
+
+    def _commit_head(self, sha: str) -> tuple[str, tuple[str, ...]]:
+        def read() -> tuple[str, tuple[str, ...]]:
+            data = self._read_a("commit", sha)
+            lines = data[:data.find(b"\n\n")].decode("utf-8", errors="replace").split("\n")
+            if not lines[0].startswith("tree "):
+                raise RepositoryError(f"commit {sha} has no tree")
+            return lines[0][5:], tuple(line[7:] for line in lines[1:]
+                                       if line.startswith("parent "))
+
+        return self._commit_heads.fetch(sha, read, lambda head: 1)
 
     def _read_a(self, kind: str, sha: str) -> bytes:
         found, data = self.read(sha)
@@ -256,11 +265,41 @@ class ObjectStore:
     def write_commit(self, tree: str, parents: Iterable[str], message: str, *,
                      author: str, committer: str) -> str:
         """`author`/`committer` as git writes them: `Name <email> <seconds> <+hhmm>`."""
+        parents = tuple(parents)
         lines = [f"tree {tree}", *(f"parent {p}" for p in parents),
                  f"author {author}", f"committer {committer}", "", message]
         sha = self.write("commit", "\n".join(lines).encode("utf-8"))
-        self._commit_trees.put(sha, tree, 1)
+        self._commit_heads.put(sha, (tree, parents), 1)
         return sha
+
+    def merge_trees(self, base: str, ours: str, theirs: str) -> str | None:
+        """The tree of a three-way merge in which each path changed on one side at most and
+        nothing was removed, or None: then git's own merge is needed (a content merge, or
+        rename detection, which pairs what was removed with what was added). Folders only one
+        side changed are taken whole."""
+        merged = self._merged(base, ours, theirs)
+        return None if merged is None else self.write_tree(merged)
+
+    def _merged(self, base: str | None, ours: str, theirs: str) -> dict[str, Entry] | None:
+        before = self.tree(base) if base else {}
+        mine, other = self.tree(ours), self.tree(theirs)
+        if any(name not in mine or name not in other for name in before):
+            return None
+        merged = dict(mine)
+        for name, entry in other.items():
+            old, current = before.get(name), mine.get(name)
+            if entry == current or entry == old:
+                continue
+            if current is None or current == old:
+                merged[name] = entry
+            elif current.is_tree and entry.is_tree and (old is None or old.is_tree):
+                inner = self._merged(old.sha if old else None, current.sha, entry.sha)
+                if inner is None:
+                    return None
+                merged[name] = Entry(TREE_MODE, self.write_tree(inner))
+            else:
+                return None
+        return merged
 
     # ---- internals ----------------------------------------------------------------------
 

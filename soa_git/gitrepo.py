@@ -398,8 +398,15 @@ class GitRepo:
         return MergeCheck(clean=False, tree=None, conflicts=tuple(dict.fromkeys(paths)))
 
     def merge(self, branch: str, other_branch: str, *, subject: str, trailers: Mapping[str, str],
-              author: Author, note: str | None = None) -> str:
+              author: Author, note: str | None = None, base: str | None = None) -> str:
         """A --no-ff merge of `other_branch` into `branch`, made without any worktree.
+
+        `base` is what the caller knows of the two branches' history: a commit of `branch`
+        where `other_branch` started or was last merged, none of whose later commits `branch`
+        holds. If every line of `other_branch`'s history since reaches it, it is their merge
+        base, and a merge in which each file changed on one side at most is made in process;
+        anything else is merged by git, which finds the base itself (walking `branch`'s whole
+        history since, which grows with every merge into it).
 
         Raises MergeConflict (nothing changed) or BranchMoved (someone else moved `branch`
         meanwhile; try again). Returns the merge commit's sha, or the branch's sha when
@@ -413,18 +420,40 @@ class GitRepo:
                 raise RepositoryError(f"branch {name} does not exist")
         assert ours is not None and theirs is not None
         self._check_merge_target(branch)
-        check = self.merge_check(ours, theirs)
-        if not check.clean or check.tree is None:
-            raise MergeConflict(f"merging {other_branch} into {branch} conflicts in "
-                                f"{_join(check.conflicts)}", check.conflicts)
+        tree = None
+        if base is not None and self._reaches(theirs, base):
+            tree = self._store.merge_trees(self._store.commit_tree(base),
+                                           self._store.commit_tree(ours),
+                                           self._store.commit_tree(theirs))
+        if tree is None:
+            check = self.merge_check(ours, theirs)
+            if not check.clean or check.tree is None:
+                raise MergeConflict(f"merging {other_branch} into {branch} conflicts in "
+                                    f"{_join(check.conflicts)}", check.conflicts)
+            tree = check.tree
         # Only a merge that changes nothing can be one of a branch already merged.
-        if check.tree == self._store.commit_tree(ours) and self.is_ancestor(theirs, ours):
+        if tree == self._store.commit_tree(ours) and self.is_ancestor(theirs, ours):
             return ours
-        sha = self._write_commit(check.tree, (ours, theirs), message, author)
+        sha = self._write_commit(tree, (ours, theirs), message, author)
         faults.reached("merge")
         self._publish(f"refs/heads/{branch}", sha, ours, note=note, what=f"branch {branch}",
                       reflog=f"merge {other_branch}: {message.splitlines()[0]}")
         return sha
+
+    def _reaches(self, tip: str, base: str, limit: int = 64) -> bool:
+        """Every line of `tip`'s history reaches `base` within `limit` commits."""
+        seen: set[str] = set()
+        pending = [tip]
+        while pending:
+            sha = pending.pop()
+            if sha == base or sha in seen:
+                continue
+            seen.add(sha)
+            parents = self._store.parents(sha)
+            if not parents or len(seen) > limit:
+                return False
+            pending.extend(parents)
+        return True
 
     def catch_up(self, branch: str, onto: str, keep_paths: Iterable[str], *, subject: str,
                  trailers: Mapping[str, str], author: Author) -> str:

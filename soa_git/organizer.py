@@ -118,6 +118,9 @@ class Node:
     # whatever siblings were merged since (they are not the child's to carry).
     split: str | None = None
     merged_tip: str | None = None
+    # Where its branch last met its Mother's: the commit of hers it started from, or its own tip
+    # she last merged; what the next merge is computed from (unknown after a resume).
+    fork: str | None = None
     generated: bool = False            # its first answer is committed
     pending_comment: str | None = None  # a Mother's comment not answered yet (resume)
     error: str | None = None
@@ -331,9 +334,9 @@ class Organizer:
         try:
             mother = node.parent
             if mother is not None:
+                node.fork = mother.split or self.repo.branch_sha(mother.branch) or self.base
                 self.repo.commit_files(
-                    node.branch, self._files(node),
-                    start=mother.split or self.repo.branch_sha(mother.branch) or self.base,
+                    node.branch, self._files(node), start=node.fork,
                     subject=f"skeleton: {node.skeleton.name} from {mother.path}",
                     body="The signature, docstring and unit tests written by the Mother agent.",
                     trailers=self._trailers(node, "generate", Usage()),
@@ -587,7 +590,8 @@ class Organizer:
                 trailers={**self._trailers(mother, "merge", Usage()),
                           "Soa-Tests": child.result.summary()},
                 note=json.dumps({"agent": mother.path, "task": "merge", "child": child.path,
-                                 "child_tip": tip, "tests": child.result.summary()}))
+                                 "child_tip": tip, "tests": child.result.summary()}),
+                base=child.fork)
 
         try:
             merge(tip)
@@ -599,6 +603,8 @@ class Organizer:
                                            f"of {mother.skeleton.name}",
                                    trailers=self._trailers(child, "modify", Usage()),
                                    author=self._author(child))
+                # Its history now holds hers since its fork: git finds the merge base.
+                child.fork = None
                 self._sync(child)
                 self._test(child)
             tip = self.repo.branch_sha(child.branch)
@@ -609,7 +615,7 @@ class Organizer:
                 self._set(child, "failed")
                 return
             merge(tip)
-        child.merged_tip = tip
+        child.merged_tip = child.fork = tip
 
     # ---- one agent's files, tests and commits ----------------------------------------------
 

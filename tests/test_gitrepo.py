@@ -424,6 +424,53 @@ def test_merge_makes_a_two_parent_commit(repo: GitRepo, repo_path: Path) -> None
         [sha, mother_tip, git(repo_path, "rev-parse", "main").strip()]
 
 
+THREE_LINES = "one = 1\ntwo = 2\nthree = 3\n"
+
+
+@pytest.mark.parametrize("ours, theirs, in_process", [
+    ({"pkg/a.py": "A = 'mother'\n"}, {"pkg/c.py": "C = 'child'\n"}, True),
+    ({"pkg/x/one.py": "ONE = 1\n"}, {"pkg/x/two.py": "TWO = 2\n"}, True),
+    ({}, {"pkg/b.py": "B = 'child'\n", "tests/test_b.py": "def test_b():\n    pass\n"}, True),
+    ({"pkg/n.py": THREE_LINES.replace("one", "ONE")},
+     {"pkg/n.py": THREE_LINES.replace("three", "THREE")}, False),
+], ids=["one-file-each", "a-new-folder-on-both-sides", "theirs-only", "same-file-both-sides"])
+def test_merge_from_a_known_base_is_made_in_process_and_matches_git(
+        repo: GitRepo, repo_path: Path, monkeypatch, ours: dict, theirs: dict,
+        in_process: bool) -> None:
+    fork = commit_file(repo, "soa/r1/solve", "pkg/n.py", THREE_LINES, MOTHER)
+    for path, text in theirs.items():
+        commit_file(repo, "soa/r1/solve.c", path, text, start=fork)
+    for path, text in ours.items():
+        commit_file(repo, "soa/r1/solve", path, text, MOTHER)
+    by_git = git(repo_path, "merge-tree", "--write-tree", "soa/r1/solve", "soa/r1/solve.c").strip()
+    asked_git = []
+    merge_check = GitRepo.merge_check
+    monkeypatch.setattr(GitRepo, "merge_check",
+                        lambda self, *a: asked_git.append(a) or merge_check(self, *a))
+
+    sha = repo.merge("soa/r1/solve", "soa/r1/solve.c", subject="merge", trailers={},
+                     author=MOTHER, base=fork)
+    assert git(repo_path, "rev-parse", f"{sha}^{{tree}}").strip() == by_git
+    assert bool(asked_git) != in_process
+    assert subprocess.run(["git", "-C", str(repo_path), "fsck", "--strict"]).returncode == 0
+
+
+def test_merge_from_a_base_the_other_branch_does_not_reach_is_left_to_git(
+        repo: GitRepo, repo_path: Path, monkeypatch) -> None:
+    fork = commit_file(repo, "soa/r1/solve", "pkg/a.py", "A = 1\n", MOTHER)
+    commit_file(repo, "soa/r1/solve.c", "pkg/c.py", "C = 1\n", start=fork)
+    later = commit_file(repo, "soa/r1/solve", "pkg/a.py", "A = 2\n", MOTHER)
+    asked_git = []
+    merge_check = GitRepo.merge_check
+    monkeypatch.setattr(GitRepo, "merge_check",
+                        lambda self, *a: asked_git.append(a) or merge_check(self, *a))
+    sha = repo.merge("soa/r1/solve", "soa/r1/solve.c", subject="merge", trailers={},
+                     author=MOTHER, base=later)
+    assert asked_git
+    assert git(repo_path, "show", f"{sha}:pkg/a.py") == "A = 2\n"
+    assert git(repo_path, "show", f"{sha}:pkg/c.py") == "C = 1\n"
+
+
 def test_a_conflicting_merge_changes_nothing(repo: GitRepo, repo_path: Path) -> None:
     commit_file(repo, "soa/r1/solve", "pkg/a.py", "def a():\n    return 'mother'\n", MOTHER)
     commit_file(repo, "soa/r1/solve.parse", "pkg/a.py", "def a():\n    return 'child'\n")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from soa_git.commands.run import run
+from soa_git.gitrepo import GitRepo
 
 from .conftest import git, make_repo, snapshot
 
@@ -93,6 +94,31 @@ def test_many_siblings_in_parallel_keep_the_repository_sound(adder, serve):
     assert not missing
     assert snapshot(adder) == before
     assert len(git(adder, "worktree", "list", "--porcelain").split("worktree ")) == 2
+
+
+def test_a_mother_merges_each_child_from_where_it_forked_without_asking_git(
+        adder, serve, monkeypatch):
+    merges, asked_git = [], []
+    real_merge, real_check = GitRepo.merge, GitRepo.merge_check
+
+    def merge(self, branch, other, **kwargs):
+        base = kwargs.get("base")
+        truth = git(adder, "merge-base", branch, other).strip()
+        merges.append((other, base, truth))
+        return real_merge(self, branch, other, **kwargs)
+
+    monkeypatch.setattr(GitRepo, "merge", merge)
+    monkeypatch.setattr(GitRepo, "merge_check",
+                        lambda self, *a: asked_git.append(a) or real_check(self, *a))
+    [summary] = run("adder/core.py::total", cwd=adder, environ=KEY,
+                    flags={"base_url": serve(SlowScript(delay=0)).base_url,
+                           "max_children": SIBLINGS, "jobs": 4})
+
+    assert summary.state == "done", summary.message
+    assert len(merges) == SIBLINGS
+    assert all(base == truth for _, base, truth in merges), merges
+    assert not asked_git
+    assert git(adder, "show", f"{summary.branch}:adder/total__add_11.py").count("return x + 11")
 
 
 def test_token_budget_stops_the_run_cleanly(adder, serve):
