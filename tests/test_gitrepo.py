@@ -424,6 +424,16 @@ def test_merge_makes_a_two_parent_commit(repo: GitRepo, repo_path: Path) -> None
         [sha, mother_tip, git(repo_path, "rev-parse", "main").strip()]
 
 
+@pytest.fixture
+def asked_git(monkeypatch) -> list:
+    """Every merge git was asked to compute (GitRepo.merge_check), as it is asked."""
+    calls: list = []
+    merge_check = GitRepo.merge_check
+    monkeypatch.setattr(GitRepo, "merge_check",
+                        lambda self, *a: calls.append(a) or merge_check(self, *a))
+    return calls
+
+
 THREE_LINES = "one = 1\ntwo = 2\nthree = 3\n"
 
 
@@ -435,7 +445,7 @@ THREE_LINES = "one = 1\ntwo = 2\nthree = 3\n"
      {"pkg/n.py": THREE_LINES.replace("three", "THREE")}, False),
 ], ids=["one-file-each", "a-new-folder-on-both-sides", "theirs-only", "same-file-both-sides"])
 def test_merge_from_a_known_base_is_made_in_process_and_matches_git(
-        repo: GitRepo, repo_path: Path, monkeypatch, ours: dict, theirs: dict,
+        repo: GitRepo, repo_path: Path, asked_git: list, ours: dict, theirs: dict,
         in_process: bool) -> None:
     fork = commit_file(repo, "soa/r1/solve", "pkg/n.py", THREE_LINES, MOTHER)
     for path, text in theirs.items():
@@ -443,10 +453,6 @@ def test_merge_from_a_known_base_is_made_in_process_and_matches_git(
     for path, text in ours.items():
         commit_file(repo, "soa/r1/solve", path, text, MOTHER)
     by_git = git(repo_path, "merge-tree", "--write-tree", "soa/r1/solve", "soa/r1/solve.c").strip()
-    asked_git = []
-    merge_check = GitRepo.merge_check
-    monkeypatch.setattr(GitRepo, "merge_check",
-                        lambda self, *a: asked_git.append(a) or merge_check(self, *a))
 
     sha = repo.merge("soa/r1/solve", "soa/r1/solve.c", subject="merge", trailers={},
                      author=MOTHER, base=fork)
@@ -456,14 +462,10 @@ def test_merge_from_a_known_base_is_made_in_process_and_matches_git(
 
 
 def test_merge_from_a_base_the_other_branch_does_not_reach_is_left_to_git(
-        repo: GitRepo, repo_path: Path, monkeypatch) -> None:
+        repo: GitRepo, repo_path: Path, asked_git: list) -> None:
     fork = commit_file(repo, "soa/r1/solve", "pkg/a.py", "A = 1\n", MOTHER)
     commit_file(repo, "soa/r1/solve.c", "pkg/c.py", "C = 1\n", start=fork)
     later = commit_file(repo, "soa/r1/solve", "pkg/a.py", "A = 2\n", MOTHER)
-    asked_git = []
-    merge_check = GitRepo.merge_check
-    monkeypatch.setattr(GitRepo, "merge_check",
-                        lambda self, *a: asked_git.append(a) or merge_check(self, *a))
     sha = repo.merge("soa/r1/solve", "soa/r1/solve.c", subject="merge", trailers={},
                      author=MOTHER, base=later)
     assert asked_git
