@@ -22,7 +22,11 @@ It records, per configuration:
 - git subprocesses by subcommand, and thread-seconds in workspaces, tests, commits, merges, notes.
 
 A configuration that does not finish within `--limit` seconds is killed and recorded as skipped
-with the reason. Results go to JSON, with a PNG plot beside it.
+with the reason. With `--repeat N` each configuration runs N times and the run with the median
+wall time is recorded, with every run's wall time and overhead beside it (`runs`). Before each
+run the page cache is written back (`os.sync()`), so the fresh clone's files and the last run's
+writes are not written back while the run is measured.
+Results go to JSON, with a PNG plot beside it.
 """
 
 from __future__ import annotations
@@ -97,6 +101,8 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
             scratch / f"template-{config['files']}", config["files"])
     repo = scale_shape.clone(templates[config["files"]],
                              Path(tempfile.mkdtemp(dir=scratch)) / "repo")
+    # The clone's files (and the last run's) written back now, not while this run is measured.
+    os.sync()
     responder = scale_shape.Responder(shape, config["latency_s"])
     try:
         with ScriptedServer(responder) as server:
@@ -147,6 +153,21 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
     return {**record, **result}
 
 
+def measure(config: dict, repeat: int, **options) -> dict:
+    """The run with the median wall time of `repeat` runs, and every run's wall and overhead."""
+    runs = []
+    for _ in range(repeat):
+        runs.append(measure_one(config, **options))
+        if "skipped" in runs[-1]:
+            return runs[-1]
+    runs.sort(key=lambda r: r["wall_s"])
+    chosen = runs[(len(runs) - 1) // 2]
+    if repeat > 1:
+        chosen["runs"] = [{key: r[key] for key in ("wall_s", "overhead_ms_per_agent",
+                                                   "cpu_ms_per_agent")} for r in runs]
+    return chosen
+
+
 def _timeline(spans: list[tuple[float, float]], started_at: float, wall: float) -> dict:
     """Where the wall time went around the model calls: before the first, after the last."""
     if not spans:
@@ -161,8 +182,13 @@ def _line(r: dict) -> str:
             f"latency={r['latency_s']:g}s")
     if "skipped" in r:
         return f"{head}: skipped: {r['skipped']}"
+    spread = ""
+    if "runs" in r:
+        overheads = [run["overhead_ms_per_agent"] for run in r["runs"]]
+        spread = f" [{min(overheads):.0f}-{max(overheads):.0f} over {len(overheads)} runs]"
     return (f"{head}: {r['state']}, wall {r['wall_s']:.2f}s (floor {r['floor_jobs_s']:.0f}s), "
-            f"overhead {r['overhead_ms_per_agent']:.0f} ms/agent (cpu {r['cpu_ms_per_agent']:.0f}: "
+            f"overhead {r['overhead_ms_per_agent']:.0f} ms/agent{spread} "
+            f"(cpu {r['cpu_ms_per_agent']:.0f}: "
             f"pytest {r['test_sessions_cpu_ms_per_agent']:.0f}, "
             f"rest {r['machinery_cpu_ms_per_agent']:.0f}), git {r['git_calls_per_agent']:.0f} "
             f"calls/agent, rss {r['peak_rss_mb']:.0f} MB, workspaces {r['peak_workspaces']}")
@@ -177,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", default="0,1")
     parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--limit", type=float, default=300.0, help="seconds per configuration")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per configuration; the median one is recorded")
     parser.add_argument("--out", default="benchmarks/results/scale.json")
     parser.add_argument("--label", default="", help="a name for this set of results")
     parser.add_argument("--profile", action="store_true",
@@ -192,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="soa-scale-") as tmp:
         for config in configs:
-            r = measure_one(config, jobs=args.jobs, limit_s=args.limit, templates=templates,
-                            scratch=Path(tmp), profile=args.profile)
+            r = measure(config, max(1, args.repeat), jobs=args.jobs, limit_s=args.limit,
+                        templates=templates, scratch=Path(tmp), profile=args.profile)
             results.append(r)
             print(_line(r), flush=True)
             _write(out, args, results, started)
@@ -215,6 +243,7 @@ def _write(out: Path, args: argparse.Namespace, results: list[dict], started: fl
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "jobs": args.jobs,
         "limit_s": args.limit,
+        "repeat": args.repeat,
         "plot": str(png) if png else None,
         "results": results,
     }

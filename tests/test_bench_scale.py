@@ -46,6 +46,14 @@ def _measure(agents: int, tmp_path: Path, templates: dict) -> dict:
     return result
 
 
+def test_a_repeated_configuration_records_its_median_run(tmp_path: Path):
+    result = scale.measure({"files": 10, "agents": 1, "depth": 1, "latency_s": 0}, 3, jobs=4,
+                           limit_s=120, templates={}, scratch=tmp_path)
+    walls = [run["wall_s"] for run in result["runs"]]
+    assert len(walls) == 3 and walls == sorted(walls) and result["wall_s"] == walls[1]
+    assert result["state"] == "done"
+
+
 def test_work_per_agent_does_not_grow_with_the_number_of_agents(tmp_path: Path):
     templates: dict = {}
     small, large = _measure(10, tmp_path, templates), _measure(30, tmp_path, templates)
