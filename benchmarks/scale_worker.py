@@ -68,7 +68,6 @@ def instrument(meter: Meter) -> None:
     gitrepo.GitRepo._execute = counted_execute
 
     check_out = gitrepo.GitRepo.check_out
-    remove_workspace = gitrepo.GitRepo.remove_workspace
     live: set[Path] = set()
 
     def counted_check_out(self, rev, folders, into):
@@ -80,13 +79,7 @@ def instrument(meter: Meter) -> None:
             live.add(Path(into))
             meter.peak_workspaces = max(meter.peak_workspaces, len(live))
 
-    def counted_remove(self, path):
-        meter.timed("workspace_remove", remove_workspace)(self, path)
-        with meter.lock:
-            live.discard(Path(path))
-
     gitrepo.GitRepo.check_out = counted_check_out
-    gitrepo.GitRepo.remove_workspace = counted_remove
     for name in ("commit_files", "merge", "append_note", "start_branch"):
         setattr(gitrepo.GitRepo, name, meter.timed(name, getattr(gitrepo.GitRepo, name)))
     gitobjects.ObjectStore.read = meter.timed("object_reads", gitobjects.ObjectStore.read)

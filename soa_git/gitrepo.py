@@ -494,12 +494,6 @@ class GitRepo:
         self._checkouts.write(self._store, self._store.commit_tree(self._require_commit(rev)),
                               folders, self._workspace_path(into))
 
-    def remove_workspace(self, path: Path) -> None:
-        """Remove one of soa-git's workspaces; one that is already gone is fine."""
-        path = self._workspace_path(path)
-        shutil.rmtree(path, ignore_errors=True)
-        self._checkouts.forget(path)
-
     def run_workspaces(self, run: str) -> list[Path]:
         """The run's workspace folders left on disk."""
         folder = self._run_folder(run)
