@@ -1426,7 +1426,8 @@ def _read_text(path: Path) -> str:
 
 
 def _workspace_name(name: str) -> str:
-    """A run id or agent path as one folder name under .git/soa/work, never a path out of it."""
+    """A run id or workspace name as one folder name under .git/soa/work, never a path out
+    of it."""
     if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
         raise ValueError(f"invalid workspace name {name!r}")
     return name
