@@ -82,8 +82,29 @@ def instrument(meter: Meter) -> None:
     gitrepo.GitRepo.check_out = counted_check_out
     for name in ("commit_files", "merge", "append_note", "start_branch"):
         setattr(gitrepo.GitRepo, name, meter.timed(name, getattr(gitrepo.GitRepo, name)))
+    # Each note or branch move asked for; how many share one update-ref transaction (and one
+    # notes commit) depends on timing, so these are counted apart from the processes.
+    gitrepo.GitRepo._write = meter.timed("ref_writes", gitrepo.GitRepo._write)
+    in_notes_commit = threading.local()
+    notes_commit = gitrepo.GitRepo._notes_commit
+
+    def counted_notes_commit(self, old, writes):
+        in_notes_commit.value = True
+        try:
+            return notes_commit(self, old, writes)
+        finally:
+            in_notes_commit.value = False
+
+    gitrepo.GitRepo._notes_commit = counted_notes_commit
     gitobjects.ObjectStore.read = meter.timed("object_reads", gitobjects.ObjectStore.read)
-    gitobjects.ObjectStore.write = meter.timed("object_writes", gitobjects.ObjectStore.write)
+    write_object = meter.timed("object_writes", gitobjects.ObjectStore.write)
+
+    def counted_write(self, *args, **kwargs):
+        if getattr(in_notes_commit, "value", False):
+            meter.add("notes_commit_object_writes", 0.0)
+        return write_object(self, *args, **kwargs)
+
+    gitobjects.ObjectStore.write = counted_write
     run_tests = meter.timed("tests", organizer.run_tests)
 
     def counted_run_tests(*args, **kwargs):
