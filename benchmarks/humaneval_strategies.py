@@ -18,7 +18,8 @@ from soa_git import config, pycode
 from soa_git.commands.run import open_model
 from soa_git.errors import AnswerError, BudgetExhausted, CodeSyntaxError, ModelError, SoaError
 from soa_git.gitrepo import GitRepo
-from soa_git.llm import ChatModel, OpenAIChat, Reply, TokenLedger
+from soa_git.llm import ChatModel, Reply, TokenLedger
+from soa_git.openai_chat import OpenAIChat
 from soa_git.organizer import Organizer, find_target
 from soa_git.testing import TestResult, run_tests
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from soa_git import config
 from soa_git.cli import main
-from soa_git.llm import OpenAIChat
+from soa_git.openai_chat import OpenAIChat
 
 from .conftest import git, make_repo, snapshot
 from .test_run import SHAPES_SKELETON, free_port, shapes_script
@@ -83,6 +83,14 @@ def assert_one_error(result: Result, *fragments: str, only_line: bool = True) ->
     for fragment in fragments:
         assert fragment in message, message
     return message
+
+
+def test_commands_that_call_no_model_do_not_import_openai():
+    # Importing `openai` takes longer than the rest of soa-git's start-up; status, tree, check,
+    # clean and the hooks never call a model.
+    code = ("import sys, soa_git.cli; "
+            "sys.exit('openai' in sys.modules or 'soa_git.openai_chat' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 # ---- init ------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from soa_git.errors import BudgetExhausted, ModelError
-from soa_git.llm import OpenAIChat, Reply, TokenLedger, Usage
+from soa_git.llm import Reply, TokenLedger, Usage
+from soa_git.openai_chat import OpenAIChat
 from soa_git.scripted import Script, Scripted, ScriptedServer
 
 KEY = "sk-test-secret-key-123"

@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping
 from .. import config, history
 from ..errors import ConfigError, TargetError
 from ..gitrepo import GitRepo
-from ..llm import ChatModel, OpenAIChat, ReplayModel, TokenLedger
+from ..llm import ChatModel, ReplayModel, TokenLedger
 from ..organizer import AgentView, Organizer, RunSummary, Target, find_target, skeleton_names
 
 
@@ -36,6 +36,9 @@ def open_model(settings: config.Settings, ledger: TokenLedger, environ: Mapping[
     if key is None:
         raise ConfigError(f"no API key: set the environment variable {settings.api_key_env} "
                           "(a local server that needs no key accepts any value)")
+    # Imported here, not at the top: `openai` takes longer to import than the rest of soa-git,
+    # and only commands that call a model need it.
+    from ..openai_chat import OpenAIChat
     return OpenAIChat(model=settings.model, base_url=settings.base_url, api_key=key, ledger=ledger,
                       max_concurrency=settings.jobs, timeout_s=settings.request_timeout,
                       temperature=settings.temperature)
