@@ -7,6 +7,7 @@ exists, else `.soa-git.toml` at the repository root.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass, fields
@@ -72,7 +73,9 @@ def _coerce(name: str, where: str, value: Any) -> Any:
         number = (int if kind == "int" else float)(value)
     except ValueError:
         raise problem from None
-    if number < 0 or (number == 0 and name not in MAY_BE_ZERO and kind == "float"):
+    # inf and nan parse as floats, then break the run that uses them.
+    if not math.isfinite(number) or number < 0 or (
+            number == 0 and name not in MAY_BE_ZERO and kind == "float"):
         raise problem
     return number
 

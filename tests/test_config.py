@@ -356,3 +356,17 @@ def test_rendered_and_written_config_never_hold_the_key(tmp_path):
     text = path.read_text(encoding="utf-8")
     assert secret not in text
     assert 'api-key-env = "MY_KEY"' in text
+
+
+@pytest.mark.parametrize("where, value", [
+    ("file", "test-timeout = inf"), ("file", "request-timeout = nan"),
+    ("file", "temperature = -inf"), ("env", "inf"), ("env", "nan"), ("flag", float("inf")),
+])
+def test_infinite_and_nan_numbers_are_refused_naming_the_key(tmp_path, where, value):
+    """They parsed as floats and crashed the run after its branches were written."""
+    if where == "file":
+        write(tmp_path, ".soa-git.toml", value + "\n")
+    environ = {"SOA_GIT_TEST_TIMEOUT": value} if where == "env" else {}
+    flags = {"test_timeout": value} if where == "flag" else {}
+    with pytest.raises(ConfigError, match="timeout|temperature"):
+        config.resolve(tmp_path, flags, environ)
