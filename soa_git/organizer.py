@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import keyword
 import re
 import secrets
 import sys
@@ -159,25 +160,43 @@ def committed_source(repo: GitRepo, file: Path) -> tuple[str, str]:
 
 
 def find_target(repo: GitRepo, file: Path, function: str) -> Target:
-    relative, source = committed_source(repo, file)
-    try:
-        found = pycode.find_function(source, function)
-    except TargetError:
-        raise TargetError(f"{relative} has no top-level function named '{function}'") from None
-    if not found.is_skeleton:
-        raise TargetError(f"{relative}::{function} is not a skeleton (its body must be only a "
-                          "docstring and `...`, `pass` or `raise NotImplementedError`)")
-    return Target(relative, function)
+    return find_targets(repo, file, [function])[0]
 
 
-def skeleton_names(repo: GitRepo, file: Path) -> list[str]:
-    """Every skeleton of a file at HEAD, for `soa-git run file.py`."""
+def find_targets(repo: GitRepo, file: Path, names: list[str] | None) -> list[Target]:
+    """The skeletons `names` of a file at HEAD, or every one of its skeletons for `soa-git run
+    file.py`; the file is read and parsed once, whatever their number."""
     relative, source = committed_source(repo, file)
-    names = [f.name for f in pycode.skeletons(source)]
-    if not names:
-        raise TargetError(f"{relative} has no skeletons (functions whose body is only a docstring "
-                          "and `...`, `pass` or `raise NotImplementedError`)")
-    return names
+    check_importable(repo, relative)
+    functions = pycode.functions(source)
+    # The last definition of a name wins, as it does when Python runs the module.
+    last = {f.name: f for f in functions}
+    if names is None:
+        names = list(dict.fromkeys(f.name for f in functions if f.is_skeleton))
+        if not names:
+            raise TargetError(f"{relative} has no skeletons (functions whose body is only a "
+                              "docstring and `...`, `pass` or `raise NotImplementedError`)")
+    for name in names:
+        if name not in last:
+            raise TargetError(f"{relative} has no top-level function named '{name}'")
+        if not last[name].is_skeleton:
+            raise TargetError(f"{relative}::{name} is not a skeleton (its body must be only a "
+                              "docstring and `...`, `pass` or `raise NotImplementedError`)")
+    return [Target(relative, name) for name in names]
+
+
+def check_importable(repo: GitRepo, relative: str) -> None:
+    """Agents' tests import the target by its module name: a file named `dash-mod.py` or
+    `my calc.py` has none, and no answer could make its tests import it."""
+    head = repo.head()
+    root = layout.import_root(relative, lambda p: repo.file_exists(head, p))
+    module = layout.files_for("", relative, root, is_root=True).import_name
+    bad = next((part for part in module.split(".")
+                if not part.isidentifier() or keyword.iskeyword(part)), None)
+    if bad is not None:
+        raise TargetError(f"{relative} cannot be imported as a Python module ('{bad}' is not a "
+                          "valid module name), so no test could import it; rename it with "
+                          "letters, digits and underscores only")
 
 
 class Organizer:

@@ -84,12 +84,17 @@ def is_marked(source: str, fn: pycode.Function) -> bool:
     or a line `soa-git: fill` in its docstring."""
     if fn.docstring and _MARKER_DOC.search(fn.docstring):
         return True
-    above = source[:fn.start].split("\n")[:-1]
-    for line in reversed(above):
+    # Line by line up from the definition: splitting all the text above it for every function
+    # made a file of n skeletons cost n squared.
+    end = source.rfind("\n", 0, fn.start)
+    while end >= 0:
+        start = source.rfind("\n", 0, end) + 1
+        line = source[start:end]
         if not line.strip().startswith("#"):
             return False
         if _MARKER_COMMENT.match(line):
             return True
+        end = start - 1
     return False
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .. import config
 from ..errors import RepositoryError, TargetError
 from ..gitrepo import GitRepo
-from ..organizer import AgentView, RunSummary, find_target
+from ..organizer import AgentView, RunSummary, find_targets
 from .check import repo_relative, marked_skeletons, staged_python_files
 from .run import run_targets
 
@@ -87,7 +87,7 @@ def fill(files: Sequence[str] | None, *, cwd: Path, flags: Mapping[str, Any],
         if staged != (root / file).read_text(encoding="utf-8", errors="replace"):
             raise TargetError(f"{file} has unstaged changes; stage or stash them, because "
                               "soa-git fill works from your staged files")
-        targets += [find_target(repo, root / file, name) for name in names]
+        targets += find_targets(repo, root / file, names)
     summaries = run_targets(repo, config.resolve(root, flags, environ), targets, environ, on_event)
     return [f"{t.file}::{t.function}" for t in targets], summaries
 

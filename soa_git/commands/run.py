@@ -10,7 +10,7 @@ from .. import config, history
 from ..errors import ConfigError, TargetError
 from ..gitrepo import GitRepo
 from ..llm import ChatModel, ReplayModel, TokenLedger
-from ..organizer import AgentView, Organizer, RunSummary, Target, find_target, skeleton_names
+from ..organizer import AgentView, Organizer, RunSummary, Target, find_targets
 
 
 REPLAY = "replay:"
@@ -51,11 +51,14 @@ def run(spec: str, *, cwd: Path, flags: Mapping[str, Any],
     repo = GitRepo.open(cwd)
     settings = config.resolve(repo.root, flags, environ)
     path, function = split_target(spec)
-    file = (cwd / path).resolve()
     # Every target is checked before the first run starts, so bad input changes nothing.
-    names = [function] if function else skeleton_names(repo, file)
-    targets = [find_target(repo, file, name) for name in names]
-    return run_targets(repo, settings, targets, environ, on_event)
+    found = targets(repo, (cwd / path).resolve(), function)
+    return run_targets(repo, settings, found, environ, on_event)
+
+
+def targets(repo: GitRepo, file: Path, function: str | None) -> list[Target]:
+    """`function` of `file`, or all of the file's skeletons."""
+    return find_targets(repo, file, [function] if function else None)
 
 
 def budgeted_model(settings: config.Settings, environ: Mapping[str, str],
