@@ -102,8 +102,7 @@ def live_view() -> Iterator[LiveView]:
 
 def render(summaries: list[RunSummary], as_json: bool) -> None:
     if as_json:
-        data = [report.summary_json(s) for s in summaries]
-        click.echo(json.dumps(data if len(data) > 1 else data[0], indent=2))
+        click.echo(json.dumps(report.summaries_json(summaries), indent=2))
     else:
         for summary in summaries:
             click.echo("\n".join(report.summary_lines(summary)))
@@ -367,8 +366,8 @@ def fill(files: tuple[str, ...], as_json: bool, **flags) -> None:
     with live_view() as live:
         _, summaries = fill_command(list(files) or None, cwd=Path.cwd(),
                                     flags=_settings_flags(flags), on_event=live)
-    if not summaries:
-        click.echo("[]" if as_json else "no skeleton marked for soa-git (`# soa-git: fill`) "
-                   "in the files given; nothing to fill")
+    if not summaries and not as_json:
+        click.echo("no skeleton marked for soa-git (`# soa-git: fill`) in the files given; "
+                   "nothing to fill")
         return
     render(summaries, as_json)

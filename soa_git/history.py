@@ -28,6 +28,8 @@ BRANCH_FOLDER = "soa/"
 RUN_ID = re.compile(r"(\d{8}-\d{6})-[0-9a-f]+")
 COMMENT_FROM = "Comment from the Mother agent:\n"
 _COUNT = re.compile(r"(\d+) (passed|failed|errors?)")
+# What `list` prints for no runs, and what `tree`, `show` and the rest say when they need one.
+NO_RUNS = "no soa-git runs here yet; start one with `soa-git run path/to/file.py::function`"
 
 
 class RunNotFound(SoaError):
@@ -266,8 +268,7 @@ def _runs(repo: GitRepo) -> dict[str, dict[str, BranchTip]]:
 
 def _no_run(run: str | None, runs: dict) -> RunNotFound:
     if not runs:
-        return RunNotFound("there are no soa-git runs in this repository; start one with "
-                           "`soa-git run path/to/file.py::function`")
+        return RunNotFound(NO_RUNS)
     return RunNotFound(f"no run named {run} here; `soa-git list` shows the runs")
 
 

@@ -9,7 +9,7 @@ from typing import Iterable
 from .commands.accept import Accepted
 from .commands.check import CheckResult
 from .commands.clean import CleanPlan
-from .history import AgentLog, AgentRecord, Attempt, RunRecord
+from .history import NO_RUNS, AgentLog, AgentRecord, Attempt, RunRecord
 from .organizer import AgentView, RunSummary
 
 
@@ -55,6 +55,11 @@ def summary_lines(summary: RunSummary) -> list[str]:
         f"review: git log --graph {summary.branch}",
     ]
     return lines
+
+
+def summaries_json(summaries: Iterable[RunSummary]) -> dict:
+    """`run`, `resume`, `demo` and `fill --json`: one shape however many runs, none included."""
+    return {"runs": [summary_json(s) for s in summaries]}
 
 
 def summary_json(summary: RunSummary) -> dict:
@@ -120,7 +125,7 @@ def runs_lines(runs: Iterable[RunRecord], now: datetime | None = None) -> list[s
     rows = [[r.run, r.target or "?", r.state, str(len(r.agents)), _root_tests(r) or "-",
              f"{r.tokens:,}", _age(r.started, now)] for r in runs]
     if not rows:
-        return ["no soa-git runs here yet; start one with `soa-git run path/to/file.py::function`"]
+        return [NO_RUNS]
     return _table([["run", "target", "state", "agents", "tests", "tokens", "age"], *rows],
                   right=(3, 5))
 

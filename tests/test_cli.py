@@ -276,7 +276,7 @@ def test_run_json_summary(runner, repo, monkeypatch, serve):
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
 
-    data = json.loads(result.stdout)
+    [data] = json.loads(result.stdout)["runs"]
     assert data["state"] == "done", data.get("message")
     run_id = data["run"]
     assert re.fullmatch(r"[\w.-]+", run_id)
@@ -312,6 +312,37 @@ def test_run_text_summary(runner, repo, monkeypatch, serve):
     assert "review: git log --graph soa/" in out
 
 
+@pytest.mark.parametrize("args", [["run", "shapes/report.py::area_report"],
+                                  ["run", "shapes/report.py"]])
+def test_run_json_is_one_object_with_a_list_of_runs_whatever_their_number(runner, repo,
+                                                                         monkeypatch, serve, args):
+    """It was an object for one skeleton and a list for several."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    server = serve(shapes_script())
+    result = runner.invoke(main, [*args, "--json", "--base-url", server.base_url])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert list(data) == ["runs"] and [r["state"] for r in data["runs"]] == ["done"]
+
+
+def test_fill_json_without_marked_skeletons_is_the_same_shape(runner, repo):
+    """It printed `[]`."""
+    result = runner.invoke(main, ["fill", "--json", "shapes/report.py"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"runs": []}
+
+
+def test_no_runs_reads_the_same_in_list_and_tree(runner, repo):
+    """`tree` said "there are no soa-git runs in this repository", `list` "no soa-git runs here
+    yet": one wording, and an empty list is no error."""
+    listed = runner.invoke(main, ["list"])
+    assert listed.exit_code == 0 and listed.stdout.startswith("no soa-git runs here yet;")
+    assert json.loads(runner.invoke(main, ["list", "--json"]).stdout) == {"runs": []}
+    for command in (["tree"], ["report"]):
+        result = runner.invoke(main, command)
+        assert result.stderr == f"Error: {listed.stdout}", command
+
+
 # ---- demo and version ------------------------------------------------------------------------
 
 def test_demo_runs_three_targets(runner, tmp_path):
@@ -322,6 +353,13 @@ def test_demo_runs_three_targets(runner, tmp_path):
     assert f"sample repository: {target}" in result.stderr
     assert (target / ".git").is_dir()
     assert len(git(target, "for-each-ref", "--format=%(refname)", "refs/heads/soa/").split()) >= 3
+
+
+def test_demo_json_has_the_run_shape(runner, tmp_path):
+    """It printed a bare list."""
+    result = runner.invoke(main, ["demo", "--json", "--dir", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert [r["state"] for r in json.loads(result.stdout)["runs"]] == ["done"] * 3
 
 
 def test_demo_refuses_a_non_empty_directory(runner, tmp_path):

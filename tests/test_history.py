@@ -239,7 +239,7 @@ def test_find_agent(runs, tmp_path):
 
     empty = GitRepo.open(make_repo(tmp_path / "empty", {"a.py": "x = 1\n"}))
     assert history.run_ids(empty) == [] and history.list_runs(empty) == []
-    with pytest.raises(history.RunNotFound, match="there are no soa-git runs in this repository"):
+    with pytest.raises(history.RunNotFound, match="no soa-git runs here yet"):
         history.find_agent(empty, "area_report")
 
 

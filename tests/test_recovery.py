@@ -161,7 +161,7 @@ def test_two_runs_at_once_in_one_repository_keep_apart(tmp_path, serve):
                "shapes/report.py::area_report", "--base-url", server.base_url, "--json"]
     processes = [subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [json.loads(p.communicate(timeout=120)[0]) for p in processes]
+    results = [json.loads(p.communicate(timeout=120)[0])["runs"][0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0]
     first, second = (r["run"] for r in results)
     assert first != second and runs(repo) == {first, second}
