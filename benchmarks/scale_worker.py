@@ -53,8 +53,8 @@ def _subcommand(command: list[str]) -> str:
     return command[i] if i < len(command) else "?"
 
 
-def instrument(meter: Meter) -> None:
-    from soa_git import gitobjects, gitrepo, organizer
+def instrument(meter: Meter, ray: bool = False) -> None:
+    from soa_git import gitobjects, gitrepo
 
     execute = gitrepo.GitRepo._execute
 
@@ -105,14 +105,20 @@ def instrument(meter: Meter) -> None:
         return write_object(self, *args, **kwargs)
 
     gitobjects.ObjectStore.write = counted_write
-    run_tests = meter.timed("tests", organizer.run_tests)
+    from soa_git import executor
+    executors = [executor.LocalExecutor]
+    if ray:
+        from soa_git import ray_executor
+        executors.append(ray_executor.RayExecutor)
+    for cls in executors:
+        run_tests = meter.timed("tests", cls.run_tests)
 
-    def counted_run_tests(*args, **kwargs):
-        result = run_tests(*args, **kwargs)
-        meter.add("test_sessions_cpu", result.cpu_s)
-        return result
+        def counted_run_tests(self, *args, run_tests=run_tests, **kwargs):
+            result = run_tests(self, *args, **kwargs)
+            meter.add("test_sessions_cpu", result.cpu_s)
+            return result
 
-    organizer.run_tests = counted_run_tests
+        cls.run_tests = counted_run_tests
 
 
 def measure(spec: dict) -> dict:
@@ -122,8 +128,20 @@ def measure(spec: dict) -> dict:
     import soa_git.openai_chat  # noqa: F401
 
     meter = Meter()
-    instrument(meter)
+    on_ray = spec.get("executor", "local") == "ray"
+    instrument(meter, ray=on_ray)
     repo = Path(spec["repo"])
+    # Connecting to the cluster (and starting a runner on each node) is the command's start-up,
+    # as the imports are: timed apart, before the clock starts.
+    connect_s = 0.0
+    if on_ray:
+        from soa_git.commands import run as run_module
+        from soa_git.ray_executor import RayExecutor
+        connect_start = time.perf_counter()
+        executor = RayExecutor.connect(spec["ray_address"])
+        connect_s = time.perf_counter() - connect_start
+        opened = run_module.open_executor
+        run_module.open_executor = lambda settings: executor
     flags = {"base_url": spec["base_url"], "max_depth": spec["depth"],
              "max_children": spec["max_children"], "jobs": spec["jobs"],
              "request_timeout": 600, "test_timeout": 120,
@@ -141,6 +159,10 @@ def measure(spec: dict) -> dict:
         profile.disable()
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
+    nodes = {}
+    if on_ray:
+        run_module.open_executor = opened
+        nodes = {"runs_by_node": dict(executor.runs_by_node), "retried": executor.retried}
     # The test runner's children are counted in RUSAGE_CHILDREN once the runner is reaped.
     from soa_git import testing
     if hasattr(testing, "stop_runner"):
@@ -163,6 +185,9 @@ def measure(spec: dict) -> dict:
         "peak_workspaces": meter.peak_workspaces,
         "calls": dict(sorted(meter.calls.items())),
         "seconds": {k: round(v, 3) for k, v in sorted(meter.seconds.items())},
+        "executor": spec.get("executor", "local"),
+        "executor_connect_s": round(connect_s, 3),
+        **nodes,
         "git_calls": sum(n for k, n in meter.calls.items() if k.startswith("git:")),
         "git_seconds": round(sum(v for k, v in meter.seconds.items() if k.startswith("git:")), 3),
     }

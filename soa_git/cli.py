@@ -132,6 +132,11 @@ def model_options(command: Callable) -> Callable:
         click.option("--repair-rounds", type=int, help="Repair rounds per agent."),
         click.option("--jobs", "-j", type=int, help="Agents working (model calls, tests) at once."),
         click.option("--test-timeout", type=float, help="Seconds one agent's test run may take."),
+        click.option("--executor", type=click.Choice(["local", "ray"]),
+                     help="Where agents' tests run: here, or on a Ray cluster (docs/ray.md)."),
+        click.option("--ray-address", help="The Ray cluster: host:port, ray://host:port or auto "
+                                           "(default: RAY_ADDRESS, else auto)."),
+        click.option("--parallel-runs", type=int, help="Runs at once when there are many targets."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -139,7 +144,7 @@ def model_options(command: Callable) -> Callable:
 
 
 FLAG_NAMES = ("model", "base_url", "api_key_env", "max_depth", "max_children", "repair_rounds",
-              "jobs", "test_timeout")
+              "jobs", "test_timeout", "executor", "ray_address", "parallel_runs")
 
 
 @click.group()
@@ -165,14 +170,15 @@ def init(hooks: bool, **flags) -> None:
 
 
 @main.command()
-@click.argument("target")
+@click.argument("targets", metavar="TARGET...", nargs=-1, required=True)
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @error_boundary
-def run(target: str, as_json: bool, **flags) -> None:
-    """Fill TARGET (path/to/file.py::function, or every skeleton in path/to/file.py)."""
+def run(targets: tuple[str, ...], as_json: bool, **flags) -> None:
+    """Fill each TARGET (path/to/file.py::function, every skeleton in path/to/file.py, or in
+    every committed file under a directory)."""
     with live_view() as live:
-        summaries = run_command(target, cwd=Path.cwd(), flags=_settings_flags(flags),
+        summaries = run_command(targets, cwd=Path.cwd(), flags=_settings_flags(flags),
                                 on_event=live)
     render(summaries, as_json)
 

@@ -36,6 +36,9 @@ class Settings:
     agent_token_budget: int = 60_000
     request_timeout: float = 120.0
     temperature: float = 0.2
+    executor: str = "local"     # where agents' tests run: local | ray (docs/ray.md)
+    ray_address: str = ""       # the Ray cluster (executor = "ray"); empty: RAY_ADDRESS or auto
+    parallel_runs: int = 1      # runs at once when one command has many targets
 
     def api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
         """The key itself is read from the environment at the moment of use, never stored."""
@@ -46,6 +49,7 @@ class Settings:
 ENV_ALIASES = {
     "base_url": ("OPENAI_BASE_URL", "OPENAI_API_BASE"),
     "model": ("OPENAI_MODEL",),
+    "ray_address": ("RAY_ADDRESS",),
 }
 
 
@@ -136,7 +140,7 @@ def resolve(root: Path, flags: Mapping[str, Any] | None = None,
     merged.update(env_settings(environ))
     merged.update(_from_mapping({k: v for k, v in (flags or {}).items() if v is not None}, "flag"))
     settings = Settings(**merged)
-    for name in ("max_depth", "max_children", "jobs"):
+    for name in ("max_depth", "max_children", "jobs", "parallel_runs"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"'{name.replace('_', '-')}' must be at least 1")
     return settings

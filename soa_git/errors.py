@@ -21,6 +21,10 @@ class CodeSyntaxError(SoaError):
     """Python source does not parse; the message names the line and column."""
 
 
+class ClusterError(SoaError):
+    """The Ray cluster asked for cannot be reached, or has no node left to run tests on."""
+
+
 class ModelError(SoaError):
     """The model endpoint failed: unreachable, refused the key, or kept failing."""
 

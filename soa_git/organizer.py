@@ -30,7 +30,8 @@ from .config import Settings
 from .errors import AnswerError, BudgetExhausted, ModelError, TargetError
 from .gitrepo import Author, GitRepo, MergeConflict
 from .llm import ChatModel, TokenLedger, Usage
-from .testing import TestResult, run_tests, start_runner
+from .executor import LOCAL, Executor
+from .testing import TestResult
 
 NOT_RUN = TestResult(cases=())
 # Up to this many siblings, a child sees all their skeletons; beyond, only those it names.
@@ -201,8 +202,10 @@ def check_importable(repo: GitRepo, relative: str) -> None:
 
 class Organizer:
     def __init__(self, repo: GitRepo, settings: Settings, model: ChatModel, ledger: TokenLedger,
-                 on_event: Callable[[AgentView], None] = lambda view: None):
+                 on_event: Callable[[AgentView], None] = lambda view: None,
+                 executor: Executor = LOCAL):
         self.repo = repo
+        self.executor = executor
         self.settings = settings
         self.model = model
         self.ledger = ledger
@@ -248,7 +251,7 @@ class Organizer:
         root = self._begin(target, self.repo.head())
         self.repo.lock_run(self.run_id)
         try:
-            start_runner()
+            self.executor.start()
             self._set(root, "thinking")
             # The first answer comes before any write: a failing endpoint leaves no trace.
             step, plan = root.agent.generate(split=self._may_split(root))
@@ -275,7 +278,7 @@ class Organizer:
             # What a killed process left behind: its workspaces and any git lock on its branches.
             self.repo.remove_workspaces(self.run_id)
             self.repo.clear_stale_locks(self.run_id)
-            start_runner()
+            self.executor.start()
             root = self._begin(recording.target, recording.base)
             self._restore(root, recording)
             return self._complete(root, lambda: self._continue(root), started)
@@ -701,10 +704,10 @@ class Organizer:
             return
         self._set(node, "testing")
         with self._test_slots:
-            node.result = run_tests(node.workspace, [node.files.tests],
-                                    python_path=[node.workspace / node.files.import_root],
-                                    timeout_s=self.settings.test_timeout,
-                                    memory_mb=self.settings.test_memory_mb)
+            node.result = self.executor.run_tests(
+                node.workspace, [node.files.tests],
+                python_path=[node.workspace / node.files.import_root],
+                timeout_s=self.settings.test_timeout, memory_mb=self.settings.test_memory_mb)
         self._set(node, node.state)
 
     def _author(self, node: Node) -> Author:

@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 
 from .. import config, history
 from ..errors import RepositoryError
+from ..executor import open_executor
 from ..gitrepo import GitRepo
 from ..organizer import AgentView, Organizer, Recording, RunSummary, Target
 from .run import budgeted_model
@@ -32,5 +33,10 @@ def resume(run: str, *, cwd: Path, flags: Mapping[str, Any],
     if record.state not in RESUMABLE:
         raise RepositoryError(f"run {run} is {record.state}, so there is nothing to resume"
                               + ("" if record.state == "running" else f" ({record.message})"))
-    ledger, model = budgeted_model(settings, environ, repo)
-    return Organizer(repo, settings, model, ledger, on_event).resume(recording(record))
+    executor = open_executor(settings)
+    try:
+        ledger, model = budgeted_model(settings, environ, repo)
+        return Organizer(repo, settings, model, ledger, on_event, executor).resume(
+            recording(record))
+    finally:
+        executor.close()

@@ -1,0 +1,156 @@
+"""The `ray` executor on a real Ray cluster of two nodes on this machine (a head and a worker).
+
+With the scripted model, a run whose tests run on the cluster gives the same tree, files and
+commits as the same run on the local executor; a worker node killed mid-run costs only the test
+runs it held, which run again on the head. `-m "not ray"` leaves these out.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks import scale_shape
+from benchmarks.ray_cluster import LocalCluster
+from soa_git.commands.run import run, run_targets
+from soa_git import config
+from soa_git.gitrepo import GitRepo
+from soa_git.organizer import find_target
+from soa_git.scripted import ScriptedServer
+
+from .conftest import git
+
+pytestmark = pytest.mark.ray
+KEY = {"OPENAI_API_KEY": "sk-test"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(workers=1, cpus=1) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    return scale_shape.make_template(tmp_path_factory.mktemp("template") / "repo", 10)
+
+
+def workload(agents: int, depth: int):
+    shape = scale_shape.build_shape(agents, depth)
+    return shape, ScriptedServer(scale_shape.Responder(shape, 0.0))
+
+
+def flags(server, shape, **more) -> dict:
+    return {"base_url": server.base_url, "max_depth": shape.depth,
+            "max_children": shape.max_children, "jobs": 4, **more}
+
+
+def fill(template: Path, where: Path, shape, **more):
+    repo = scale_shape.clone(template, where)
+    with workload(shape.agents, shape.depth)[1] as server:
+        [summary] = run(f"{scale_shape.TARGET}::{scale_shape.ROOT_FUNCTION}", cwd=repo,
+                        flags=flags(server, shape, **more), environ=KEY)
+    return repo, summary
+
+
+def history_of(repo: Path, summary) -> dict:
+    """What a run left in git, without its run id: each agent's final tree, and its commits'
+    subjects and test results (sorted: siblings are merged in the order they pass)."""
+    out = {}
+    for agent in summary.agents:
+        log = git(repo, "log", "--format=%s %(trailers:key=Soa-Tests,valueonly,separator=)",
+                  agent.branch).replace(summary.run, "RUN")
+        out[agent.path] = (git(repo, "rev-parse", f"{agent.branch}^{{tree}}").strip(),
+                           sorted(log.splitlines()))
+    return out
+
+
+def fsck(repo: Path) -> None:
+    done = subprocess.run(["git", "-C", str(repo), "fsck", "--strict"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_run_on_ray_gives_the_local_run_s_tree(cluster, template, tmp_path):
+    shape = scale_shape.build_shape(12, 3)
+    local_repo, local = fill(template, tmp_path / "local", shape)
+    ray_repo, on_ray = fill(template, tmp_path / "ray", shape, executor="ray",
+                            ray_address=cluster.address)
+
+    assert local.state == on_ray.state == "done", on_ray.message
+    assert history_of(ray_repo, on_ray) == history_of(local_repo, local)
+    assert git(ray_repo, "rev-parse", f"{on_ray.branch}^{{tree}}") == \
+        git(local_repo, "rev-parse", f"{local.branch}^{{tree}}")
+    fsck(ray_repo)
+
+
+def test_a_killed_worker_node_costs_only_the_test_runs_it_held(cluster, template, tmp_path):
+    """The module's cluster loses its worker node here while that node holds a test run, so this
+    test comes after every other that uses the cluster."""
+    from soa_git.ray_executor import RayExecutor
+
+    shape = scale_shape.build_shape(30, 2)
+    local_repo, local = fill(template, tmp_path / "local", shape)
+    repo = scale_shape.clone(template, tmp_path / "ray")
+    worker = cluster.workers[0]
+    executor = RayExecutor.connect(cluster.address)
+    killed = threading.Event()
+
+    def kill_when_busy() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            node = executor._nodes.get(worker.node_id)
+            # Once it has run a test (so it holds blobs) and while it runs another.
+            if node is not None and node.busy and executor.runs_by_node.get(worker.node_id):
+                cluster.kill(worker)
+                killed.set()
+                return
+            time.sleep(0.002)
+
+    killer = threading.Thread(target=kill_when_busy)
+    killer.start()
+    try:
+        gitrepo = GitRepo.open(repo)
+        target = find_target(gitrepo, repo / scale_shape.TARGET, scale_shape.ROOT_FUNCTION)
+        with workload(shape.agents, shape.depth)[1] as server:
+            settings = config.resolve(gitrepo.root, flags(server, shape), KEY)
+            [summary] = run_targets(gitrepo, settings, [target], KEY, lambda view: None,
+                                    executor)
+        killer.join()
+        assert killed.is_set(), "the worker node never held a test run"
+        assert executor.retried >= 1
+        assert worker.node_id not in executor._nodes
+    finally:
+        killer.join()
+        executor.close()
+
+    assert summary.state == "done", summary.message
+    assert history_of(repo, summary) == history_of(local_repo, local)
+    fsck(repo)
+
+
+def test_an_unreachable_cluster_is_one_sentence_and_writes_nothing(template, tmp_path):
+    repo = scale_shape.clone(template, tmp_path / "repo")
+    before = git(repo, "for-each-ref")
+    # A port nothing listens on: bound, then closed.
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("soa-git")), "run", f"{scale_shape.TARGET}::total",
+         "--executor", "ray", "--ray-address", f"127.0.0.1:{port}",
+         "--base-url", "http://127.0.0.1:9/v1"],
+        cwd=repo, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **KEY},
+        timeout=60)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in lines[0], \
+        done.stderr
+    assert "Traceback" not in done.stderr
+    assert git(repo, "for-each-ref") == before
