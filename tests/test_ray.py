@@ -24,6 +24,7 @@ from soa_git.organizer import find_target
 from soa_git.scripted import ScriptedServer
 
 from .conftest import git
+from .test_many_targets import fill as fill_targets, two_targets
 
 pytestmark = pytest.mark.ray
 KEY = {"OPENAI_API_KEY": "sk-test"}
@@ -87,6 +88,15 @@ def test_a_run_on_ray_gives_the_local_run_s_tree(cluster, template, tmp_path):
     assert git(ray_repo, "rev-parse", f"{on_ray.branch}^{{tree}}") == \
         git(local_repo, "rev-parse", f"{local.branch}^{{tree}}")
     fsck(ray_repo)
+
+
+def test_many_targets_spread_over_the_cluster(cluster, tmp_path):
+    repo = two_targets(tmp_path / "repo")
+    summaries, responder = fill_targets(repo, ["."], executor="ray", ray_address=cluster.address,
+                                        parallel_runs=2)
+    assert sorted(s.target.file for s in summaries) == ["app/core.py", "calc/sums.py"]
+    assert all(s.state == "done" for s in summaries), [s.message for s in summaries]
+    assert all(s.tests_passed for s in summaries)
 
 
 def test_a_killed_worker_node_costs_only_the_test_runs_it_held(cluster, template, tmp_path):
