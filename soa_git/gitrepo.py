@@ -39,23 +39,18 @@ from typing import Callable, Iterable, Mapping, NamedTuple
 
 import git
 
-from . import faults
+from . import faults, runformat
 from .checkouts import Checkouts
 from .errors import OwnershipError, RepositoryError
 from .gitobjects import FILE_MODE, Entry, ObjectStore
+from .runformat import NOTES_REF
 
-TRAILER_KEYS = ("Soa-Run", "Soa-Agent", "Soa-Role", "Soa-Parent", "Soa-Phase", "Soa-Round",
-                "Soa-Tests", "Soa-Model", "Soa-Tokens", "Soa-Target")
-NOTES_REF = "refs/notes/soa"
 _SCRATCH_NOTES = "refs/notes/soa-pending/"
-# One line of trailers per commit, unambiguous however values look: read by _parse_trailers.
-_TRAILERS_FORMAT = "%(trailers:only,unfold,separator=%x1e,key_value_separator=%x1f)"
 
 _MIN_GIT = (2, 38)
 # `git notes` run as soa-git (removing and merging notes).
 _SOA_NOTES_ENV = {"GIT_AUTHOR_NAME": "soa-git", "GIT_AUTHOR_EMAIL": "soa-git@localhost",
                   "GIT_COMMITTER_NAME": "soa-git", "GIT_COMMITTER_EMAIL": "soa-git@localhost"}
-_TRAILER_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 # Another git process holds one of git's lock files (git already waited briefly for ref locks).
 _LOCK_BUSY = re.compile(r"\.lock'?: File exists")
 # update-ref's compare-and-swap lost: the ref is not (or no longer) at the expected value.
@@ -286,7 +281,7 @@ class GitRepo:
 
     def log(self, branch: str, *, first_parent: bool = False) -> list[CommitInfo]:
         """Commits reachable from `branch`, newest first."""
-        fields = ("%H", "%P", "%an", "%ae", "%s", "%b", _TRAILERS_FORMAT)
+        fields = ("%H", "%P", "%an", "%ae", "%s", "%b", runformat.TRAILERS_FORMAT)
         r = self._git("log", "-z", "--no-show-signature", f"--format={'%x00'.join(fields)}",
                       *(["--first-parent"] if first_parent else []),
                       f"refs/heads/{branch}", "--", check=False)
@@ -298,9 +293,10 @@ class GitRepo:
         commits = []
         for i in range(0, len(values) - len(fields) + 1, len(fields)):
             sha, parents, name, email, subject, body, raw_trailers = values[i:i + len(fields)]
-            trailers = _parse_trailers(raw_trailers)
+            trailers = runformat.parse_trailers(raw_trailers)
             commits.append(CommitInfo(sha=sha, subject=subject,
-                                      body=_strip_trailers(body, trailers), trailers=trailers,
+                                      body=runformat.strip_trailers(body, trailers),
+                                      trailers=trailers,
                                       parents=tuple(parents.split()), author=Author(name, email)))
         return commits
 
@@ -321,14 +317,14 @@ class GitRepo:
         _guard_hook()
         parent = self._require_commit(base)
         tree = self._store.commit_tree(parent)
-        sha = self._write_commit(tree, (parent,), _message(subject, "", trailers), author)
+        sha = self._write_commit(tree, (parent,), runformat.message(subject, "", trailers), author)
         self._publish(f"refs/heads/{branch}", sha, None, note=note, what=f"branch {branch}",
                       reflog=f"branch: created from {base}")
         return sha
 
     def delete_branch(self, branch: str) -> None:
         """Delete one of soa-git's own branches; a branch that is already gone is fine."""
-        if not branch.startswith("soa/"):
+        if not branch.startswith(runformat.BRANCH_FOLDER):
             raise RepositoryError(f"soa-git only deletes its own soa/ branches, not {branch}")
         sha = self.branch_sha(branch)
         if sha is None:
@@ -354,7 +350,7 @@ class GitRepo:
         allowed = {_posix(p) for p in allowed_paths}
         foreign = sorted(set(map(_posix, files)) - allowed)
         if foreign:
-            agent = trailers.get("Soa-Agent", author.name)
+            agent = runformat.CommitTrailers.read(trailers).agent or author.name
             owned = (f"may only change {_join(sorted(allowed))}" if allowed
                      else "may not change any file")
             raise OwnershipError(f"agent {agent} {owned}, not {_join(foreign)}")
@@ -366,7 +362,7 @@ class GitRepo:
             raise RepositoryError(f"branch {branch} does not exist")
         blobs = {_posix(path): Entry(FILE_MODE, self._store.write_blob(text.encode("utf-8")))
                  for path, text in files.items()}
-        message = _message(subject, body, trailers)
+        message = runformat.message(subject, body, trailers)
         while True:
             base = parent or self._require_commit(start or "")
             tree = self._store.commit_tree(base)
@@ -413,7 +409,7 @@ class GitRepo:
         `other_branch` is already merged.
         """
         _guard_hook()
-        message = _message(subject, "", trailers)
+        message = runformat.message(subject, "", trailers)
         ours, theirs = self.branch_sha(branch), self.branch_sha(other_branch)
         for name, sha in ((branch, ours), (other_branch, theirs)):
             if sha is None:
@@ -471,7 +467,8 @@ class GitRepo:
         own = self._store.commit_tree(ours)
         tree = self._store.edit(self._store.commit_tree(theirs),
                                 {_posix(p): self._store.lookup(own, _posix(p)) for p in keep_paths})
-        sha = self._write_commit(tree, (ours, theirs), _message(subject, "", trailers), author)
+        sha = self._write_commit(tree, (ours, theirs), runformat.message(subject, "", trailers),
+                                 author)
         self._publish(f"refs/heads/{branch}", sha, ours, note=None, what=f"branch {branch}",
                       reflog=f"catch up with {onto}")
         return sha
@@ -532,7 +529,7 @@ class GitRepo:
         revs = [_rev(rev) for rev in dict.fromkeys(revs)]
         if not revs:
             return []
-        fields = ("%H", "%P", "%an", "%ae", "%aI", "%s", "%b", _TRAILERS_FORMAT, "%N")
+        fields = ("%H", "%P", "%an", "%ae", "%aI", "%s", "%b", runformat.TRAILERS_FORMAT, "%N")
         grep = ("--fixed-strings", f"--grep={containing}") if containing else ()
         # --no-notes first: a notes.displayRef in the user's config would add other notes to %N.
         r = self._git("log", "-z", "--no-show-signature", "--no-notes", f"--notes={NOTES_REF}",
@@ -545,10 +542,11 @@ class GitRepo:
         for i in range(0, len(values) - len(fields) + 1, len(fields)):
             sha, parents, name, email, date, subject, body, raw_trailers, note = (
                 values[i:i + len(fields)])
-            trailers = _parse_trailers(raw_trailers)
+            trailers = runformat.parse_trailers(raw_trailers)
             commits.append(LoggedCommit(
                 sha=sha.strip(), parents=tuple(parents.split()), author=Author(name, email),
-                date=date, subject=subject, body=_strip_trailers(body, trailers), trailers=trailers,
+                date=date, subject=subject, body=runformat.strip_trailers(body, trailers),
+                trailers=trailers,
                 note=note.strip("\n") or None))
         return commits
 
@@ -628,7 +626,7 @@ class GitRepo:
         current = self.head_branch()
         if current is None:
             raise RepositoryError("HEAD is detached; check out the branch to merge into first")
-        if current.startswith("soa/"):
+        if current.startswith(runformat.BRANCH_FOLDER):
             raise RepositoryError(f"you are on soa-git's own branch {current}; check out the "
                                   "branch to merge into first")
         ours = self.head()
@@ -683,7 +681,8 @@ class GitRepo:
 
     def runs_with_traces(self) -> list[str]:
         """Every run that left anything in this repository: a branch, a workspace, a lock file."""
-        runs = {name.split("/")[1] for name in self.list_branches("soa/") if name.count("/") >= 2}
+        runs = {name.split("/")[1] for name in self.list_branches(runformat.BRANCH_FOLDER)
+                if name.count("/") >= 2}
         if self._workspaces_root.is_dir():
             runs |= {p.name for p in self._workspaces_root.iterdir()}
         locks = self._soa_dir / "locks"
@@ -1439,38 +1438,6 @@ def _git_time() -> str:
     offset = time.localtime(now).tm_gmtoff // 60
     sign = "+" if offset >= 0 else "-"
     return f"{int(now)} {sign}{abs(offset) // 60:02d}{abs(offset) % 60:02d}"
-
-
-def _message(subject: str, body: str, trailers: Mapping[str, str]) -> str:
-    """Subject, body and trailers in git's layout; the trailers are the last paragraph."""
-    subject = " ".join(subject.split())
-    if not subject:
-        raise ValueError("a commit needs a subject")
-    parts = [subject]
-    if body.strip():
-        parts.append(body.strip("\n").rstrip())
-    keys = [k for k in TRAILER_KEYS if k in trailers]
-    keys += [k for k in trailers if k not in TRAILER_KEYS]
-    for key in keys:
-        if not _TRAILER_KEY.fullmatch(key):
-            raise ValueError(f"invalid trailer key {key!r}")
-    if keys:
-        # A trailer is one line: git's parser would otherwise stop reading the block.
-        parts.append("\n".join(f"{k}: {' '.join(trailers[k].split())}" for k in keys))
-    return "\n\n".join(parts) + "\n"
-
-
-def _parse_trailers(raw: str) -> dict[str, str]:
-    """The trailers printed with _TRAILERS_FORMAT."""
-    return dict(t.split("\x1f", 1) for t in raw.split("\x1e") if "\x1f" in t)
-
-
-def _strip_trailers(body: str, trailers: Mapping[str, str]) -> str:
-    """The body without its last paragraph when git read that paragraph as the trailers."""
-    body = body.strip()
-    if trailers:
-        body = body.rpartition("\n\n")[0].strip()
-    return body
 
 
 def _rev(rev: str) -> str:

@@ -13,21 +13,15 @@ agent's previous commit as first parent, and the chain ends at the commit it bra
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from functools import cached_property
+from typing import Callable
 
-from . import layout, pycode
+from . import layout, pycode, runformat
 from .errors import SoaError, TargetError
 from .gitrepo import BranchTip, GitRepo, LockHolder, LoggedCommit
-from .organizer import code_lines
 
-BRANCH_FOLDER = "soa/"
-RUN_ID = re.compile(r"(\d{8}-\d{6})-[0-9a-f]+")
-COMMENT_FROM = "Comment from the Mother agent:\n"
-_COUNT = re.compile(r"(\d+) (passed|failed|errors?)")
 # What `list` prints for no runs, and what `tree`, `show` and the rest say when they need one.
 NO_RUNS = "no soa-git runs here yet; start one with `soa-git run path/to/file.py::function`"
 
@@ -50,25 +44,29 @@ class CommitRecord:
     trailers: dict[str, str]
     notes: tuple[dict, ...]         # the JSON lines of its note under refs/notes/soa
 
+    @cached_property
+    def soa(self) -> runformat.CommitTrailers:
+        return runformat.CommitTrailers.read(self.trailers)
+
     @property
     def agent(self) -> str:
-        return self.trailers.get("Soa-Agent", "")
+        return self.soa.agent
 
     @property
     def phase(self) -> str:
-        return self.trailers.get("Soa-Phase", "")
+        return self.soa.phase
 
     @property
     def round(self) -> int:
-        return _int(self.trailers.get("Soa-Round"))
+        return self.soa.round
 
     @property
     def tests(self) -> str | None:
-        return self.trailers.get("Soa-Tests")
+        return self.soa.tests
 
     @property
     def tokens(self) -> int:
-        return _int(self.trailers.get("Soa-Tokens"))
+        return self.soa.tokens
 
     @property
     def is_merge(self) -> bool:
@@ -95,7 +93,7 @@ class AgentRecord:
 
     @property
     def passed(self) -> int:
-        return _counts(self.tests)["passed"]
+        return runformat.test_counts(self.tests)["passed"]
 
 
 @dataclass(frozen=True)
@@ -178,8 +176,8 @@ def find_agent(repo: GitRepo, spec: str) -> tuple[RunRecord, AgentRecord]:
     """`RUN/agent.path` (or the branch `soa/RUN/agent.path`), or `agent.path` in the newest run
     that has that agent."""
     spec = spec.strip()
-    if spec.startswith(BRANCH_FOLDER) and spec.count("/") == 2:
-        spec = spec.removeprefix(BRANCH_FOLDER)
+    if spec.startswith(runformat.BRANCH_FOLDER) and spec.count("/") == 2:
+        spec = spec.removeprefix(runformat.BRANCH_FOLDER)
     runs = _runs(repo)
     if "/" in spec:
         run, _, path = spec.partition("/")
@@ -209,7 +207,7 @@ def transcript(agent: AgentRecord) -> list[dict]:
     as stored in the note, plus the `commit` and `subject` it belongs to."""
     return [{**record, "commit": commit.sha, "subject": commit.subject}
             for commit in agent.commits for record in commit.notes
-            if "messages" in record and record.get("agent", agent.path) == agent.path]
+            if runformat.is_step(record) and record.get("agent", agent.path) == agent.path]
 
 
 def attempts(repo: GitRepo, agent: AgentRecord) -> list[Attempt]:
@@ -219,13 +217,14 @@ def attempts(repo: GitRepo, agent: AgentRecord) -> list[Attempt]:
     for number, commit in enumerate(agent.commits, start=1):
         previous = (result[-1].commit.sha if result
                     else commit.parents[0] if commit.parents else "")
-        merged = next((r.get("child") for r in commit.notes if r.get("task") == "merge"), None)
+        merged = runformat.merged_child(commit.notes)
         if not commit.is_merge and commit.tests is not None:
             tests = commit.tests
-        tests = _own_test_note(commit, agent.path) or tests
-        reflection, comment, sent = _read_body(commit)
+        tests = runformat.own_test_result(commit.notes, agent.path) or tests
+        reflection, comment, sent = runformat.read_body(commit.subject, commit.body)
         diff = repo.diff(previous, commit.sha, (agent.file, agent.test_file)) if previous else ""
-        result.append(Attempt(number=number, commit=commit, previous=previous, kind=_kind(commit),
+        result.append(Attempt(number=number, commit=commit, previous=previous,
+                              kind=runformat.kind(commit.subject, commit.phase),
                               tests=tests, child_tests=commit.tests if commit.is_merge else None,
                               merged=merged, reflection=reflection, comment=comment,
                               comments_sent=sent, diff=diff))
@@ -253,15 +252,16 @@ def agent_code(repo: GitRepo, agent: AgentRecord) -> tuple[str | None, str | Non
 def _runs(repo: GitRepo) -> dict[str, dict[str, BranchTip]]:
     """run -> agent path -> branch tip, newest run first: one for-each-ref."""
     runs: dict[str, dict[str, BranchTip]] = {}
-    for tip in repo.branch_tips(BRANCH_FOLDER):
-        parts = tip.branch.split("/")
-        if len(parts) == 3 and all(parts):
-            runs.setdefault(parts[1], {})[parts[2]] = tip
+    for tip in repo.branch_tips(runformat.BRANCH_FOLDER):
+        found = runformat.parse_branch(tip.branch)
+        if found:
+            runs.setdefault(found[0], {})[found[1]] = tip
 
     def newest(run: str) -> tuple:
         # The id starts with its UTC start time to the second; the tips break a tie.
-        match = RUN_ID.fullmatch(run)
-        return (match[1] if match else "", max(_timestamp(t.date) for t in runs[run].values()), run)
+        started = runformat.run_started(run)
+        return (started.timestamp() if started else 0.0,
+                max(_timestamp(t.date) for t in runs[run].values()), run)
 
     return {run: runs[run] for run in sorted(runs, key=newest, reverse=True)}
 
@@ -275,7 +275,7 @@ def _no_run(run: str | None, runs: dict) -> RunNotFound:
 def _load(repo: GitRepo, runs: dict[str, dict[str, BranchTip]]) -> list[RunRecord]:
     """Records of `runs` (in their order) from one git log and one cat-file call."""
     tips = [tip.sha for agents in runs.values() for tip in agents.values()]
-    only = f"Soa-Run: {next(iter(runs))}" if len(runs) == 1 else "Soa-Run: "
+    only = runformat.run_marker(next(iter(runs)) if len(runs) == 1 else None)
     by_sha = {c.sha: _commit_record(c) for c in repo.commits(tips, containing=only)}
     drafts = [_Draft(run, agents, by_sha) for run, agents in runs.items()]
     wanted = [(agent.tip.sha, agent.file)
@@ -307,8 +307,8 @@ class _Draft:
         root = roots[0] if roots else None
         self.root_commits = root.commits if root else []
         self.root_tip = root.tip.sha if root else ""
-        self.target = next((c.trailers["Soa-Target"] for a in self.agents for c in a.commits
-                            if "Soa-Target" in c.trailers), "")
+        self.target = next((c.soa.target for a in self.agents for c in a.commits
+                            if c.soa.target is not None), "")
         target_file = self.target.rpartition("::")[0]
         if target_file:
             for agent in self.agents:
@@ -321,23 +321,21 @@ class _Draft:
         agents = tuple(self._agent(a, source(a.tip.sha, a.file) if a.file else None)
                        for a in self.agents)
         tip = self.root_commits[-1] if self.root_commits else None
-        end = next((r for r in (tip.notes if tip and tip.sha == self.root_tip else ())
-                    if r.get("task") == "end"), None)
+        end = runformat.run_end(tip.notes if tip and tip.sha == self.root_tip else ())
         state, message = _outcome(end, lock_holder(self.run))
         usage = end.get("usage") if end else None
         # The end record counts every model call, also those of answers that were never committed.
-        tokens = (_int(usage.get("prompt_tokens")) + _int(usage.get("completion_tokens"))
+        tokens = (runformat.leading_int(usage.get("prompt_tokens"))
+                  + runformat.leading_int(usage.get("completion_tokens"))
                   if isinstance(usage, dict) else sum(a.tokens for a in agents))
         dates = sorted((c.date for a in self.agents for c in a.commits), key=_timestamp)
-        match = RUN_ID.fullmatch(self.run)
-        began = datetime.strptime(match[1], "%Y%m%d-%H%M%S") if match else None
-        started = (began.replace(tzinfo=timezone.utc).isoformat() if began
-                   else _utc(dates[0]) if dates else "")
+        began = runformat.run_started(self.run)
+        started = began.isoformat() if began else _utc(dates[0]) if dates else ""
         first = self.root_commits[0] if self.root_commits else None
         return RunRecord(
             run=self.run, target=self.target,
             base=first.parents[0] if first and first.parents else self.root_tip,
-            root=self.root, branch=f"{BRANCH_FOLDER}{self.run}/{self.root}", state=state,
+            root=self.root, branch=runformat.branch(self.run, self.root), state=state,
             message=message, agents=agents, started=started,
             updated=_utc(dates[-1]) if dates else started, tokens=tokens,
             tests_passed=sum(a.passed for a in agents),
@@ -349,18 +347,17 @@ class _Draft:
         for commit in commits:
             if not commit.is_merge and commit.tests is not None:
                 tests = commit.tests
-            tests = _own_test_note(commit, draft.path) or tests
-        parent = next((c.trailers["Soa-Parent"] for c in commits if "Soa-Parent" in c.trailers),
+            tests = runformat.own_test_result(commit.notes, draft.path) or tests
+        parent = next((c.soa.parent for c in commits if c.soa.parent is not None),
                       draft.path.rpartition(".")[0] or None)
         function = draft.path.rpartition(".")[2]
         code = _own_code(source, function, is_root=parent is None)
         return AgentRecord(
-            run=self.run, path=draft.path, branch=f"{BRANCH_FOLDER}{self.run}/{draft.path}",
-            tip=draft.tip.sha,
-            role=commits[-1].trailers.get("Soa-Role", "child") if commits else "child",
+            run=self.run, path=draft.path, branch=runformat.branch(self.run, draft.path),
+            tip=draft.tip.sha, role=(commits[-1].soa.role if commits else "") or "child",
             function=function, parent=parent, file=draft.file, test_file=draft.test_file,
             commits=commits, rounds=max((c.round for c in commits), default=0), tests=tests,
-            lines=code_lines(code) if code else 0, tokens=sum(c.tokens for c in commits),
+            lines=pycode.code_lines(code) if code else 0, tokens=sum(c.tokens for c in commits),
             state=_state(tests))
 
 
@@ -380,7 +377,7 @@ def _own_chain(run: str, path: str, tip: str,
     """The agent's own commits, oldest first: first parents from its tip while they are its own."""
     chain = []
     commit = by_sha.get(tip)
-    while commit is not None and commit.agent == path and commit.trailers.get("Soa-Run") == run:
+    while commit is not None and commit.agent == path and commit.soa.run == run:
         chain.append(commit)
         commit = by_sha.get(commit.parents[0]) if commit.parents else None
     return chain[::-1]
@@ -389,25 +386,8 @@ def _own_chain(run: str, path: str, tip: str,
 def _commit_record(commit: LoggedCommit) -> CommitRecord:
     return CommitRecord(sha=commit.sha, parents=commit.parents, subject=commit.subject,
                         body=commit.body, author=commit.author.name, date=commit.date,
-                        trailers=commit.trailers, notes=tuple(_json_lines(commit.note or "")))
-
-
-def _json_lines(text: str) -> Iterable[dict]:
-    """The note's records; a line that is not a JSON object (a person's own note) is skipped."""
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            yield record
-
-
-def _own_test_note(commit: CommitRecord, path: str) -> str | None:
-    """A Mother's own test result after merging, recorded in the note of the merge."""
-    results = [r.get("tests") for r in commit.notes
-               if r.get("task") == "test" and r.get("agent") == path]
-    return str(results[-1]) if results and results[-1] is not None else None
+                        trailers=commit.trailers,
+                        notes=tuple(runformat.read_note(commit.note or "")))
 
 
 def _own_code(source: str | None, function: str, *, is_root: bool) -> str | None:
@@ -420,54 +400,8 @@ def _own_code(source: str | None, function: str, *, is_root: bool) -> str | None
         return None
 
 
-def _kind(commit: CommitRecord) -> str:
-    subject = commit.subject
-    for prefix, kind in (("start:", "start"), ("skeleton:", "skeleton"),
-                         ("generate: split", "split"), ("generate: implement", "implement"),
-                         ("modify: repair", "repair"),
-                         ("modify: answer", "answer"), ("modify: revise", "revise"),
-                         ("modify: redo", "redo"), ("merge:", "merge")):
-        if subject.startswith(prefix):
-            return kind
-    return commit.phase or "commit"
-
-
-def _read_body(commit: CommitRecord) -> tuple[str, str | None, dict[str, str]]:
-    """(reflection, comment received, comments sent) from a commit's body."""
-    body = commit.body
-    comment = None
-    at = _marker(body, COMMENT_FROM)
-    if at is not None:
-        body, comment = body[:at], body[at + len(COMMENT_FROM):].strip()
-    sent: dict[str, str] = {}
-    _, _, names = commit.subject.partition(", comment to ")
-    markers = sorted((found, name) for name in filter(None, (n.strip() for n in names.split(",")))
-                     if (found := _marker(body, f"Comment to {name}:\n")) is not None)
-    for i, (at, name) in enumerate(markers):
-        end = markers[i + 1][0] if i + 1 < len(markers) else len(body)
-        sent[name] = body[at + len(f"Comment to {name}:\n"):end].strip()
-    if markers:
-        body = body[:markers[0][0]]
-    return body.strip(), comment, sent
-
-
-def _marker(body: str, marker: str) -> int | None:
-    """Where `marker` starts a paragraph of `body`, if it does."""
-    if body.startswith(marker):
-        return 0
-    found = body.find(f"\n\n{marker}")
-    return None if found < 0 else found + 2
-
-
-def _counts(tests: str | None) -> dict[str, int]:
-    counts = {"passed": 0, "failed": 0, "errors": 0}
-    for number, what in _COUNT.findall(tests or ""):
-        counts["errors" if what.startswith("error") else what] += int(number)
-    return counts
-
-
 def _state(tests: str | None) -> str:
-    counts = _counts(tests)
+    counts = runformat.test_counts(tests)
     if counts["failed"] or counts["errors"] or "timed out" in (tests or ""):
         return "failed"
     return "passed" if counts["passed"] else "pending"
@@ -476,11 +410,6 @@ def _state(tests: str | None) -> str:
 def _path_key(path: str) -> list[str]:
     """Parents before children, siblings by name."""
     return path.split(".")
-
-
-def _int(value) -> int:
-    match = re.match(r"\s*(\d+)", str(value or ""))
-    return int(match[1]) if match else 0
 
 
 def _timestamp(date: str) -> float:

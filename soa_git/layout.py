@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Callable, Iterable
 
-from . import pycode
+from . import pycode, runformat
 
 TEST_DIR = "tests/soa"
 FUTURE = "from __future__ import annotations"
@@ -67,7 +67,7 @@ def root_source(original: str, function: str, body: str, imports: Iterable[str])
 def module_source(agent_path: str, skeleton: pycode.Function, body: str, imports: Iterable[str],
                   extra: Iterable[str] = ()) -> str:
     """A whole module for a non-root agent: its imports, kept helpers, and its function."""
-    header = f'"""`{skeleton.name}`, written by soa-git agent {agent_path}."""\n'
+    header = runformat.module_header(skeleton.name, agent_path)
     sections = ["\n".join(_ordered_imports(imports)), *extra, skeleton.source]
     text = header + "\n\n\n".join(s.strip("\n") for s in sections) + "\n"
     return pycode.replace_body(text, skeleton.name, body) if body else text
@@ -75,6 +75,6 @@ def module_source(agent_path: str, skeleton: pycode.Function, body: str, imports
 
 def test_source(function: str, files: AgentFiles, tests: Iterable[str],
                 imports: Iterable[str]) -> str:
-    header = f'"""Unit tests of `{function}`, kept by soa-git."""\n'
+    header = runformat.test_header(function)
     lines = _ordered_imports([*imports, f"from {files.import_name} import {function}"])
     return header + "\n".join(lines) + "\n\n\n" + "\n\n\n".join(t.strip("\n") for t in tests) + "\n"

@@ -10,21 +10,18 @@ test feedback, Mothers revise their own code and comment on the children they im
 from __future__ import annotations
 
 import itertools
-import json
 import keyword
 import re
-import secrets
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from . import layout, pycode
+from . import layout, pycode, runformat
 from .agents import Agent, ChildStatus, Plan, Step, parse_plan, parse_revision, prose
 from .config import Settings
 from .errors import AnswerError, BudgetExhausted, ModelError, TargetError
@@ -132,14 +129,6 @@ class Node:
         return 0 if self.parent is None else self.parent.depth + 1
 
 
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-
-
-def code_lines(text: str) -> int:
-    return sum(1 for line in text.splitlines() if line.strip())
-
-
 def committed_source(repo: GitRepo, file: Path) -> tuple[str, str]:
     """(path from the root, text at HEAD) of a file that is committed, unchanged, and parses.
 
@@ -210,7 +199,7 @@ class Organizer:
         self.model = model
         self.ledger = ledger
         self.on_event = on_event
-        self.run_id = new_run_id()
+        self.run_id = runformat.new_run_id()
         self._test_slots = threading.BoundedSemaphore(settings.jobs)
         # Agents working at once. A Mother gives her slot back while she waits for her children,
         # so slots never run out. Four times `jobs`: when a round of answers comes back and those
@@ -239,7 +228,7 @@ class Organizer:
         agent = Agent(path, skeleton, self.model, callees=callees,
                       max_children=self.settings.max_children)
         node = Node(path=path, skeleton=skeleton, files=files, agent=agent, parent=parent,
-                    branch=f"soa/{self.run_id}/{path}")
+                    branch=runformat.branch(self.run_id, path))
         with self._lock:
             self.nodes.append(node)
         return node
@@ -255,12 +244,12 @@ class Organizer:
             self._set(root, "thinking")
             # The first answer comes before any write: a failing endpoint leaves no trace.
             step, plan = root.agent.generate(split=self._may_split(root))
-            self.repo.start_branch(root.branch, self.base, author=self._author(root),
-                                   subject=f"start: run {self.run_id} on "
-                                           f"{target.file}::{target.function}",
-                                   trailers=self._trailers(root, "start", Usage()),
-                                   note=json.dumps({"agent": root.path, "task": "start",
-                                                    "settings": self._recorded_settings()}))
+            self.repo.start_branch(
+                root.branch, self.base, author=self._author(root),
+                subject=runformat.start_subject(self.run_id, self._target_text()),
+                trailers=self._trailers(root, "start", Usage()),
+                note=runformat.note_line(runformat.start_record(root.path,
+                                                                self._recorded_settings())))
             return self._complete(root, lambda: self._develop(root, step, plan), started)
         finally:
             self.repo.unlock_run(self.run_id)
@@ -344,9 +333,9 @@ class Organizer:
         """The end record on the root's tip is how history tells a finished run from a killed
         one."""
         summary = self._summary(root, seconds)
-        self._note(self.repo.branch_sha(root.branch), {
-            "agent": root.path, "task": "end", "state": summary.state, "message": summary.message,
-            "usage": summary.usage.record(), "seconds": round(seconds, 3)})
+        self._note(self.repo.branch_sha(root.branch), runformat.end_record(
+            root.path, state=summary.state, message=summary.message,
+            usage=summary.usage.record(), seconds=seconds))
         return summary
 
     # ---- generation: one agent's first answer, and everything after it ---------------------
@@ -359,8 +348,8 @@ class Organizer:
                 node.fork = mother.split or self.repo.branch_sha(mother.branch) or self.base
                 self.repo.commit_files(
                     node.branch, self._files(node), start=node.fork,
-                    subject=f"skeleton: {node.skeleton.name} from {mother.path}",
-                    body="The signature, docstring and unit tests written by the Mother agent.",
+                    subject=runformat.skeleton_subject(node.skeleton.name, mother.path),
+                    body=runformat.SKELETON_BODY,
                     trailers=self._trailers(node, "generate", Usage()),
                     author=self._author(node), allowed_paths=self._owned(node))
             if self._halted(node):
@@ -379,14 +368,13 @@ class Organizer:
             self._adopt_plan(node, plan)
             self._write(node)
             if node.children:
-                self._commit(node, step, phase="generate", subject=(
-                    f"generate: split {node.skeleton.name} into "
-                    + ", ".join(c.skeleton.name for c in node.children)), tested=False)
+                self._commit(node, step, phase="generate", subject=runformat.split_subject(
+                    node.skeleton.name, (c.skeleton.name for c in node.children)), tested=False)
                 node.split = node.held
             else:
                 self._test(node)
                 self._commit(node, step, phase="generate",
-                             subject=f"generate: implement {node.skeleton.name}")
+                             subject=runformat.implement_subject(node.skeleton.name))
             self._carry_on(node)
         self._settle(node)
 
@@ -477,7 +465,7 @@ class Organizer:
 
     def _restore(self, node: Node, recording: Recording) -> None:
         for record in recording.steps.get(node.path, ()):
-            answer = record["messages"][-1]["content"]
+            answer = runformat.answer(record)
             task = record["task"]
             sent: dict[str, str] = {}
             if task in ("decompose", "implement"):
@@ -530,10 +518,10 @@ class Organizer:
             self._adopt(node, plan, adopt_tests=False)
             self._write(node)
             self._test(node)
-            why = "answer a comment on" if comment else "repair"
             self._commit(node, step, phase="modify",
-                         subject=f"modify: {why} {node.skeleton.name} (round {node.rounds})",
-                         body=f"Comment from the Mother agent:\n{comment}" if comment else "",
+                         subject=runformat.repair_subject(node.skeleton.name, node.rounds,
+                                                          answering=comment is not None),
+                         body=runformat.received_body(comment) if comment else "",
                          record={"comment": comment} if comment else {})
             node.pending_comment = comment = None
 
@@ -556,10 +544,10 @@ class Organizer:
                 self._adopt(node, revision.plan, adopt_tests=False)
                 self._write(node)
             self._test(node)
-            self._commit(node, step, phase="modify", subject=(
-                f"modify: revise {node.skeleton.name} (round {node.rounds})"
-                + (", comment to " + ", ".join(revision.comments) if revision.comments else "")),
-                body="\n\n".join(f"Comment to {k}:\n{v}" for k, v in revision.comments.items()))
+            self._commit(node, step, phase="modify",
+                         subject=runformat.revise_subject(node.skeleton.name, node.rounds,
+                                                          revision.comments),
+                         body=runformat.sent_body(revision.comments))
             self._answer_comments(node, revision.comments)
 
     def _answer_comments(self, mother: Node, comments: dict[str, str]) -> None:
@@ -600,7 +588,7 @@ class Organizer:
         self._sync(mother)
         self._test(mother)
         self._note(self.repo.branch_sha(mother.branch),
-                   {"agent": mother.path, "task": "test", "tests": mother.result.summary()})
+                   runformat.test_record(mother.path, mother.result.summary()))
 
     def _accept(self, mother: Node, child: Node, tip: str) -> None:
         """A --no-ff merge of the child's `tip`; on a conflict the child first redoes its work
@@ -608,11 +596,10 @@ class Organizer:
         def merge(tip: str) -> str:
             return self.repo.merge(
                 mother.branch, child.branch, author=self._author(mother),
-                subject=f"merge: accept {child.skeleton.name} into {mother.skeleton.name}",
-                trailers={**self._trailers(mother, "merge", Usage()),
-                          "Soa-Tests": child.result.summary()},
-                note=json.dumps({"agent": mother.path, "task": "merge", "child": child.path,
-                                 "child_tip": tip, "tests": child.result.summary()}),
+                subject=runformat.merge_subject(child.skeleton.name, mother.skeleton.name),
+                trailers=self._trailers(mother, "merge", Usage(), tests=child.result.summary()),
+                note=runformat.note_line(runformat.merge_record(
+                    mother.path, child.path, tip, child.result.summary())),
                 base=child.fork)
 
         try:
@@ -621,8 +608,8 @@ class Organizer:
             with self._workspace(child):
                 self.repo.catch_up(child.branch, mother.branch,
                                    (child.files.module, child.files.tests),
-                                   subject=f"modify: redo {child.skeleton.name} on the new base "
-                                           f"of {mother.skeleton.name}",
+                                   subject=runformat.redo_subject(child.skeleton.name,
+                                                                  mother.skeleton.name),
                                    trailers=self._trailers(child, "modify", Usage()),
                                    author=self._author(child))
                 # Its history now holds hers since its fork: git finds the merge base.
@@ -630,7 +617,7 @@ class Organizer:
                 self._sync(child)
                 self._test(child)
             tip = self.repo.branch_sha(child.branch)
-            self._note(tip, {"agent": child.path, "task": "test", "tests": child.result.summary()})
+            self._note(tip, runformat.test_record(child.path, child.result.summary()))
             if not child.result.ok:
                 child.error = (f"{conflict}; on the new base its tests fail "
                                f"({child.result.summary()})")
@@ -711,22 +698,20 @@ class Organizer:
         self._set(node, node.state)
 
     def _author(self, node: Node) -> Author:
-        return Author(name=f"soa agent {node.path}", email=f"{node.path}@soa-git.invalid")
+        return Author(name=runformat.author_name(node.path),
+                      email=runformat.author_email(node.path))
 
-    def _trailers(self, node: Node, phase: str, usage: Usage, tested: bool = False,
+    def _target_text(self) -> str:
+        return runformat.target(self.target_.file, self.target_.function)
+
+    def _trailers(self, node: Node, phase: str, usage: Usage, tests: str | None = None,
                   model: str | None = None) -> dict[str, str]:
         """`model` is the name the server answered with, when a model call made this commit."""
-        trailers = {"Soa-Run": self.run_id, "Soa-Agent": node.path, "Soa-Role": node.role,
-                    "Soa-Phase": phase, "Soa-Round": str(node.rounds),
-                    "Soa-Model": model or self.model.name,
-                    "Soa-Tokens": str(usage.total) + (" (estimated)" if usage.estimated else "")}
-        if node.parent:
-            trailers["Soa-Parent"] = node.parent.path
-        else:
-            trailers["Soa-Target"] = f"{self.target_.file}::{self.target_.function}"
-        if tested:
-            trailers["Soa-Tests"] = node.result.summary()
-        return trailers
+        return runformat.CommitTrailers(
+            run=self.run_id, agent=node.path, role=node.role, phase=phase, round=node.rounds,
+            model=model or self.model.name, tokens=usage.total, estimated=usage.estimated,
+            parent=node.parent.path if node.parent else None,
+            target=None if node.parent else self._target_text(), tests=tests).write()
 
     def _commit(self, node: Node, step: Step, *, phase: str, subject: str, body: str = "",
                 tested: bool = True, record: dict | None = None) -> None:
@@ -734,24 +719,21 @@ class Organizer:
 
         Its transcript note is written before the branch moves, so resume always finds it.
         """
-        reflection = step.reflection.strip()
-        text = "\n\n".join(part for part in (reflection, body) if part)
-        note = json.dumps({
-            "agent": node.path, "task": step.task, "phase": phase, "round": node.rounds,
-            "model": step.model, "tests": node.result.summary() if tested else None,
-            "usage": step.usage.record(),
-            **(record or {}),
-            "messages": list(step.messages)}, ensure_ascii=False)
+        tests = node.result.summary() if tested else None
+        note = runformat.note_line(runformat.step_record(
+            agent=node.path, task=step.task, phase=phase, round=node.rounds, model=step.model,
+            tests=tests, usage=step.usage.record(), messages=step.messages, **(record or {})))
         node.held = self.repo.commit_files(
-            node.branch, node.written, subject=subject, body=text,
-            trailers=self._trailers(node, phase, step.usage, tested, step.model),
+            node.branch, node.written, subject=subject,
+            body=runformat.step_body(step.reflection, body),
+            trailers=self._trailers(node, phase, step.usage, tests, step.model),
             author=self._author(node), allowed_paths=self._owned(node), allow_empty=True, note=note)
 
     def _note(self, sha: str | None, record: dict) -> None:
         """Notes are JSON lines, so a step that changed nothing still joins its commit's note."""
         if sha is None:
             return
-        self.repo.append_note(sha, json.dumps(record, ensure_ascii=False))
+        self.repo.append_note(sha, runformat.note_line(record))
 
     @contextmanager
     def _workspace(self, node: Node) -> Iterator[Path]:
@@ -796,8 +778,7 @@ class Organizer:
 
     def _fail(self, node: Node, exc: Exception) -> None:
         node.error = str(exc)
-        self._note(self.repo.branch_sha(node.branch), {"agent": node.path, "task": "error",
-                                                       "error": node.error})
+        self._note(self.repo.branch_sha(node.branch), runformat.error_record(node.path, node.error))
         if isinstance(exc, (BudgetExhausted, ModelError)):
             with self._lock:
                 self._halt = self._halt or str(exc)
@@ -820,7 +801,7 @@ class Organizer:
                          function=node.skeleton.name, file=node.files.module,
                          test_file=node.files.tests, branch=node.branch, state=node.state,
                          tests=node.result.summary(), passed=node.result.passed,
-                         rounds=node.rounds, lines=code_lines(source),
+                         rounds=node.rounds, lines=pycode.code_lines(source),
                          tokens=self.ledger.for_agent(node.path).total, error=node.error)
 
     def _summary(self, root: Node, seconds: float) -> RunSummary:

@@ -178,6 +178,11 @@ def skeleton_text(fn: Function) -> str:
     return "\n".join(lines)
 
 
+def code_lines(text: str) -> int:
+    """How much code an agent wrote: its non-blank lines."""
+    return sum(1 for line in text.splitlines() if line.strip())
+
+
 def _checked(source: str, what: str) -> _Source:
     src = _Source(source)
     error = _python_error(source) or _tree_error(src)

@@ -232,7 +232,7 @@ def _attempt_json(attempt: Attempt) -> dict:
     commit = attempt.commit
     return {"number": attempt.number, "commit": commit.sha, "previous": attempt.previous,
             "subject": commit.subject, "kind": attempt.kind, "phase": commit.phase,
-            "round": commit.round, "date": commit.date, "model": commit.trailers.get("Soa-Model"),
+            "round": commit.round, "date": commit.date, "model": commit.soa.model,
             "tokens": commit.tokens, "tests": attempt.tests, "child_tests": attempt.child_tests,
             "merged": attempt.merged, "reflection": attempt.reflection, "comment": attempt.comment,
             "comments_sent": dict(attempt.comments_sent), "diff": attempt.diff}

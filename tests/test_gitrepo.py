@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from soa_git.errors import OwnershipError, RepositoryError
-from soa_git.gitrepo import (NOTES_REF, TRAILER_KEYS, Author, BranchMoved, CommitInfo, GitRepo,
-                             MergeCheck, MergeConflict)
+from soa_git.gitrepo import (NOTES_REF, Author, BranchMoved, CommitInfo, GitRepo, MergeCheck,
+                             MergeConflict)
+from soa_git.runformat import TRAILER_KEYS
 
 AGENT = Author("solve.parse", "solve.parse@agents.soa-git")
 MOTHER = Author("solve", "solve@agents.soa-git")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
-from .. import config, layout, pycode
+from .. import config, layout, pycode, runformat
 from ..errors import SoaError, TargetError
 from ..gitrepo import GitRepo
 from ..testing import TestCase, TestResult, run_tests
@@ -31,7 +31,6 @@ from ..testing import TestCase, TestResult, run_tests
 MARKER = "soa-git: fill"
 _MARKER_COMMENT = re.compile(r"^\s*#\s*soa-git:\s*fill\b")
 _MARKER_DOC = re.compile(r"^\s*soa-git:\s*fill\s*$", re.MULTILINE)
-_TEST_HEADER = re.compile(r'\A\s*"""Unit tests of `(\w+)`, kept by soa-git\.')
 _IMPORT = re.compile(r"^from\s+([\w.]+)\s+import\s+([\w, ]+)$", re.MULTILINE)
 # Directories never searched for an agent's module.
 _SKIP_DIRS = {".git", ".hg", ".tox", ".venv", "venv", "node_modules", "__pycache__", "build",
@@ -116,10 +115,9 @@ def recorded_agents(root: Path) -> list[AgentTests]:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
-        header = _TEST_HEADER.match(text)
-        if header is None:
+        function = runformat.tested_function(text)
+        if function is None:
             continue
-        function = header.group(1)
         modules = [m.group(1) for m in _IMPORT.finditer(text)
                    if function in (n.strip() for n in m.group(2).split(","))]
         if modules:

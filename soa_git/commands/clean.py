@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import runformat
 from ..errors import RepositoryError
 from ..gitrepo import GitRepo, RunLocked
 from .accept import check_run_id
@@ -72,7 +73,7 @@ def _clean_all(repo: GitRepo, dry_run: bool) -> CleanPlan:
     kept, runs = [], []
     for run in repo.runs_with_traces():
         holder = repo.run_lock_holder(run)
-        outside = repo.foreign_checkouts(repo.list_branches(f"soa/{run}/"))
+        outside = repo.foreign_checkouts(repo.list_branches(runformat.run_branches(run)))
         if holder is not None and holder.alive:
             kept.append((run, f"in use by process {holder.pid} on {holder.host}"))
         elif outside:
@@ -81,7 +82,7 @@ def _clean_all(repo: GitRepo, dry_run: bool) -> CleanPlan:
         else:
             runs.append(run)
     if dry_run:
-        going = [b for run in runs for b in repo.list_branches(f"soa/{run}/")]
+        going = [b for run in runs for b in repo.list_branches(runformat.run_branches(run))]
         plans = tuple(_plan(repo, run, going=going) for run in runs)
         ours = {sha for plan in plans for sha in plan.notes}
         orphans = [] if kept else [sha for sha in repo.unshared_notes(going, orphans=True)
@@ -111,7 +112,7 @@ def _refuse_live(repo: GitRepo, run: str) -> None:
 
 
 def _plan(repo: GitRepo, run: str, going) -> RunPlan:
-    branches = sorted(repo.list_branches(f"soa/{run}/"))
+    branches = sorted(repo.list_branches(runformat.run_branches(run)))
     outside = repo.foreign_checkouts(branches)
     if outside:
         branch, path = next(iter(outside.items()))

@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import history
+from .. import history, runformat
 from ..errors import RepositoryError
 from ..gitrepo import NOTES_REF, GitRepo
-from .report import fetch_refspecs
 
 _ATTEMPTS = 3
 _OUTCOME = {"*": "new", " ": "updated", "=": "up to date", "+": "forced", "-": "deleted",
@@ -43,7 +42,7 @@ def push(cwd: Path, run: str, remote: str = "origin") -> Pushed:
     if record.state == "running":
         raise RepositoryError(f"run {run} is still running ({record.message}); push it when it "
                               "has ended")
-    specs = [f"refs/heads/soa/{record.run}/*:refs/heads/soa/{record.run}/*"]
+    specs = runformat.push_refspecs(record.run)
     has_notes = repo.ref_sha(NOTES_REF) is not None
     if has_notes:
         specs.append(f"{NOTES_REF}:{NOTES_REF}")
@@ -56,7 +55,7 @@ def push(cwd: Path, run: str, remote: str = "origin") -> Pushed:
         if not rejected:
             refs = tuple((ref, _OUTCOME.get(flag, why)) for flag, ref, why in outcomes)
             return Pushed(run=record.run, remote=remote, url=_public(url), refs=refs,
-                          notes_merged=merged, fetch=fetch_refspecs(record.run))
+                          notes_merged=merged, fetch=runformat.fetch_refspecs(record.run))
         branches = [(ref, why) for ref, why in rejected if ref != NOTES_REF]
         if branches:
             ref, why = branches[0]

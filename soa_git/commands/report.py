@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import history
-from ..gitrepo import NOTES_REF, GitRepo
+from .. import history, runformat
+from ..gitrepo import GitRepo
 
 
 @dataclass(frozen=True)
@@ -20,12 +20,7 @@ class RunReport:
 
     @property
     def fetch_refspecs(self) -> tuple[str, str]:
-        return fetch_refspecs(self.run.run)
-
-
-def fetch_refspecs(run: str) -> tuple[str, str]:
-    """What a reviewer fetches to read the run in a clone: its branches and the notes."""
-    return (f"+refs/heads/soa/{run}/*:refs/heads/soa/{run}/*", f"+{NOTES_REF}:{NOTES_REF}")
+        return runformat.fetch_refspecs(self.run.run)
 
 
 def build(cwd: Path, run: str | None, *, remote: str = "origin") -> RunReport:
