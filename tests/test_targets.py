@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from soa_git import pycode
-from soa_git.commands.run import run, targets
+from soa_git.commands.run import run
 from soa_git.errors import TargetError
 from soa_git.gitrepo import GitRepo
+from soa_git.organizer import find_targets
 
 from .conftest import git, make_repo, snapshot
 
@@ -28,7 +29,7 @@ def test_every_skeleton_of_a_file_is_found_with_one_parse(tmp_path, monkeypatch)
         real(self, source)
 
     monkeypatch.setattr(pycode._Source, "__init__", counted)
-    found = targets(GitRepo.open(repo), repo / "many.py", None)
+    found = find_targets(GitRepo.open(repo), repo / "many.py", None)
     assert [t.function for t in found] == [f"add{i}" for i in range(200)]
     assert sum(1 for size in parses if size >= len(text)) <= 3
 
@@ -58,5 +59,5 @@ def test_a_file_that_is_no_module_name_is_refused_before_any_model_call(tmp_path
 def test_a_folder_that_is_no_package_is_fine(tmp_path):
     """Only the import path counts: `my tools/calc.py` is imported as `calc`."""
     repo = make_repo(tmp_path / "r", {"my tools/calc.py": SKELETON})
-    found = targets(GitRepo.open(repo), Path(repo / "my tools/calc.py"), "add")
+    found = find_targets(GitRepo.open(repo), Path(repo / "my tools/calc.py"), ["add"])
     assert [t.file for t in found] == ["my tools/calc.py"]
