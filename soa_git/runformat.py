@@ -215,9 +215,11 @@ def implement_subject(function: str) -> str:
     return f"generate: implement {function}"
 
 
-def repair_subject(function: str, round: int, *, answering: bool) -> str:
+def repair_subject(function: str, round: int, *, answering: bool, kept: int | None = None) -> str:
+    """`kept`: the earlier round whose code the commit keeps, because this one scored worse."""
     why = "answer a comment on" if answering else "repair"
-    return f"modify: {why} {function} (round {round})"
+    return (f"modify: {why} {function} (round {round})"
+            + (f": kept round {kept}, this attempt scored worse" if kept is not None else ""))
 
 
 def revise_subject(function: str, round: int, commented: Iterable[str]) -> str:

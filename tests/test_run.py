@@ -156,7 +156,8 @@ def test_two_level_tree_passes_first_time(sample_repo, sample_script, serve, tmp
     assert tip_trailers["Soa-Parent"] == "summarize"
     assert tip_trailers["Soa-Role"] == "child"
     assert tip_trailers["Soa-Phase"] == "generate"
-    assert tip_trailers["Soa-Tests"] == "3 passed"
+    # The Mother's three tests and the one made from the docstring's example.
+    assert tip_trailers["Soa-Tests"] == "4 passed"
     assert tip_trailers["Soa-Model"] == "scripted"
     assert int(tip_trailers["Soa-Tokens"]) > 0
 
@@ -198,9 +199,10 @@ def test_child_whose_first_answer_fails_is_repaired(shapes, serve):
     branch = f"soa/{summary.run}/area_report.area"
     assert git(shapes, "log", "--format=%s", branch).splitlines()[:2] == [
         "modify: repair area (round 1)", "generate: implement area"]
+    # The Mother's test and the docstring's example `area(2, 3) == 6`.
     assert {k: trailers(shapes, branch)[k] for k in ("Soa-Phase", "Soa-Round", "Soa-Tests")} == {
-        "Soa-Phase": "modify", "Soa-Round": "1", "Soa-Tests": "1 passed"}
-    assert trailers(shapes, branch + "~1")["Soa-Tests"] == "1 failed"
+        "Soa-Phase": "modify", "Soa-Round": "1", "Soa-Tests": "2 passed"}
+    assert trailers(shapes, branch + "~1")["Soa-Tests"] == "2 failed"
     body = git(shapes, "log", "-1", "--format=%B", f"soa/{summary.run}/area_report.area")
     assert "I added instead of multiplying." in body
     # The repair prompt carried the failing test's feedback.
@@ -244,7 +246,13 @@ def test_answer_that_does_not_parse_is_retried_with_the_error(shapes, serve):
     retry = server.requests[1]["body"]["messages"]
     assert retry[-1]["content"].startswith("soa-git task: reformat area_report")
     assert "does not parse (line 1, column" in retry[-1]["content"]
-    assert retry[-2]["role"] == "assistant"
+    # The task is restated and the rejected answer is not sent again.
+    assert "Your function is `area_report`" in retry[-1]["content"]
+    assert [m["role"] for m in retry] == ["system", "user"]
+    split = git(shapes, "log", "--format=%H", "--grep=^generate: split", f"soa/{summary.run}/area_report")
+    note = git(shapes, "notes", "--ref=soa", "show", split.strip())
+    recorded = json.loads(note.splitlines()[0])["messages"]
+    assert [m["role"] for m in recorded] == ["system", "user", "assistant", "user", "assistant"]
 
 
 def test_rate_limit_then_success(shapes, serve):

@@ -1,0 +1,116 @@
+"""Runs with the answers small models give: helpers, no tests, wrong tests, worse rewrites."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from soa_git.commands.resume import resume
+from soa_git.commands.run import run
+
+from .conftest import git, make_repo
+from .test_run import DECOMPOSE, FMT_RIGHT, KEY, SHAPES_SKELETON, file_at
+
+DOUBLE = '''"""Numbers."""
+
+
+def double(x: int) -> int:
+    """Twice x.
+
+    >>> double(2)
+    4
+    """
+    ...
+'''
+
+
+def answer(body: str, rest: str = "") -> str:
+    return f"Here it is.\n\n```python\ndef double(x: int) -> int:\n    {body}\n{rest}```\n"
+
+
+@pytest.fixture
+def numbers(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "numbers", {"doubling.py": DOUBLE})
+
+
+def fill(repo: Path, server, **flags):
+    return run("doubling.py::double", cwd=repo,
+               flags={"base_url": server.base_url, "max_depth": 1, **flags}, environ=KEY)
+
+
+def notes(repo: Path, branch: str) -> list[dict]:
+    """Every note record on the branch's commits, newest commit first."""
+    listed = dict(line.split()[::-1] for line in git(repo, "notes", "--ref=soa", "list").splitlines())
+    return [json.loads(line) for sha in git(repo, "log", "--format=%H", branch).split()
+            if sha in listed for line in git(repo, "notes", "--ref=soa", "show", sha).splitlines()]
+
+
+def test_root_helpers_sit_beside_the_function_where_its_tests_reach_them(numbers, serve):
+    helper = ('\n\ndef _twice(value: int) -> int:\n    """Twice a value.\n\n'
+              '    Kept as its own function.\n    """\n    return value + value\n\n\n'
+              'def test_twice():\n    assert _twice(5) == 10\n')
+    server = serve([{"when": "^soa-git task: implement double$",
+                     "replies": [answer("return _twice(x)", helper)]}])
+    [summary] = fill(numbers, server)
+    assert summary.state == "done", summary.message
+    source = file_at(numbers, summary.branch, "doubling.py")
+    # At module level, its docstring as written.
+    assert '\n\ndef _twice(value: int) -> int:\n    """Twice a value.\n\n    Kept as its own' in source
+    tests = file_at(numbers, summary.branch, "tests/soa/test_double.py")
+    assert "from doubling import double, _twice" in tests
+    assert "def test_docstring_example_1():\n    assert double(2) == 4" in tests
+
+
+def test_a_child_keeps_its_helpers_reachable_by_its_tests(tmp_path, serve):
+    shapes = make_repo(tmp_path / "shapes", {"shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON})
+    area = ("Here it is.\n\n```python\ndef area(width: float, height: float) -> float:\n"
+            "    return mul(width, height)\n\n\ndef mul(a, b):\n    return a * b\n\n\n"
+            "def test_mul():\n    assert mul(2, 5) == 10\n```\n")
+    server = serve([{"when": "^soa-git task: decompose area_report$", "replies": [DECOMPOSE]},
+                    {"when": "^soa-git task: implement area_report[.]area$", "replies": [area]},
+                    {"when": "^soa-git task: implement area_report[.]fmt$", "replies": [FMT_RIGHT]}])
+    [summary] = run("shapes/report.py::area_report", cwd=shapes,
+                    flags={"base_url": server.base_url}, environ=KEY)
+    assert summary.state == "done", summary.message
+    view = next(a for a in summary.agents if a.path == "area_report.area")
+    assert view.tests == "3 passed"      # the Mother's, the docstring's example, its own
+    assert "import area, mul" in file_at(shapes, summary.branch, "tests/soa/test_area_report__area.py")
+
+
+def test_examples_stand_in_for_missing_tests_and_overrule_wrong_ones(numbers, serve):
+    wrong = ("\n\ndef test_wrong():\n    assert double(2) == 5\n\n\n"
+             "def test_undefined():\n    assert triple(2) == 6\n")
+    server = serve([{"when": "^soa-git task: implement double$",
+                     "replies": [answer("return 2 * x", wrong)]}])
+    [summary] = fill(numbers, server)
+    assert summary.state == "done", summary.message
+    tests = file_at(numbers, summary.branch, "tests/soa/test_double.py")
+    assert "test_wrong" not in tests and "test_undefined" not in tests
+    assert "test_docstring_example_1" in tests
+
+
+def test_a_worse_rewrite_never_replaces_a_better_attempt_and_resume_knows(numbers, serve):
+    tests = ("\n\ndef test_small():\n    assert double(3) == 6\n\n\n"
+             "def test_big():\n    assert double(20) == 40\n")
+    first = answer("return 2 * x if x < 10 else 0", tests)
+    server = serve([{"when": "^soa-git task: implement double$", "replies": [first]},
+                    {"when": "^soa-git task: repair double$",
+                     "replies": [answer("return None"), {"status": 401}]}])
+    [stopped] = fill(numbers, server)
+    assert stopped.state == "stopped"
+    branch, run_id = stopped.branch, stopped.run
+    assert git(numbers, "log", "-1", "--format=%s", branch).strip() == (
+        "modify: repair double (round 1): kept round 0, this attempt scored worse")
+    assert "x < 10" in file_at(numbers, branch, "doubling.py")
+    record = next(r for r in notes(numbers, branch) if r.get("task") == "repair")
+    assert record["kept_round"] == 0 and record["attempt_tests"] == "3 failed"
+    assert record["tests"] == "2 passed, 1 failed"
+
+    server = serve([{"when": "^soa-git task: repair double$", "replies": [answer("return 2 * x")]}])
+    summary = resume(run_id, cwd=numbers, flags={"base_url": server.base_url}, environ=KEY)
+    assert summary.state == "done", summary.message
+    prompt = server.requests[-1]["body"]["messages"][-1]["content"]
+    assert "x < 10" in prompt and "scored worse" in prompt
+    assert "return 2 * x\n" in file_at(numbers, summary.branch, "doubling.py")

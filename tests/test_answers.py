@@ -1,0 +1,74 @@
+"""Reading answers the way small models write them, and the docstring's examples as tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from soa_git import answers
+from soa_git.agents import parse_plan
+from soa_git.errors import AnswerError
+from soa_git.examples import contradicts, example_tests
+
+FUNCTION = "def double(x: int) -> int:\n    return 2 * x\n"
+
+
+def test_code_without_a_fence_is_read_up_to_the_prose_after_it():
+    text = f"Sure.\n\n{FUNCTION}\nThis doubles x, as asked."
+    assert answers.read_code(text, "double").function.body == "return 2 * x"
+
+
+def test_several_blocks_join_and_a_block_of_output_is_left_out():
+    text = (f"```python\n{FUNCTION}```\n\nRunning it prints:\n\n```\n>>> double(2)\n4\n```\n\n"
+            "```python\ndef test_double():\n    assert double(2) == 4\n```\n")
+    code = answers.read_code(text, "double")
+    assert [t.name for t in code.tests] == ["test_double"]
+
+
+def test_an_unclosed_fence_still_counts():
+    assert answers.read_code(f"```python\n{FUNCTION}", "double").function.name == "double"
+
+
+def test_statements_that_only_run_something_are_dropped():
+    text = f"```python\nimport math\nLIMIT = 3\n{FUNCTION}\nprint(double(2))\nassert double(1) == 2\n```"
+    code = answers.read_code(text, "double")
+    assert code.other == ("LIMIT = 3",) and code.imports == ("import math",)
+
+
+def test_prose_without_code_is_an_answer_error():
+    with pytest.raises(AnswerError, match="no ```python block"):
+        answers.python_source("I cannot do that.")
+
+
+def test_docstring_examples_in_every_usual_form_become_tests():
+    doc = ("Halve or scale.\n\n>>> scale(2)\n4\n>>> scale(0.5)\n1.0\n"
+           "scale(3) ➞ 6\nscale(4) == 8\n>>> other(1)\n2\n>>> x = 3\n")
+    tests = example_tests("scale", doc)
+    assert tests == (
+        "def test_docstring_example_1():\n    assert scale(2) == 4\n",
+        "def test_docstring_example_2():\n    assert abs(scale(0.5) - 1.0) < 1e-6\n",
+        "def test_docstring_example_3():\n    assert scale(3) == 6\n",
+        "def test_docstring_example_4():\n    assert scale(4) == 8\n")
+
+
+def test_a_test_the_examples_contradict_is_recognised():
+    examples = example_tests("scale", ">>> scale(2)\n4\n")
+    assert contradicts("def test_x():\n    assert scale(2) == 5\n", examples)
+    assert not contradicts("def test_x():\n    assert scale(2) == 4\n", examples)
+    assert not contradicts("def test_x():\n    assert scale(3) == 7\n", examples)
+
+
+def test_plan_drops_tests_that_call_undefined_names_or_contradict_the_examples():
+    examples = example_tests("double", ">>> double(2)\n4\n")
+    text = (f"```python\n{FUNCTION}\n\ndef test_wrong():\n    assert double(2) == 5\n\n\n"
+            "def test_undefined():\n    assert triple(1) == 3\n\n\n"
+            "def test_good():\n    values = [double(v) for v in range(3)]\n    assert values == [0, 2, 4]\n```")
+    plan = parse_plan(text, "double", max_children=0, require_tests=True, examples=examples)
+    assert [t.split("(")[0] for t in plan.tests["double"]] == ["def test_good"]
+
+
+def test_a_function_with_examples_needs_no_written_tests():
+    examples = example_tests("double", ">>> double(2)\n4\n")
+    text = f"```python\n{FUNCTION}```"
+    assert parse_plan(text, "double", max_children=0, require_tests=True, examples=examples).tests == {}
+    with pytest.raises(AnswerError, match="write unit tests"):
+        parse_plan(text, "double", max_children=0, require_tests=True)
