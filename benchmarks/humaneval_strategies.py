@@ -88,6 +88,8 @@ class Config:
     test_timeout: float = 30.0
     answer_retries: int = 2
     agent_jobs: int = 4
+    request_timeout: float = 120.0
+    max_tokens: int | None = None
 
     def fingerprint(self) -> dict[str, Any]:
         """What makes results comparable: a resumed benchmark must not mix other settings in.
@@ -95,7 +97,8 @@ class Config:
         The endpoint's address is not part of it: a local server may come back on another port.
         """
         return {"model": self.model, "max_depth": self.max_depth,
-                "iterations": self.iterations, "temperature": self.temperature}
+                "iterations": self.iterations, "temperature": self.temperature,
+                "max_tokens": self.max_tokens}
 
 
 @dataclass
@@ -146,9 +149,11 @@ def _chat(cfg: Config, environ: Mapping[str, str], ledger: TokenLedger) -> Count
     if not key:
         raise hc.HarnessError(f"no API key: set the environment variable {cfg.api_key_env} "
                               "(a local server that needs no key accepts any value)")
+    capped = {"max_tokens": cfg.max_tokens} if cfg.max_tokens else {}
     return CountingModel(OpenAIChat(model=cfg.model, base_url=cfg.base_url, api_key=key,
                                     ledger=ledger, max_concurrency=cfg.agent_jobs,
-                                    temperature=cfg.temperature))
+                                    timeout_s=cfg.request_timeout, temperature=cfg.temperature,
+                                    **capped))
 
 
 def _spent(outcome: Outcome, model: CountingModel, ledger: TokenLedger) -> Outcome:
@@ -306,7 +311,8 @@ def soa(problem: dict, cfg: Config, environ: Mapping[str, str], *,
         flags = {"model": cfg.model, "base_url": cfg.base_url, "api_key_env": cfg.api_key_env,
                  "max_depth": cfg.max_depth, "repair_rounds": cfg.iterations,
                  "temperature": cfg.temperature, "jobs": cfg.agent_jobs,
-                 "test_timeout": cfg.test_timeout}
+                 "test_timeout": cfg.test_timeout, "request_timeout": cfg.request_timeout,
+                 **({"max_tokens": cfg.max_tokens} if cfg.max_tokens else {})}
         # Only the key's variable: the user's SOA_GIT_* settings must not change the benchmark.
         env = {cfg.api_key_env: environ[cfg.api_key_env]}
         settings = config.resolve(repo.root, flags, env)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from . import answers, layout, pycode, runformat
+from . import answers, examples, layout, pycode, runformat
 from .agents import Agent, ChildStatus, Plan, Step, parse_plan, parse_revision, prose
 from .config import Settings
 from .errors import AnswerError, BudgetExhausted, ModelError, TargetError
@@ -527,7 +527,7 @@ class Organizer:
             self._test(node)
             kept = None
             record: dict = {"comment": comment} if comment else {}
-            if comment is None and node.result.passed < best[3].passed:
+            if comment is None and examples.score(node.result) < examples.score(best[3]):
                 # A worse rewrite is remembered (the note keeps its answer) but never replaces
                 # the better code on the branch: the commit holds the best attempt's files.
                 kept = node.best_round

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import doctest
+import hashlib
 import json
 import subprocess
 import sys
@@ -186,3 +187,16 @@ def test_the_command_line_runs_as_documented(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert "self-check: 2 of 2 canonical solutions pass" in done.stdout
+
+
+def test_the_model_file_and_the_answer_limits_are_settings(serve, tmp_path):
+    weights = tmp_path / "tiny.gguf"
+    weights.write_bytes(b"not really weights")
+    code, out, server, _ = bench(serve, tmp_path, "--strategy", "direct", "--problems", IDS[0],
+                                 "--request-timeout", "600", "--model-file", str(weights))
+    assert code == 0
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["model_file"] == "tiny.gguf" and settings["request_timeout"] == 600
+    assert settings["model_sha256"] == hashlib.sha256(b"not really weights").hexdigest()
+    summary = json.loads(out.read_text())["strategies"]["direct"]
+    assert summary["tokens_per_solved"] == summary["tokens_per_problem"]
