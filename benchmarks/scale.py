@@ -2,6 +2,8 @@
 
     python -m benchmarks.scale --agents 1,10,100,1000 --depth 1-4 --files 10,10000 \\
         --latency 0,1 --jobs 16 --out benchmarks/results/scale.json
+    python -m benchmarks.scale --agents 1,10,100,1000 --depth 1,3 --files 10 --latency 0,1 \\
+        --executor local,ray --ray-nodes 2 --out benchmarks/results/scale_ray.json
 
 For every (files, agents, depth, latency) it builds a repository of that many files, starts a
 scripted model on 127.0.0.1 that answers a generated decomposition of that shape (see
@@ -27,11 +29,20 @@ wall time is recorded, with every run's wall time and overhead beside it (`runs`
 run the page cache is written back (`os.sync()`), so the fresh clone's files and the last run's
 writes are not written back while the run is measured.
 Results go to JSON, with a PNG plot beside it.
+
+`--executor local,ray` measures each configuration with each executor, back to back. For `ray`
+the benchmark starts a Ray cluster of `--ray-nodes` nodes on this machine (`ray_cluster`), or
+uses the running one at `--ray-address`, and the engine connects to it before its clock starts
+(`executor_connect_s`). The test sessions then run in the nodes' processes, which are not the
+engine's children: their CPU comes back with each test result (`test_sessions_cpu`), the nodes'
+actors' own CPU is `node_actor_cpu_s`, and both are in `cpu_ms_per_agent`. `runs_by_node`,
+`retried` and `bytes_shipped` say where the tests ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -68,8 +79,9 @@ def _floats(text: str) -> list[float]:
 
 
 def configurations(agents: list[int], depths: list[int], files: list[int],
-                   latencies: list[float]) -> list[dict]:
-    """Every distinct shape: one agent is depth 1 whatever was asked; depth 1 has one agent."""
+                   latencies: list[float], executors: tuple[str, ...] = ("local",)) -> list[dict]:
+    """Every distinct shape: one agent is depth 1 whatever was asked; depth 1 has one agent.
+    Each shape once per executor, one after the other."""
     seen, out = set(), []
     for f in files:
         for lat in latencies:
@@ -80,7 +92,9 @@ def configurations(agents: list[int], depths: list[int], files: list[int],
                     key = (f, n, d, lat)
                     if key not in seen:
                         seen.add(key)
-                        out.append({"files": f, "agents": n, "depth": d, "latency_s": lat})
+                        out.extend({"files": f, "agents": n, "depth": d, "latency_s": lat,
+                                    **({"executor": e} if e != "local" else {})}
+                                   for e in executors)
     return out
 
 
@@ -91,7 +105,7 @@ def floors(levels: list[int], latency: float, jobs: int) -> tuple[float, float]:
 
 
 def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int, Path],
-                scratch: Path, profile: bool = False) -> dict:
+                scratch: Path, profile: bool = False, ray_address: str | None = None) -> dict:
     shape = scale_shape.build_shape(config["agents"], config["depth"])
     ideal, bounded = floors(shape.levels, config["latency_s"], jobs)
     record = {**config, "jobs": jobs, "levels": shape.levels, "max_children": shape.max_children,
@@ -109,7 +123,8 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
             spec = {"repo": str(repo), "base_url": server.base_url, "depth": config["depth"],
                     "max_children": shape.max_children, "jobs": jobs,
                     "target": scale_shape.TARGET, "function": scale_shape.ROOT_FUNCTION,
-                    "profile": profile}
+                    "profile": profile, "executor": config.get("executor", "local"),
+                    "ray_address": ray_address}
             proc = subprocess.Popen([sys.executable, "-m", "benchmarks.scale_worker",
                                      json.dumps(spec)],
                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -136,14 +151,13 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
         "wall_over_floor": round(result["wall_s"] / bounded, 3) if bounded else None,
         # CPU (soa-git's process + git + pytest) per agent: what the wall time would be per
         # agent on one free core, whatever else the machine is doing.
-        "cpu_ms_per_agent": round(1000 * (result["soa_cpu_s"] + result["children_cpu_s"]) / n, 1),
+        "cpu_ms_per_agent": round(1000 * _cpu_s(result) / n, 1),
         # Of that, the pytest sessions themselves (each agent's tests in a fresh sandboxed
         # process: pytest's own start-up, collection and the tests) and everything else.
         "test_sessions_cpu_ms_per_agent":
             round(1000 * result["seconds"].get("test_sessions_cpu", 0) / n, 1),
         "machinery_cpu_ms_per_agent":
-            round(1000 * (result["soa_cpu_s"] + result["children_cpu_s"]
-                          - result["seconds"].get("test_sessions_cpu", 0)) / n, 1),
+            round(1000 * (_cpu_s(result) - result["seconds"].get("test_sessions_cpu", 0)) / n, 1),
         "git_calls_per_agent": round(result["git_calls"] / n, 1),
         "tokens_per_agent": round(result.get("tokens", 0) / n),
         "git_ms_per_agent": round(1000 * result["git_seconds"] / n, 1),
@@ -154,6 +168,15 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
             "workspace_fill", "workspace_sync")) / n, 1),
     })
     return {**record, **result}
+
+
+def _cpu_s(result: dict) -> float:
+    """The run's CPU: the engine, its children (git, the local test runner and its sessions), and
+    on Ray the nodes' test sessions and actors, which are no children of the engine."""
+    cpu = result["soa_cpu_s"] + result["children_cpu_s"]
+    if result.get("executor") == "ray":
+        cpu += result["seconds"].get("test_sessions_cpu", 0) + result["node_actor_cpu_s"]
+    return cpu
 
 
 def measure(config: dict, repeat: int, **options) -> dict:
@@ -181,8 +204,8 @@ def _timeline(spans: list[tuple[float, float]], started_at: float, wall: float) 
 
 
 def _line(r: dict) -> str:
-    head = (f"files={r['files']:>5} agents={r['agents']:>4} depth={r['depth']} "
-            f"latency={r['latency_s']:g}s")
+    head = (f"{r.get('executor', 'local'):>5} files={r['files']:>5} agents={r['agents']:>4} "
+            f"depth={r['depth']} latency={r['latency_s']:g}s")
     if "skipped" in r:
         return f"{head}: skipped: {r['skipped']}"
     spread = ""
@@ -212,19 +235,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="a name for this set of results")
     parser.add_argument("--profile", action="store_true",
                         help="add a cProfile top list (main thread)")
+    parser.add_argument("--executor", default="local",
+                        help="local, ray or local,ray: where agents' tests run")
+    parser.add_argument("--ray-nodes", type=int, default=2,
+                        help="nodes of the Ray cluster started on this machine (head included)")
+    parser.add_argument("--ray-address",
+                        help="measure on this running cluster instead of starting one")
     args = parser.parse_args(argv)
 
+    executors = tuple(args.executor.split(","))
     configs = configurations(_ints(args.agents), _ints(args.depth), _ints(args.files),
-                             _floats(args.latency))
+                             _floats(args.latency), executors)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results = []
     templates: dict[int, Path] = {}
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="soa-scale-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="soa-scale-"))
+        ray_address = args.ray_address
+        if "ray" in executors and ray_address is None:
+            from .ray_cluster import LocalCluster
+            # Its drivers (the workers) find it through the environment it sets.
+            ray_address = stack.enter_context(LocalCluster(workers=args.ray_nodes - 1)).address
         for config in configs:
             r = measure(config, max(1, args.repeat), jobs=args.jobs, limit_s=args.limit,
-                        templates=templates, scratch=Path(tmp), profile=args.profile)
+                        templates=templates, scratch=Path(tmp), profile=args.profile,
+                        ray_address=ray_address)
             results.append(r)
             print(_line(r), flush=True)
             _write(out, args, results, started)
@@ -245,6 +282,8 @@ def _write(out: Path, args: argparse.Namespace, results: list[dict], started: fl
                                           text=True).stdout.strip()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "jobs": args.jobs,
+        "executors": args.executor,
+        "ray_nodes": args.ray_nodes if "ray" in args.executor and not args.ray_address else None,
         "limit_s": args.limit,
         "repeat": args.repeat,
         "plot": str(png) if png else None,

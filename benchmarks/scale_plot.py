@@ -1,5 +1,5 @@
 """The scale benchmark's plot: overhead per agent, git calls per agent and peak memory against
-the number of agents, one line per (files, depth, latency).
+the number of agents, one line per (executor, files, depth, latency).
 
 Uses matplotlib (Agg) when it is installed; otherwise a small built-in PNG writer draws the same
 three log-x panels without text (the JSON beside it holds the numbers and the legend).
@@ -20,18 +20,23 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
+def _executor(r: dict) -> str:
+    """Lines of the local executor keep their old names; others are named by their executor."""
+    return f"{r['executor']}: " if r.get("executor", "local") != "local" else ""
+
+
 def series(results: list[dict]) -> dict[str, list[dict]]:
     lines: dict[str, list[dict]] = {}
     for r in results:
         if "skipped" in r:
             continue
-        key = f"{r['files']} files, depth {r['depth']}, latency {r['latency_s']:g}s"
+        key = f"{_executor(r)}{r['files']} files, depth {r['depth']}, latency {r['latency_s']:g}s"
         lines.setdefault(key, []).append(r)
-    # Depth 1 (one agent) starts every line of its (files, latency).
+    # Depth 1 (one agent) starts every line of its (executor, files, latency).
     for r in results:
         if "skipped" not in r and r["agents"] == 1:
             for key, points in lines.items():
-                if key.startswith(f"{r['files']} files,") \
+                if key.startswith(f"{_executor(r)}{r['files']} files,") \
                         and key.endswith(f"latency {r['latency_s']:g}s") and r not in points:
                     points.append(r)
     return {k: sorted(v, key=lambda r: r["agents"]) for k, v in lines.items()}

@@ -142,6 +142,14 @@ def measure(spec: dict) -> dict:
         connect_s = time.perf_counter() - connect_start
         opened = run_module.open_executor
         run_module.open_executor = lambda settings: executor
+        node_cpu = [executor.node_cpu_s()]
+        close = executor.close
+
+        def measured_close() -> None:
+            node_cpu.append(executor.node_cpu_s())
+            close()
+
+        executor.close = measured_close
     flags = {"base_url": spec["base_url"], "max_depth": spec["depth"],
              "max_children": spec["max_children"], "jobs": spec["jobs"],
              "request_timeout": 600, "test_timeout": 120,
@@ -162,7 +170,9 @@ def measure(spec: dict) -> dict:
     nodes = {}
     if on_ray:
         run_module.open_executor = opened
-        nodes = {"runs_by_node": dict(executor.runs_by_node), "retried": executor.retried}
+        nodes = {"runs_by_node": dict(executor.runs_by_node), "retried": executor.retried,
+                 "bytes_shipped": executor.bytes_sent,
+                 "node_actor_cpu_s": round(node_cpu[-1] - node_cpu[0], 3)}
     # The test runner's children are counted in RUSAGE_CHILDREN once the runner is reaped.
     from soa_git import testing
     if hasattr(testing, "stop_runner"):

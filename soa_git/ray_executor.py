@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import resource
 import shutil
 import socket
 import stat
@@ -83,6 +84,11 @@ class NodeRunner:
                                      python_path=[folder / p for p in python_path], **options)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def cpu_s(self) -> float:
+        """CPU seconds this actor's process has used (its threads; not the runner's forks)."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
 
     def stop(self) -> None:
         testing.stop_runner()
@@ -163,8 +169,11 @@ class RayExecutor:
         self._nodes: dict[str, _Node] = {}
         self._lost: set[str] = set()
         self._placed = 0.0
-        self.retried = 0          # test runs that ran again after their node was lost
+        # What it did, for the benchmark and the tests: test runs that ran again after their
+        # node was lost, test runs per node, and blob bytes shipped.
+        self.retried = 0
         self.runs_by_node: dict[str, int] = {}
+        self.bytes_sent = 0
 
     @classmethod
     def connect(cls, address: str) -> RayExecutor:
@@ -230,6 +239,18 @@ class RayExecutor:
                 self.runs_by_node[node.id] = self.runs_by_node.get(node.id, 0) + 1
             return answer
 
+    def busy(self) -> dict[str, int]:
+        """Test runs in flight per node in use (nodes lost are no longer listed)."""
+        with self._lock:
+            return {node.id: node.busy for node in self._nodes.values()}
+
+    def node_cpu_s(self) -> float:
+        """CPU seconds the live nodes' actors have used so far (what shipping and unpacking
+        cost there; the test sessions' own CPU comes back in each TestResult)."""
+        with self._lock:
+            nodes = list(self._nodes.values())
+        return sum(self._ray.get([node.actor.cpu_s.remote() for node in nodes]))
+
     def close(self) -> None:
         ray = self._ray
         with self._lock:
@@ -255,6 +276,8 @@ class RayExecutor:
 
     def _call(self, node: _Node, files: Any, blobs: dict[str, bytes], test_files: Sequence[str],
               python_path: list[str], options: dict[str, Any], timeout_s: float) -> Any:
+        with self._lock:
+            self.bytes_sent += sum(len(data) for data in blobs.values())
         ref = node.actor.run.remote(files, blobs, list(test_files), python_path, options)
         return self._ray.get(ref, timeout=timeout_s + ANSWER_GRACE_S)
 

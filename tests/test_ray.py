@@ -7,6 +7,7 @@ runs it held, which run again on the head. `-m "not ray"` leaves these out.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import scale_shape
+from benchmarks import scale, scale_shape
 from benchmarks.ray_cluster import LocalCluster
 from soa_git.commands.run import run, run_targets
 from soa_git import config
@@ -90,6 +91,22 @@ def test_a_run_on_ray_gives_the_local_run_s_tree(cluster, template, tmp_path):
     fsck(ray_repo)
 
 
+def test_the_scale_benchmark_measures_both_executors(cluster, tmp_path):
+    out = tmp_path / "scale.json"
+    assert scale.main(["--agents", "10", "--depth", "2", "--files", "10", "--latency", "0",
+                       "--jobs", "4", "--limit", "120", "--executor", "local,ray",
+                       "--ray-address", cluster.address, "--out", str(out)]) == 0
+    local, on_ray = json.loads(out.read_text())["results"]
+    assert (local["executor"], on_ray["executor"]) == ("local", "ray")
+    for r in (local, on_ray):
+        assert "skipped" not in r, r
+        assert r["state"] == "done" and r["passed_agents"] == 10
+    # Every agent's tests ran on the cluster, none here; the nodes' CPU is counted.
+    assert sum(on_ray["runs_by_node"].values()) == 10 and on_ray["retried"] == 0
+    assert on_ray["bytes_shipped"] > 0 and on_ray["node_actor_cpu_s"] > 0
+    assert on_ray["cpu_ms_per_agent"] > on_ray["test_sessions_cpu_ms_per_agent"] > 0
+
+
 def test_many_targets_spread_over_the_cluster(cluster, tmp_path):
     repo = two_targets(tmp_path / "repo")
     summaries, responder = fill_targets(repo, ["."], executor="ray", ray_address=cluster.address,
@@ -114,9 +131,8 @@ def test_a_killed_worker_node_costs_only_the_test_runs_it_held(cluster, template
     def kill_when_busy() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            node = executor._nodes.get(worker.node_id)
             # Once it has run a test (so it holds blobs) and while it runs another.
-            if node is not None and node.busy and executor.runs_by_node.get(worker.node_id):
+            if executor.busy().get(worker.node_id) and executor.runs_by_node.get(worker.node_id):
                 cluster.kill(worker)
                 killed.set()
                 return
@@ -134,7 +150,8 @@ def test_a_killed_worker_node_costs_only_the_test_runs_it_held(cluster, template
         killer.join()
         assert killed.is_set(), "the worker node never held a test run"
         assert executor.retried >= 1
-        assert worker.node_id not in executor._nodes
+        assert worker.node_id not in executor.busy()
+        assert set(executor.runs_by_node) == {worker.node_id, *executor.busy()}
     finally:
         killer.join()
         executor.close()
