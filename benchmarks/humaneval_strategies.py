@@ -133,11 +133,12 @@ class CountingModel:
         self.endpoint_error: str | None = None
         self._lock = threading.Lock()
 
-    def complete(self, messages: list[dict[str, str]], *, agent: str) -> Reply:
+    def complete(self, messages: list[dict[str, str]], *, agent: str,
+                 max_tokens: int | None = None) -> Reply:
         with self._lock:
             self.calls += 1
         try:
-            return self.inner.complete(messages, agent=agent)
+            return self.inner.complete(messages, agent=agent, max_tokens=max_tokens)
         except ModelError as exc:
             if str(exc) != EMPTY_ANSWER:
                 self.endpoint_error = str(exc)
@@ -312,7 +313,8 @@ def soa(problem: dict, cfg: Config, environ: Mapping[str, str], *,
                  "max_depth": cfg.max_depth, "repair_rounds": cfg.iterations,
                  "temperature": cfg.temperature, "jobs": cfg.agent_jobs,
                  "test_timeout": cfg.test_timeout, "request_timeout": cfg.request_timeout,
-                 **({"max_tokens": cfg.max_tokens} if cfg.max_tokens else {})}
+                 **({"mother_max_tokens": cfg.max_tokens, "child_max_tokens": cfg.max_tokens}
+                    if cfg.max_tokens else {})}
         # Only the key's variable: the user's SOA_GIT_* settings must not change the benchmark.
         env = {cfg.api_key_env: environ[cfg.api_key_env]}
         settings = config.resolve(repo.root, flags, env)

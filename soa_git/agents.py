@@ -139,13 +139,15 @@ class Agent:
     """The model-facing side of one agent; its memory is the list of its earlier attempts."""
 
     def __init__(self, path: str, skeleton: pycode.Function, model: ChatModel, *,
-                 callees: tuple[str, ...] = (), max_children: int = 5, answer_retries: int = 2):
+                 callees: tuple[str, ...] = (), max_children: int = 5, answer_retries: int = 2,
+                 max_tokens: int | None = None):
         self.path = path
         self.skeleton = skeleton
         self.model = model
         self.callees = callees
         self.max_children = max_children
         self.answer_retries = answer_retries
+        self.max_tokens = max_tokens
         self.memory: list[str] = []
         # The docstring's examples as tests: written by soa-git, never by a model.
         self.examples = example_tests(skeleton.name, skeleton.docstring)
@@ -176,7 +178,7 @@ class Agent:
         usage = Usage()
         tries = 0
         while True:
-            reply = self.model.complete(sent, agent=self.path)
+            reply = self.model.complete(sent, agent=self.path, max_tokens=self.max_tokens)
             usage = usage + reply.usage
             tries += 1
             messages.append({"role": "assistant", "content": reply.text})

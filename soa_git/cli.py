@@ -28,12 +28,14 @@ from .commands.push import push as push_command
 from .commands.report import build as build_report
 from .commands.resume import resume as resume_command
 from .commands.run import run as run_command
+from .commands.serve import serve as serve_command
 from .commands.show import show as show_command
 from .commands.transcript import transcript as transcript_command
 from .commands.tree import tree as tree_command
 from .errors import SoaError
 from .history import RunRecord
 from .organizer import AgentView, RunSummary
+from .weights import Progress
 
 
 def error_boundary(command: Callable) -> Callable:
@@ -91,6 +93,31 @@ class LiveView:
             self.drawn = 0
 
 
+class ProgressLine:
+    """A local model getting ready: one line redrawn in place on a terminal, a line per stage
+    elsewhere."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.shown: tuple[str, int] = ("", -1)
+
+    def __call__(self, progress: Progress) -> None:
+        percent = progress.done * 100 // progress.total if progress.total else -1
+        stage_changed = progress.stage != self.shown[0]
+        if (progress.stage, percent) == self.shown or not (
+                self.tty or stage_changed or percent == 100):
+            return
+        self.shown = (progress.stage, percent)
+        amount = f": {percent}% of {progress.total / 1e6:,.0f} MB" if percent >= 0 else ""
+        line = f"{progress.stage} {progress.detail}{amount}"
+        if not self.tty:
+            click.echo(line, file=self.stream)
+            return
+        done = progress.stage == "ready"
+        click.echo(f"\r\x1b[2K{line}", file=self.stream, nl=done)
+
+
 @contextmanager
 def live_view() -> Iterator[LiveView]:
     live = LiveView()
@@ -121,7 +148,8 @@ def _settings_flags(flags: dict) -> dict:
 
 def model_options(command: Callable) -> Callable:
     options = [
-        click.option("--model", help="Model name, e.g. gpt-4o-mini."),
+        click.option("--model", help="Model name, e.g. gpt-4o-mini; `local` (or local:NAME, "
+                     "local:/path/to/model.gguf) runs one on this machine."),
         click.option("--base-url",
                      help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1."),
         click.option("--api-key-env", help="Name of the environment variable that holds the key."),
@@ -179,7 +207,7 @@ def run(targets: tuple[str, ...], as_json: bool, **flags) -> None:
     every committed file under a directory)."""
     with live_view() as live:
         summaries = run_command(targets, cwd=Path.cwd(), flags=_settings_flags(flags),
-                                on_event=live)
+                                on_event=live, on_progress=ProgressLine())
     render(summaries, as_json)
 
 
@@ -192,21 +220,54 @@ def resume(run_id: str, as_json: bool, **flags) -> None:
     """Continue RUN (killed or stopped) from the last committed step of each agent."""
     with live_view() as live:
         summary = resume_command(run_id, cwd=Path.cwd(), flags=_settings_flags(flags),
-                                 on_event=live)
+                                 on_event=live, on_progress=ProgressLine())
     render([summary], as_json)
 
 
 @main.command()
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               help="Where to create the sample repository (default: a new temporary directory).")
+@click.option("--scripted", is_flag=True,
+              help="Canned answers from a scripted server: an instant look, no model.")
+@click.option("--model", default="local", show_default=True,
+              help="The local model: local, local:NAME or local:/path/to/model.gguf.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
 @error_boundary
-def demo(directory: Path | None, as_json: bool) -> None:
-    """Run soa-git on the sample repository against a SCRIPTED model on loopback (no API needed)."""
+def demo(directory: Path | None, scripted: bool, model: str, as_json: bool) -> None:
+    """Run soa-git on a sample repository with a real model on this machine (no key, no
+    network; minutes on two cores), or with --scripted answers in seconds."""
     with live_view() as live:
-        repo, summaries = demo_command(directory, on_event=live)
+        repo, summaries = demo_command(directory, model="scripted" if scripted else model,
+                                       on_event=live, on_progress=ProgressLine())
     click.echo(f"sample repository: {repo}", err=True)
+    click.echo(f"look at it: git -C {repo} log --graph --all --oneline; "
+               f"cd {repo} && soa-git report", err=True)
     render(summaries, as_json)
+
+
+@main.command()
+@click.option("--model", default="local", show_default=True,
+              help="local, local:NAME or local:/path/to/model.gguf.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Requests decoded together (parallel slots).")
+@click.option("--port", type=click.IntRange(0, 65535), default=0,
+              help="Port on 127.0.0.1 (default: a free one).")
+@click.option("--json", "as_json", is_flag=True, help="Print the endpoint as one JSON line.")
+@error_boundary
+def serve(model: str, jobs: int, port: int, as_json: bool) -> None:
+    """Serve the local model alone until Ctrl-C, so several commands share one loaded model."""
+
+    def ready(endpoint) -> None:
+        if as_json:
+            click.echo(json.dumps({"base_url": endpoint.base_url, "api_key": endpoint.api_key,
+                                   "model": endpoint.model, "slots": endpoint.slots,
+                                   "source": endpoint.weights.source}))
+        else:
+            click.echo(report.serve_lines(endpoint))
+        sys.stdout.flush()
+
+    serve_command(model if ":" in model or model == "local" else f"local:{model}", slots=jobs,
+                  port=port, on_ready=ready, on_progress=ProgressLine())
 
 
 @main.command()
@@ -371,7 +432,8 @@ def fill(files: tuple[str, ...], as_json: bool, **flags) -> None:
     files), as staged; each result waits on a run branch. Your commit is never changed."""
     with live_view() as live:
         _, summaries = fill_command(list(files) or None, cwd=Path.cwd(),
-                                    flags=_settings_flags(flags), on_event=live)
+                                    flags=_settings_flags(flags), on_event=live,
+                                    on_progress=ProgressLine())
     if not summaries and not as_json:
         click.echo("no skeleton marked for soa-git (`# soa-git: fill`) in the files given; "
                    "nothing to fill")

@@ -39,6 +39,10 @@ class Settings:
     executor: str = "local"     # where agents' tests run: local | ray (docs/ray.md)
     ray_address: str = ""       # the Ray cluster (executor = "ray"); empty: RAY_ADDRESS or auto
     parallel_runs: int = 1      # runs at once when one command has many targets
+    # Sent with every request: a local server generates until its context is full otherwise.
+    # A Mother writes her function, her children's skeletons and all their tests in one answer.
+    mother_max_tokens: int = 3072
+    child_max_tokens: int = 1536
 
     def api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
         """The key itself is read from the environment at the moment of use, never stored."""

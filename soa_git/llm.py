@@ -57,7 +57,8 @@ class Reply:
 class ChatModel(Protocol):
     name: str
 
-    def complete(self, messages: list[dict[str, str]], *, agent: str) -> Reply: ...
+    def complete(self, messages: list[dict[str, str]], *, agent: str,
+                 max_tokens: int | None = None) -> Reply: ...
 
 
 class TokenLedger:
@@ -121,7 +122,8 @@ class ReplayModel:
         self._lock = threading.Lock()
         self._queues = {agent: deque(_exchanges(records)) for agent, records in steps.items()}
 
-    def complete(self, messages: list[dict[str, str]], *, agent: str) -> Reply:
+    def complete(self, messages: list[dict[str, str]], *, agent: str,
+                 max_tokens: int | None = None) -> Reply:
         self.ledger.check(agent)
         with self._lock:
             queue = self._queues.get(agent)

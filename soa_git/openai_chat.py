@@ -83,6 +83,7 @@ class OpenAIChat:
         backoff_s: float = 1.0,
         timeout_s: float = 120.0,
         temperature: float | None = None,
+        max_tokens: int | None = None,
     ) -> None:
         self.name = model
         self.base_url = base_url
@@ -92,6 +93,7 @@ class OpenAIChat:
         self._backoff_s = backoff_s
         self._timeout_s = timeout_s
         self._temperature = temperature
+        self._max_tokens = max_tokens
         # Local servers need no key, but the client insists on one. max_retries=0: the retry
         # policy lives here, where it can count attempts and explain the final failure.
         self._client = openai.OpenAI(
@@ -99,9 +101,11 @@ class OpenAIChat:
         )
         self._slots = threading.BoundedSemaphore(max(1, max_concurrency))
 
-    def complete(self, messages: list[dict[str, str]], *, agent: str) -> Reply:
+    def complete(self, messages: list[dict[str, str]], *, agent: str,
+                 max_tokens: int | None = None) -> Reply:
+        """One answer; `max_tokens` caps it (default: the client's own cap)."""
         self.ledger.check(agent)
-        completion = self._create(messages)
+        completion = self._create(messages, max_tokens or self._max_tokens)
         faults.reached("model")
         # The client does not validate bodies: a wrong server or a proxy's page shows up here.
         choices = getattr(completion, "choices", None)
@@ -122,11 +126,13 @@ class OpenAIChat:
             raise ModelError("the model returned an empty answer")
         return Reply(text=text, usage=usage, model=model)
 
-    def _create(self, messages: list[dict[str, str]]) -> Any:
+    def _create(self, messages: list[dict[str, str]], max_tokens: int | None) -> Any:
         """One completion, retrying rate limits, server errors, timeouts and lost connections."""
         options: dict[str, Any] = {"model": self.name, "messages": messages}
         if self._temperature is not None:
             options["temperature"] = self._temperature
+        if max_tokens is not None:
+            options["max_tokens"] = max_tokens
         failure: openai.APIError | None = None
         for attempt in range(self._max_attempts):
             retry_after: float | None = None

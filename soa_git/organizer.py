@@ -226,8 +226,11 @@ class Organizer:
             root_files.import_root if root_files else layout.import_root(
                 self.target_.file, lambda p: self.repo.file_exists(self.base, p)),
             is_root=parent is None)
+        mother = (0 if parent is None else parent.depth + 1) + 1 < self.settings.max_depth
         agent = Agent(path, skeleton, self.model, callees=callees,
-                      max_children=self.settings.max_children)
+                      max_children=self.settings.max_children,
+                      max_tokens=(self.settings.mother_max_tokens if mother
+                                  else self.settings.child_max_tokens))
         node = Node(path=path, skeleton=skeleton, files=files, agent=agent, parent=parent,
                     branch=runformat.branch(self.run_id, path))
         with self._lock:

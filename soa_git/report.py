@@ -480,3 +480,15 @@ def check_json(result: CheckResult) -> dict:
                           "message": p.message, "tests": p.tests, "result": p.result}
                          for p in result.problems],
             "notes": list(result.notes)}
+
+
+def serve_lines(endpoint) -> str:
+    """How to reach a `soa-git serve` model from other commands."""
+    return "\n".join([
+        f"serving {endpoint.model} on {endpoint.base_url} ({endpoint.slots} slots); "
+        "Ctrl-C stops it",
+        f"model file: {endpoint.weights.source}",
+        "use it from another shell with:",
+        f"  export OPENAI_BASE_URL={endpoint.base_url} OPENAI_MODEL={endpoint.model} "
+        f"OPENAI_API_KEY={endpoint.api_key}",
+    ])

@@ -14,7 +14,7 @@ import pytest
 from soa_git.scripted import Script, ScriptedServer
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "sample_repos"
+SAMPLES = ROOT / "soa_git" / "demo"
 GIT_ENV = {"GIT_AUTHOR_NAME": "Test User", "GIT_AUTHOR_EMAIL": "user@example.com",
            "GIT_COMMITTER_NAME": "Test User", "GIT_COMMITTER_EMAIL": "user@example.com"}
 

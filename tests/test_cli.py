@@ -347,7 +347,7 @@ def test_no_runs_reads_the_same_in_list_and_tree(runner, repo):
 
 def test_demo_runs_three_targets(runner, tmp_path):
     target = tmp_path / "demo"
-    result = runner.invoke(main, ["demo", "--dir", str(target)])
+    result = runner.invoke(main, ["demo", "--scripted", "--dir", str(target)])
     assert result.exit_code == 0, result.output
     assert len(re.findall(r"^run \S+: done: ", result.stdout, re.M)) == 3, result.stdout
     assert f"sample repository: {target}" in result.stderr
@@ -357,7 +357,7 @@ def test_demo_runs_three_targets(runner, tmp_path):
 
 def test_demo_json_has_the_run_shape(runner, tmp_path):
     """It printed a bare list."""
-    result = runner.invoke(main, ["demo", "--json", "--dir", str(tmp_path / "demo")])
+    result = runner.invoke(main, ["demo", "--scripted", "--json", "--dir", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     assert [r["state"] for r in json.loads(result.stdout)["runs"]] == ["done"] * 3
 
@@ -366,7 +366,8 @@ def test_demo_refuses_a_non_empty_directory(runner, tmp_path):
     target = tmp_path / "busy"
     target.mkdir()
     (target / "keep.txt").write_text("mine\n")
-    assert_one_error(runner.invoke(main, ["demo", "--dir", str(target)]), "not empty")
+    assert_one_error(runner.invoke(main, ["demo", "--scripted", "--dir", str(target)]),
+                     "not empty")
     assert listing(target) == {"keep.txt": b"mine\n"}
 
 

@@ -19,6 +19,7 @@ from .. import config
 from ..errors import RepositoryError, TargetError
 from ..gitrepo import GitRepo
 from ..organizer import AgentView, RunSummary, find_targets
+from ..weights import ProgressCallback, quiet
 from .check import repo_relative, marked_skeletons, staged_python_files
 from .run import run_targets
 
@@ -62,7 +63,8 @@ class StagedRepo(GitRepo):
 
 def fill(files: Sequence[str] | None, *, cwd: Path, flags: Mapping[str, Any],
          on_event: Callable[[AgentView], None] = lambda view: None,
-         environ: Mapping[str, str] | None = None) -> tuple[list[str], list[RunSummary]]:
+         environ: Mapping[str, str] | None = None,
+         on_progress: ProgressCallback = quiet) -> tuple[list[str], list[RunSummary]]:
     """Fill the marked skeletons of `files` (default: the staged Python files), each in a run of
     its own, from the staged content. Returns the targets and the runs' summaries."""
     environ = os.environ if environ is None else environ
@@ -88,7 +90,8 @@ def fill(files: Sequence[str] | None, *, cwd: Path, flags: Mapping[str, Any],
             raise TargetError(f"{file} has unstaged changes; stage or stash them, because "
                               "soa-git fill works from your staged files")
         targets += find_targets(repo, root / file, names)
-    summaries = run_targets(repo, config.resolve(root, flags, environ), targets, environ, on_event)
+    summaries = run_targets(repo, config.resolve(root, flags, environ), targets, environ, on_event,
+                            on_progress=on_progress)
     return [f"{t.file}::{t.function}" for t in targets], summaries
 
 

@@ -11,6 +11,7 @@ from ..errors import RepositoryError
 from ..executor import open_executor
 from ..gitrepo import GitRepo
 from ..organizer import AgentView, Organizer, Recording, RunSummary, Target
+from ..weights import ProgressCallback, quiet
 from .run import budgeted_model
 
 RESUMABLE = {"interrupted", "stopped"}
@@ -25,7 +26,8 @@ def recording(record: history.RunRecord) -> Recording:
 
 def resume(run: str, *, cwd: Path, flags: Mapping[str, Any],
            on_event: Callable[[AgentView], None] = lambda view: None,
-           environ: Mapping[str, str] | None = None) -> RunSummary:
+           environ: Mapping[str, str] | None = None,
+           on_progress: ProgressCallback = quiet) -> RunSummary:
     environ = os.environ if environ is None else environ
     repo = GitRepo.open(cwd)
     settings = config.resolve(repo.root, flags, environ)
@@ -35,8 +37,8 @@ def resume(run: str, *, cwd: Path, flags: Mapping[str, Any],
                               + ("" if record.state == "running" else f" ({record.message})"))
     executor = open_executor(settings)
     try:
-        ledger, model = budgeted_model(settings, environ, repo)
-        return Organizer(repo, settings, model, ledger, on_event, executor).resume(
-            recording(record))
+        with budgeted_model(settings, environ, repo, on_progress) as (ledger, model):
+            return Organizer(repo, settings, model, ledger, on_event, executor).resume(
+                recording(record))
     finally:
         executor.close()

@@ -6,19 +6,22 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
-from .. import config, history, pycode
+from .. import config, history, local_model, pycode
 from ..errors import ConfigError, TargetError
 from ..executor import Executor, open_executor
 from ..gitrepo import GitRepo
 from ..llm import ChatModel, ReplayModel, TokenLedger
 from ..organizer import (AgentView, Organizer, RunSummary, Target, committed_source,
                          find_targets)
+from ..weights import ProgressCallback, quiet
 
 
 REPLAY = "replay:"
+LOCAL_TIMEOUT_S = 3600.0
 
 
 def split_target(spec: str) -> tuple[str, str | None]:
@@ -37,21 +40,31 @@ def open_model(settings: config.Settings, ledger: TokenLedger, environ: Mapping[
         recorded = history.load_run(repo, settings.model.removeprefix(REPLAY))
         return ReplayModel(recorded.run, {a.path: history.transcript(a) for a in recorded.agents},
                            ledger)
+    if local_model.is_local(settings.model):
+        raise ConfigError(f"the model '{settings.model}' is served by soa-git itself: start it "
+                          "with soa-git serve and give its base URL")
     key = settings.api_key(environ)
     if key is None:
         raise ConfigError(f"no API key: set the environment variable {settings.api_key_env} "
                           "(a local server that needs no key accepts any value)")
+    return _chat(settings, ledger, settings.base_url, key, settings.model)
+
+
+def _chat(settings: config.Settings, ledger: TokenLedger, base_url: str, key: str,
+          model: str, timeout_s: float | None = None) -> ChatModel:
     # Imported here, not at the top: `openai` takes longer to import than the rest of soa-git,
     # and only commands that call a model need it.
     from ..openai_chat import OpenAIChat
-    return OpenAIChat(model=settings.model, base_url=settings.base_url, api_key=key, ledger=ledger,
-                      max_concurrency=settings.jobs, timeout_s=settings.request_timeout,
-                      temperature=settings.temperature)
+    return OpenAIChat(model=model, base_url=base_url, api_key=key, ledger=ledger,
+                      max_concurrency=settings.jobs,
+                      timeout_s=timeout_s or settings.request_timeout,
+                      temperature=settings.temperature, max_tokens=settings.child_max_tokens)
 
 
 def run(specs: str | Sequence[str], *, cwd: Path, flags: Mapping[str, Any],
         on_event: Callable[[AgentView], None] = lambda view: None,
-        environ: Mapping[str, str] | None = None) -> list[RunSummary]:
+        environ: Mapping[str, str] | None = None,
+        on_progress: ProgressCallback = quiet) -> list[RunSummary]:
     environ = os.environ if environ is None else environ
     repo = GitRepo.open(cwd)
     settings = config.resolve(repo.root, flags, environ)
@@ -59,7 +72,7 @@ def run(specs: str | Sequence[str], *, cwd: Path, flags: Mapping[str, Any],
     targets: list[Target] = []
     for spec in [specs] if isinstance(specs, str) else specs:
         targets.extend(t for t in targets_of(repo, cwd, spec) if t not in targets)
-    return run_targets(repo, settings, targets, environ, on_event)
+    return run_targets(repo, settings, targets, environ, on_event, on_progress=on_progress)
 
 
 def targets_of(repo: GitRepo, cwd: Path, spec: str) -> list[Target]:
@@ -87,33 +100,45 @@ def targets_of(repo: GitRepo, cwd: Path, spec: str) -> list[Target]:
     return find_targets(repo, (cwd / path).resolve(), [function] if function else None)
 
 
-def budgeted_model(settings: config.Settings, environ: Mapping[str, str],
-                   repo: GitRepo) -> tuple[TokenLedger, ChatModel]:
-    """The token ledger holding the settings' budgets, and the model that charges it."""
+@contextmanager
+def budgeted_model(settings: config.Settings, environ: Mapping[str, str], repo: GitRepo,
+                   on_progress: ProgressCallback = quiet,
+                   ) -> Iterator[tuple[TokenLedger, ChatModel]]:
+    """The token ledger holding the settings' budgets, and the model that charges it; a local
+    model (`--model local`) is served for the block's duration, one slot per job."""
     ledger = TokenLedger(settings.run_token_budget, settings.agent_token_budget)
-    return ledger, open_model(settings, ledger, environ, repo)
+    if not local_model.is_local(settings.model):
+        yield ledger, open_model(settings, ledger, environ, repo)
+        return
+    with local_model.serving(settings.model, slots=settings.jobs, environ=environ,
+                             on_progress=on_progress) as served:
+        # Our own server decodes a few tokens a second on a laptop's CPU: a long answer takes
+        # minutes, and retrying it on a timeout would only start it over.
+        yield ledger, _chat(settings, ledger, served.base_url, served.api_key, served.model,
+                            timeout_s=max(settings.request_timeout, LOCAL_TIMEOUT_S))
 
 
 def run_targets(repo: GitRepo, settings: config.Settings, targets: list[Target],
                 environ: Mapping[str, str], on_event: Callable[[AgentView], None],
-                executor: Executor | None = None) -> list[RunSummary]:
+                executor: Executor | None = None,
+                on_progress: ProgressCallback = quiet) -> list[RunSummary]:
     """One run per target, `parallel_runs` at once, sharing the model, its budgets and the
     executor. The executor is opened first: a cluster that cannot be reached stops the command
     before any branch is written."""
     opened = executor is None
     executor = open_executor(settings) if executor is None else executor
     try:
-        ledger, model = budgeted_model(settings, environ, repo)
+        with budgeted_model(settings, environ, repo, on_progress) as (ledger, model):
 
-        def one(target: Target) -> RunSummary:
-            return Organizer(repo, settings, model, ledger, on_event, executor).run(target)
+            def one(target: Target) -> RunSummary:
+                return Organizer(repo, settings, model, ledger, on_event, executor).run(target)
 
-        if settings.parallel_runs == 1 or len(targets) == 1:
-            return [one(target) for target in targets]
-        # Each run is its own threads and branches; git stays in this process, one writer.
-        with ThreadPoolExecutor(max_workers=min(settings.parallel_runs, len(targets)),
-                                thread_name_prefix="soa-run") as pool:
-            return list(pool.map(one, targets))
+            if settings.parallel_runs == 1 or len(targets) == 1:
+                return [one(target) for target in targets]
+            # Each run is its own threads and branches; git stays in this process, one writer.
+            with ThreadPoolExecutor(max_workers=min(settings.parallel_runs, len(targets)),
+                                    thread_name_prefix="soa-run") as pool:
+                return list(pool.map(one, targets))
     finally:
         if opened:
             executor.close()
