@@ -3,10 +3,11 @@
 `python -m benchmarks.scale_worker '<json>'` runs the real engine (`soa_git.commands.run.run`) on
 a prepared repository against a model server that the parent process runs, and prints one JSON
 object: wall time, the run's summary, peak memory, and where the time went. The breakdown comes
-from wrapping soa-git's own seams, so it counts what soa-git does, not what the model does:
-every git subprocess (`GitRepo._execute`, by subcommand), object reads and writes in process,
-workspaces filled and synced, the test harness (`run_tests`), commits, merges and notes. Those
-are thread-seconds: with parallel agents they add up to more than the wall time.
+from soa-git's own seams, so it counts what soa-git does, not what the model does: the git
+layer's metrics hook (`soa_git.gitrepo.metrics`: every git subprocess by subcommand, object
+reads and writes in process, workspaces filled and synced, commits, merges and notes) and the
+test harness (the executor's `run_tests`). Those are thread-seconds: with parallel agents they
+add up to more than the wall time.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ class Meter:
         self.lock = threading.Lock()
         self.calls: Counter[str] = Counter()
         self.seconds: defaultdict[str, float] = defaultdict(float)
-        self.peak_workspaces = 0
 
     def add(self, key: str, seconds: float, n: int = 1) -> None:
         with self.lock:
@@ -45,67 +45,13 @@ class Meter:
         return wrapper
 
 
-def _subcommand(command: list[str]) -> str:
-    """The git subcommand of a command line that starts with global options (-c k=v, -C dir)."""
-    i = 1
-    while i < len(command) and command[i] in ("-c", "-C"):
-        i += 2
-    return command[i] if i < len(command) else "?"
-
-
 def instrument(meter: Meter, ray: bool = False) -> None:
-    from soa_git import gitobjects, gitrepo
-
-    execute = gitrepo.GitRepo._execute
-
-    def counted_execute(self, command, env, stdin):
-        start = time.perf_counter()
-        try:
-            return execute(self, command, env, stdin)
-        finally:
-            meter.add("git:" + _subcommand(command), time.perf_counter() - start)
-
-    gitrepo.GitRepo._execute = counted_execute
-
-    check_out = gitrepo.GitRepo.check_out
-    live: set[Path] = set()
-
-    def counted_check_out(self, rev, folders, into):
-        # A folder that exists is moved to `rev` (a merge, or another agent's tree); a new
-        # one is filled.
-        key = "workspace_sync" if Path(into).is_dir() else "workspace_fill"
-        meter.timed(key, check_out)(self, rev, folders, into)
-        with meter.lock:
-            live.add(Path(into))
-            meter.peak_workspaces = max(meter.peak_workspaces, len(live))
-
-    gitrepo.GitRepo.check_out = counted_check_out
-    for name in ("commit_files", "merge", "append_note", "start_branch"):
-        setattr(gitrepo.GitRepo, name, meter.timed(name, getattr(gitrepo.GitRepo, name)))
-    # Each note or branch move asked for; how many share one update-ref transaction (and one
-    # notes commit) depends on timing, so these are counted apart from the processes.
-    gitrepo.GitRepo._write = meter.timed("ref_writes", gitrepo.GitRepo._write)
-    in_notes_commit = threading.local()
-    notes_commit = gitrepo.GitRepo._notes_commit
-
-    def counted_notes_commit(self, old, writes):
-        in_notes_commit.value = True
-        try:
-            return notes_commit(self, old, writes)
-        finally:
-            in_notes_commit.value = False
-
-    gitrepo.GitRepo._notes_commit = counted_notes_commit
-    gitobjects.ObjectStore.read = meter.timed("object_reads", gitobjects.ObjectStore.read)
-    write_object = meter.timed("object_writes", gitobjects.ObjectStore.write)
-
-    def counted_write(self, *args, **kwargs):
-        if getattr(in_notes_commit, "value", False):
-            meter.add("notes_commit_object_writes", 0.0)
-        return write_object(self, *args, **kwargs)
-
-    gitobjects.ObjectStore.write = counted_write
+    """The git layer reports to the meter through its metrics hook; the test harness is timed
+    where the organizer calls it, the executor."""
     from soa_git import executor
+    from soa_git.gitrepo import metrics
+
+    metrics.use(meter.add)
     executors = [executor.LocalExecutor]
     if ray:
         from soa_git import ray_executor
@@ -192,7 +138,8 @@ def measure(spec: dict) -> dict:
         "children_cpu_s": round(children_usage.ru_utime + children_usage.ru_stime, 3),
         "peak_rss_mb": round(self_usage.ru_maxrss / 1024, 1),
         "peak_child_rss_mb": round(children_usage.ru_maxrss / 1024, 1),
-        "peak_workspaces": meter.peak_workspaces,
+        # Every workspace is a new folder filled once, and stays until the run ends.
+        "peak_workspaces": meter.calls["workspace_fill"],
         "calls": dict(sorted(meter.calls.items())),
         "seconds": {k: round(v, 3) for k, v in sorted(meter.seconds.items())},
         "executor": spec.get("executor", "local"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from soa_git.gitobjects import FILE_MODE, Entry, ObjectStore
+from soa_git.gitrepo.objects import FILE_MODE, Entry, ObjectStore
 
 from .conftest import git, make_repo
 

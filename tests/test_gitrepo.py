@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from soa_git.errors import OwnershipError, RepositoryError
-from soa_git.gitrepo import (NOTES_REF, Author, BranchMoved, CommitInfo, GitRepo, MergeCheck,
+from soa_git.gitrepo import (NOTES_REF, Author, BranchMoved, GitRepo, MergeCheck,
                              MergeConflict)
 from soa_git.runformat import TRAILER_KEYS
 
@@ -85,6 +85,16 @@ def user_state(root: Path) -> dict[str, object]:
     return {"head": git(root, "rev-parse", "HEAD"), "branch": git(root, "symbolic-ref", "HEAD"),
             "status": git(root, "status", "--porcelain"), "index": git(root, "ls-files", "-s"),
             "stash": git(root, "stash", "list"), "files": files}
+
+
+def note_of(repo_path: Path, sha: str) -> str | None:
+    """The note of `sha` under NOTES_REF, exactly as stored, read by git itself."""
+    blob = git(repo_path, "notes", f"--ref={NOTES_REF}", "list", sha, check=False).strip()
+    return git(repo_path, "cat-file", "blob", blob) if blob else None
+
+
+def first_parents(repo_path: Path, branch: str) -> list[str]:
+    return git(repo_path, "rev-list", "--first-parent", branch).split()
 
 
 def trailers_for(agent: str, phase: str = "generate") -> dict[str, str]:
@@ -318,11 +328,11 @@ def test_commit_writes_trailers_author_and_committer(repo: GitRepo, repo_path: P
                         + "\n".join(expected) + "\n")
     assert subprocess.run(["git", "fsck", "--strict"], cwd=repo_path).returncode == 0
 
-    newest, initial = repo.log("soa/r1/solve.parse")
-    assert newest == CommitInfo(sha=sha, subject="implement parse",
-                                body="Reflection: return 3.\n\nSecond paragraph.",
-                                trailers=dict(line.split(": ", 1) for line in expected),
-                                parents=(initial.sha,), author=AGENT)
+    newest, initial = repo.commits(["soa/r1/solve.parse"])
+    assert (newest.sha, newest.subject, newest.body, newest.parents, newest.author) == \
+        (sha, "implement parse", "Reflection: return 3.\n\nSecond paragraph.", (initial.sha,),
+         AGENT)
+    assert newest.trailers == dict(line.split(": ", 1) for line in expected)
     assert initial.trailers == {} and initial.body == "" and initial.author.name == "Some User"
     assert repo.changed_paths(initial.sha, sha) == ["pkg/a.py", "tests/test_parse.py"]
     assert repo.read_file(sha, "tests/test_parse.py") == "def test_parse():\n    pass\n"
@@ -379,8 +389,8 @@ def test_user_hooks_never_run(repo: GitRepo, repo_path: Path, tmp_path: Path) ->
                       start="soa/r1/solve")
     merge = repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="accept parse",
                        trailers=trailers_for("solve", "merge"), author=MOTHER)
-    repo.add_note(sha, "transcript")
-    newest = repo.log("soa/r1/solve")[0]
+    repo.append_note(sha, "transcript")
+    newest = repo.commits(["soa/r1/solve"])[0]
     assert newest.sha == merge and len(newest.parents) == 2
     assert not marker.exists()
 
@@ -409,18 +419,18 @@ def test_merge_makes_a_two_parent_commit(repo: GitRepo, repo_path: Path) -> None
     sha = repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="merge: accept parse into solve",
                      trailers={**trailers_for("solve", "merge"), "Soa-Tests": "3 passed"},
                      author=MOTHER, note='{"task": "merge"}')
-    merged = repo.log("soa/r1/solve")[0]
+    merged = repo.commits(["soa/r1/solve"])[0]
     assert merged.sha == sha == repo.branch_sha("soa/r1/solve")
     assert merged.parents == (mother_tip, child_tip)
     assert merged.trailers["Soa-Phase"] == "merge" and merged.trailers["Soa-Tests"] == "3 passed"
     assert git(repo_path, "log", "-1", "--format=%an|%cn", sha).strip() == "solve|soa-git"
-    assert repo.read_note(sha) == '{"task": "merge"}'
+    assert note_of(repo_path, sha) == merged.note == '{"task": "merge"}'
     repo.check_out(sha, ["pkg"], ws)
     assert (ws / "pkg/parse.py").read_text() == "def parse():\n    return 1\n"
     # Merging again changes nothing: the child's work is already in.
     assert repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="again", trailers={},
                       author=MOTHER) == sha
-    assert [c.sha for c in repo.log("soa/r1/solve", first_parent=True)] == \
+    assert first_parents(repo_path, "soa/r1/solve") == \
         [sha, mother_tip, git(repo_path, "rev-parse", "main").strip()]
 
 
@@ -530,18 +540,16 @@ def test_a_branch_that_moved_meanwhile_is_reported(repo: GitRepo, repo_path: Pat
 
 def test_notes_round_trip(repo: GitRepo, repo_path: Path) -> None:
     head = repo.head()
-    assert repo.read_note(head) is None
+    assert note_of(repo_path, head) is None
     text = '{"content": "def f():\\n    pass"}\n\n\n  indented, with trailing spaces  \n'
-    repo.add_note(head, text)
-    assert repo.read_note(head) == text
-    repo.add_note(head, "replaced ✓")
-    assert repo.read_note(head) == "replaced ✓"
-    repo.add_note(head, "")
-    assert repo.read_note(head) == ""
+    repo.append_note(head, text)
+    assert note_of(repo_path, head) == text
+    repo.append_note(head, "appended ✓")
+    assert note_of(repo_path, head) == text.rstrip() + "\nappended ✓"
     assert git(repo_path, "notes", f"--ref={NOTES_REF}", "list").split()[1:] == [head]
     assert git(repo_path, "for-each-ref", "refs/notes/").count("\n") == 1  # no scratch refs left
     with pytest.raises(RepositoryError, match="is not a commit"):
-        repo.add_note("0" * 40, "for nothing")
+        repo.append_note("0" * 40, "for nothing")
 
 
 def test_notes_from_two_processes_are_all_kept(repo: GitRepo, repo_path: Path) -> None:
@@ -550,14 +558,14 @@ def test_notes_from_two_processes_are_all_kept(repo: GitRepo, repo_path: Path) -
                for i in range(24)]
     script = ("import sys; from pathlib import Path; from soa_git.gitrepo import GitRepo\n"
               "repo = GitRepo.open(Path(sys.argv[1]))\n"
-              "for sha in sys.argv[2:]:\n    repo.add_note(sha, 'note for ' + sha)\n")
+              "for sha in sys.argv[2:]:\n    repo.append_note(sha, 'note for ' + sha)\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     procs = [subprocess.Popen([sys.executable, "-c", script, str(repo_path), *commits[i::2]],
                               env=env, stderr=subprocess.PIPE, text=True) for i in range(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
-    assert [repo.read_note(sha) for sha in commits] == [f"note for {sha}" for sha in commits]
+    assert [note_of(repo_path, sha) for sha in commits] == [f"note for {sha}" for sha in commits]
 
 
 # ---- the user's work ----------------------------------------------------------------------
@@ -578,7 +586,7 @@ def test_the_users_tree_index_and_branch_are_never_touched(repo: GitRepo, repo_p
     commit_file(repo, "soa/r1/solve.other", "pkg/a.py", "def a():\n    return 'other'\n")
     with pytest.raises(MergeConflict):
         repo.merge("soa/r1/solve", "soa/r1/solve.other", subject="x", trailers={}, author=MOTHER)
-    repo.add_note(sha, "transcript")
+    repo.append_note(sha, "transcript")
     repo.remove_workspaces("r1")
     repo.delete_branch("soa/r1/solve.other")
     assert user_state(repo_path) == before
@@ -597,7 +605,7 @@ def test_an_environment_inherited_from_a_git_hook_cannot_reach_the_users_index(
     commit_file(repo, "soa/r1/solve.parse", "pkg/parse.py", "P = 1\n")
     merged = repo.merge("soa/r1/solve", "soa/r1/solve.parse", subject="accept", trailers={},
                         author=MOTHER)
-    repo.add_note(merged, "note")
+    repo.append_note(merged, "note")
     ws = repo.workspace("r1", "solve")
     repo.check_out(merged, ["pkg"], ws)
     assert (repo_path / ".git/index").read_bytes() == index_bytes
@@ -647,17 +655,18 @@ def test_parallel_agents_commit_note_and_merge_without_corruption(repo: GitRepo,
     assert fsck.returncode == 0, fsck.stderr
     assert "error" not in (fsck.stdout + fsck.stderr).lower()
 
-    history = repo.log("soa/p/solve", first_parent=True)
+    by_sha = {c.sha: c for c in repo.commits(["soa/p/solve"])}
+    history = [by_sha[sha] for sha in first_parents(repo_path, "soa/p/solve")]
     merges = [c for c in history if len(c.parents) == 2]
     assert len(merges) == 12 and history[12].sha == base and len(history) == 14
     assert {c.parents[1] for c in merges} == {commits[-1] for commits, _ in results}
     assert {c.sha for c in merges} == {merge for _, merge in results}
     for i in range(12):
         assert repo.read_file("soa/p/solve", f"pkg/f{i}.py") == f"def f{i}():\n    return 2\n"
-    fresh = GitRepo.open(repo_path)     # nothing read from this process's memory
-    for i, (commits, merge) in enumerate(results):
-        assert [fresh.read_note(sha) for sha in commits] == [f"transcript {i}.{s}" for s in range(3)]
-        assert fresh.read_note(merge) == f"merge {i}"
+    for i, (commits, merge) in enumerate(results):    # read by git, not from this process
+        assert [note_of(repo_path, sha) for sha in commits] == \
+            [f"transcript {i}.{s}" for s in range(3)]
+        assert note_of(repo_path, merge) == f"merge {i}"
     notes = git(repo_path, "notes", f"--ref={NOTES_REF}", "list").splitlines()
     assert len(notes) == 1 + 12 * 4
     assert git(repo_path, "worktree", "list", "--porcelain").count("worktree ") == 1
@@ -682,7 +691,7 @@ def test_the_object_reader_ends_with_its_repository(repo_path: Path) -> None:
     before = readers()
     opened = [GitRepo.open(repo_path) for _ in range(3)]
     for one in opened:
-        one.add_note(one.head(), "read through the object store")
+        one.append_note(one.head(), "read through the object store")
     assert readers() == before + 3
     del opened, one
     gc.collect()

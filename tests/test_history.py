@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from soa_git import history
 from soa_git.cli import main
 from soa_git.errors import TargetError
-from soa_git.gitrepo import GitRepo
+from soa_git.gitrepo import GitRepo, metrics
 from soa_git.scripted import Script, ScriptedServer
 
 from .conftest import git, make_repo
@@ -243,20 +243,17 @@ def test_find_agent(runs, tmp_path):
         history.find_agent(empty, "area_report")
 
 
-def test_reading_takes_a_fixed_number_of_git_calls(runs, monkeypatch):
+def test_reading_takes_a_fixed_number_of_git_calls(runs):
     repo = GitRepo.open(runs.repo)
-    calls: list[list[str]] = []
-    execute = GitRepo._execute
-
-    def counted(self, command, env, stdin):
-        calls.append(command)
-        return execute(self, command, env, stdin)
-
-    monkeypatch.setattr(GitRepo, "_execute", counted)
+    calls: list[str] = []
 
     def count(read) -> int:
         calls.clear()
-        read()
+        metrics.use(lambda name, seconds: calls.append(name) if name.startswith("git:") else None)
+        try:
+            read()
+        finally:
+            metrics.use(None)
         return len(calls)
 
     done, failed = history.load_run(repo, runs.done), history.load_run(repo, runs.failed)

@@ -200,7 +200,7 @@ def test_push_merges_notes_that_diverged_on_the_remote(published, copy, cli, tmp
     git(other, "fetch", "-q", str(copy), "main")
     git(other, "notes", "--ref=soa", "add", "-m", '{"by": "reviewer"}', main_sha)
     git(other, "push", "-q", "origin", "refs/notes/soa")
-    GitRepo.open(copy).add_note(main_sha, '{"by": "author"}\n')
+    GitRepo.open(copy).append_note(main_sha, '{"by": "author"}\n')
     with ScriptedServer(Script.from_json(_script())) as server:
         [second] = fill(copy, server)
     assert second.state == "done" and second.run != run
