@@ -24,13 +24,11 @@ def example_tests(name: str, docstring: str | None) -> tuple[str, ...]:
     """`def test_docstring_example_N(): assert ...` for each usable example of `name`."""
     if not docstring:
         return ()
-    found: list[tuple[str, object]] = []
-    for call, want in [*_doctest_examples(docstring), *_one_line_examples(name, docstring)]:
-        usable = _usable(name, call, want)
-        if usable is not None and usable not in found:
-            found.append(usable)
-    return tuple(_test(number, call, value)
-                 for number, (call, value) in enumerate(found, start=1))
+    found: list[tuple[str, ...]] = []
+    for example in [*_doctest_examples(name, docstring), *_one_line_examples(name, docstring)]:
+        if example not in found:
+            found.append(example)
+    return tuple(_test(number, lines) for number, lines in enumerate(found, start=1))
 
 
 def score(result) -> tuple[int, int]:
@@ -58,45 +56,106 @@ def contradicts(test: str, examples: tuple[str, ...]) -> bool:
     return False
 
 
-def _doctest_examples(docstring: str) -> list[tuple[str, str]]:
+def _doctest_examples(name: str, docstring: str) -> list[tuple[str, ...]]:
+    """`>>> CALL` with its output; `>>> x = LITERAL` lines before it are carried into the test,
+    and `>>> print(CALL)` compares the text the call returns."""
     try:
         examples = doctest.DocTestParser().get_examples(docstring)
     except ValueError:
         return []
-    # Prose right under an example reads as part of its output: then its first line is the output.
-    return [(e.source.strip(), want) for e in examples if e.want.strip()
-            for want in dict.fromkeys([e.want.strip(), e.want.strip().splitlines()[0]])]
+    given: dict[str, str] = {}       # name -> its assignment, from earlier examples
+    found = []
+    for example in examples:
+        source, want = example.source.strip(), example.want
+        assigned = _literal_assignment(source)
+        if assigned:
+            given[assigned] = ast.unparse(ast.parse(source))
+            continue
+        if not want.strip():
+            continue
+        printed = _printed(source)
+        if printed is not None:
+            call, end = printed
+            expected: object = want if end == "" else want.removesuffix("\n")
+            check = _check(name, call, expected, given)
+        else:
+            # Prose right under an example reads as part of its output: then its first line is.
+            check = next((c for w in dict.fromkeys([want.strip(), want.strip().splitlines()[0]])
+                          if (c := _check(name, source, _literal(w), given)) is not None), None)
+        if check is not None:
+            found.append(check)
+    return found
 
 
-def _one_line_examples(name: str, docstring: str) -> list[tuple[str, str]]:
+def _one_line_examples(name: str, docstring: str) -> list[tuple[str, ...]]:
     pattern = re.compile(r"^\s*(?:>>>\s*)?(?P<call>" + re.escape(name) + r"\(.*\))\s*" + _ARROWS
                          + r"\s*(?P<want>.+?)\s*$", re.M)
-    return [(m["call"], m["want"].rstrip(".,;")) for m in pattern.finditer(docstring)]
+    checks = (_check(name, m["call"], _literal(m["want"].rstrip(".,;")), {})
+              for m in pattern.finditer(docstring))
+    return [c for c in checks if c is not None]
 
 
-def _usable(name: str, call: str, want: str) -> tuple[str, object] | None:
-    """(the call, normalised; the expected value) or None if the example is not a plain call."""
+_NO_VALUE = object()
+
+
+def _literal(text: str) -> object:
     try:
-        tree = ast.parse(call, mode="eval")
-        value = ast.literal_eval(want)
+        return ast.literal_eval(text)
     except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        return _NO_VALUE
+
+
+def _literal_assignment(source: str) -> str | None:
+    """The name `source` binds, if it is `name = LITERAL`."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
         return None
-    body = tree.body
+    if (len(tree.body) == 1 and isinstance(tree.body[0], ast.Assign)
+            and len(tree.body[0].targets) == 1 and isinstance(tree.body[0].targets[0], ast.Name)
+            and _literal(ast.unparse(tree.body[0].value)) is not _NO_VALUE):
+        return tree.body[0].targets[0].id
+    return None
+
+
+def _printed(source: str) -> tuple[str, str | None] | None:
+    """(the printed expression, the `end` given or None) of `print(EXPR)` / `print(EXPR, end=S)`."""
+    try:
+        node = ast.parse(source, mode="eval").body
+    except SyntaxError:
+        return None
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id == "print" and len(node.args) == 1):
+        return None
+    ends = [k for k in node.keywords if k.arg == "end"]
+    if len(node.keywords) != len(ends) or (ends and _literal(ast.unparse(ends[0].value)) != ""):
+        return None
+    return ast.unparse(node.args[0]), ("" if ends else None)
+
+
+def _check(name: str, call: str, value: object, given: dict[str, str]) -> tuple[str, ...] | None:
+    """The lines of a test body, or None if the example is not a plain call of `name` on
+    literals (and names bound to literals by earlier examples) with a literal result."""
+    if value is _NO_VALUE:
+        return None
+    try:
+        body = ast.parse(call, mode="eval").body
+    except SyntaxError:
+        return None
     if not (isinstance(body, ast.Call) and isinstance(body.func, ast.Name)
             and body.func.id == name):
         return None
-    loaded = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-    if loaded - {name} - _BUILTINS:
+    loaded = {n.id for n in ast.walk(body) if isinstance(n, ast.Name)} - {name} - _BUILTINS
+    if loaded - set(given):
         return None
-    return ast.unparse(body), value
+    text = ast.unparse(body)
+    check = (f"abs({text} - {value!r}) < {_FLOAT_TOLERANCE}" if isinstance(value, float)
+             else f"{text} == {value!r}")
+    return (*(given[n] for n in sorted(loaded)), f"assert {check}")
 
 
-def _test(number: int, call: str, value: object) -> str:
-    if isinstance(value, float):
-        check = f"abs({call} - {value!r}) < {_FLOAT_TOLERANCE}"
-    else:
-        check = f"{call} == {value!r}"
-    return f"def {_EXAMPLE_PREFIX}{number}():\n    assert {check}\n"
+def _test(number: int, lines: tuple[str, ...]) -> str:
+    return f"def {_EXAMPLE_PREFIX}{number}():\n" + "".join(f"    {line}\n" for line in lines)
 
 
 def _asserts(test: str) -> list[ast.Assert]:
@@ -123,8 +182,14 @@ def _pair(node: ast.Assert) -> tuple[str, object] | None:
 
 
 def _assertions(test: str) -> tuple[str, object] | None:
-    """(call, value) that one example test asserts; a float example compares by tolerance."""
-    for node in _asserts(test):
+    """(call, value) that one example test asserts; a float example compares by tolerance.
+
+    An example that names values bound before it asserts nothing comparable on its own.
+    """
+    nodes = _asserts(test)
+    if test.count("\n    ") != 1:
+        return None
+    for node in nodes:
         pair = _pair(node)
         if pair is not None:
             return pair

@@ -72,3 +72,12 @@ def test_a_function_with_examples_needs_no_written_tests():
     assert parse_plan(text, "double", max_children=0, require_tests=True, examples=examples).tests == {}
     with pytest.raises(AnswerError, match="write unit tests"):
         parse_plan(text, "double", max_children=0, require_tests=True)
+
+
+def test_examples_that_name_earlier_values_or_print_the_result_become_tests():
+    doc = ('Render.\n\n>>> data = {"a": 1}\n>>> print(render(data), end="")\nline one\nline two\n'
+           '>>> print(render({}))\nnothing\n>>> render(unknown)\n\'x\'\n')
+    assert example_tests("render", doc) == (
+        "def test_docstring_example_1():\n    data = {'a': 1}\n"
+        "    assert render(data) == 'line one\\nline two\\n'\n",
+        "def test_docstring_example_2():\n    assert render({}) == 'nothing'\n")
