@@ -58,6 +58,14 @@ class Step:
     reflection: str
 
 
+class UnusableAnswers(AnswerError):
+    """A step whose every answer was unusable; `step` keeps them for the run's transcript."""
+
+    def __init__(self, message: str, step: Step) -> None:
+        super().__init__(message)
+        self.step = step
+
+
 @dataclass(frozen=True)
 class ChildStatus:
     name: str
@@ -190,8 +198,10 @@ class Agent:
                 parsed = parse(reply.text)
             except (AnswerError, CodeSyntaxError) as exc:
                 if tries > self.answer_retries:
-                    raise AnswerError(f"agent {self.path}: the model's answers could not be used "
-                                      f"after {tries} tries: {exc}") from None
+                    raise UnusableAnswers(
+                        f"agent {self.path}: the model's answers could not be used after {tries} "
+                        f"tries: {exc}", Step(task=task, messages=tuple(messages), usage=usage,
+                                              model=reply.model, reflection="")) from None
                 retry = {"role": "user", "content": prompt(
                     "format_error", agent=self.path, error=exc,
                     task=user.split("\n", 1)[1].strip() if "\n" in user else user)}

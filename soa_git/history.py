@@ -88,8 +88,9 @@ class AgentRecord:
     rounds: int
     tests: str | None               # its newest test result
     lines: int                      # non-blank lines of its own code at its tip
-    tokens: int
+    tokens: int                     # its committed steps and its unusable answers
     state: str                      # passed | failed | pending
+    why: str | None = None          # failed: the error of its last step, or its first failing test
 
     @property
     def passed(self) -> int:
@@ -352,13 +353,24 @@ class _Draft:
                       draft.path.rpartition(".")[0] or None)
         function = draft.path.rpartition(".")[2]
         code = _own_code(source, function, is_root=parent is None)
+        own = [r for c in commits for r in c.notes if r.get("agent", draft.path) == draft.path]
+        # An error on its tip is how its work ended; steps that failed also spent tokens.
+        errors = [r for r in (commits[-1].notes if commits else ())
+                  if r.get("task") == "error" and r.get("agent") == draft.path]
+        failure = next((r["failure"] for r in reversed(own) if "failure" in r), None)
+        state = "failed" if errors else _state(tests)
+        why = str(errors[-1].get("error")) if errors else failure if state == "failed" else None
         return AgentRecord(
             run=self.run, path=draft.path, branch=runformat.branch(self.run, draft.path),
             tip=draft.tip.sha, role=(commits[-1].soa.role if commits else "") or "child",
             function=function, parent=parent, file=draft.file, test_file=draft.test_file,
             commits=commits, rounds=max((c.round for c in commits), default=0), tests=tests,
-            lines=pycode.code_lines(code) if code else 0, tokens=sum(c.tokens for c in commits),
-            state=_state(tests))
+            lines=pycode.code_lines(code) if code else 0,
+            tokens=sum(c.tokens for c in commits) + sum(
+                sum(runformat.leading_int(r["usage"].get(k))
+                    for k in ("prompt_tokens", "completion_tokens"))
+                for r in own if r.get("task") == "error" and isinstance(r.get("usage"), dict)),
+            state=state, why=why)
 
 
 def _outcome(end: dict | None, holder: LockHolder | None) -> tuple[str, str]:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from soa_git.errors import BudgetExhausted, ModelError
 
-__all__ = ["ChatModel", "ReplayModel", "Reply", "TokenLedger", "Usage"]
+__all__ = ["ChatModel", "Metered", "ReplayModel", "Reply", "TokenLedger", "Usage"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,23 @@ class TokenLedger:
     def total(self) -> Usage:
         with self._lock:
             return self._total
+
+
+class Metered:
+    """A model as one run sees it: every answer is charged to the run's own ledger too, and the
+    run's budgets are checked before each call, while several runs share the model itself (one
+    endpoint client, one served local model)."""
+
+    def __init__(self, model: ChatModel, ledger: TokenLedger) -> None:
+        self.name = model.name
+        self.model = model
+        self.ledger = ledger
+
+    def complete(self, messages: list[dict[str, str]], *, agent: str) -> Reply:
+        self.ledger.check(agent)
+        reply = self.model.complete(messages, agent=agent)
+        self.ledger.record(agent, reply.usage)
+        return reply
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """The run: grows the agent tree, schedules agents in parallel, runs the phases, merges.
 
-Generation is top-down: the root answers first, before anything is written to the repository,
-so a dead endpoint or a nonsense answer leaves the repository exactly as it was. Each agent then
+Generation is top-down. A run's start commit is written before its first model call, so every
+run that spent a model call is a run: unusable answers, Ctrl-C and kills included, it is listed,
+its transcript kept and `resume` knows it; an endpoint that never answered leaves nothing. Each
+agent then
 works on its own branch in its own workspace; children run in parallel threads; a Mother merges a
 child only after the child's tests pass. Modification is bottom-up: leaves repair themselves from
 test feedback, Mothers revise their own code and comment on the children they implicate.
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from . import answers, examples, layout, pycode, runformat
+from . import answers, examples, failures, layout, pycode, runformat
 from .agents import Agent, ChildStatus, Plan, Step, parse_plan, parse_revision, prose
 from .config import Settings
 from .errors import AnswerError, BudgetExhausted, ModelError, TargetError
@@ -60,6 +62,8 @@ class AgentView:
     lines: int
     tokens: int
     error: str | None
+    why: str | None = None      # a failed agent's error, or its tests' first failure
+    seconds: float = 0.0        # since it started working (until it finished)
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,8 @@ class Node:
     best_round: int = 0                # the round whose code the branch holds (0: the first)
     pending_comment: str | None = None  # a Mother's comment not answered yet (resume)
     error: str | None = None
+    began: float | None = None         # monotonic time of its first state after waiting
+    ended: float | None = None
 
     @property
     def depth(self) -> int:
@@ -233,6 +239,8 @@ class Organizer:
                                   else self.settings.child_max_tokens))
         node = Node(path=path, skeleton=skeleton, files=files, agent=agent, parent=parent,
                     branch=runformat.branch(self.run_id, path))
+        # Asked as a Mother from the start; a child if her answer implements it herself.
+        node.role = "mother" if self._may_split(node) else "child"
         with self._lock:
             self.nodes.append(node)
         return node
@@ -242,21 +250,28 @@ class Organizer:
     def run(self, target: Target) -> RunSummary:
         started = time.monotonic()
         root = self._begin(target, self.repo.head())
+        # Before the lock, so that a kill leaves no lock without a run.
+        notes = self.repo.ref_sha(runformat.NOTES_REF)
+        start = self.repo.start_branch(
+            root.branch, self.base, author=self._author(root),
+            subject=runformat.start_subject(self.run_id, self._target_text()),
+            trailers=self._trailers(root, "start", Usage()),
+            note=runformat.note_line(runformat.start_record(root.path, self._recorded_settings())))
         self.repo.lock_run(self.run_id)
         try:
             self.executor.start()
-            self._set(root, "thinking")
-            # The first answer comes before any write: a failing endpoint leaves no trace.
-            step, plan = root.agent.generate(split=self._may_split(root))
-            self.repo.start_branch(
-                root.branch, self.base, author=self._author(root),
-                subject=runformat.start_subject(self.run_id, self._target_text()),
-                trailers=self._trailers(root, "start", Usage()),
-                note=runformat.note_line(runformat.start_record(root.path,
-                                                                self._recorded_settings())))
-            return self._complete(root, lambda: self._develop(root, step, plan), started)
+            return self._complete(root, lambda: self._first(root), started)
+        except ModelError:
+            # The endpoint never answered and nothing was spent: as if no run had started.
+            self.repo.take_back_start(root.branch, start, notes)
+            raise
         finally:
             self.repo.unlock_run(self.run_id)
+
+    def _first(self, root: Node) -> None:
+        self._start(root)
+        if self._halt and not root.generated and self.ledger.total.total == 0:
+            raise ModelError(self._halt)
 
     def resume(self, recording: Recording) -> RunSummary:
         """Continue a run from the last committed step of each agent.
@@ -376,6 +391,7 @@ class Organizer:
                 self._commit(node, step, phase="generate", subject=runformat.split_subject(
                     node.skeleton.name, (c.skeleton.name for c in node.children)), tested=False)
                 node.split = node.held
+                self._set(node, "waiting")  # for her children
             else:
                 self._test(node)
                 self._commit(node, step, phase="generate",
@@ -385,8 +401,8 @@ class Organizer:
 
     def _adopt_plan(self, node: Node, plan: Plan) -> None:
         """A first answer: the agent's code and tests, and for a Mother her children."""
+        node.role = "mother" if plan.children else "child"
         if plan.children:
-            node.role = "mother"
             self._adopt_children(node, plan)
         self._adopt(node, plan, adopt_tests=True)
         node.generated = True
@@ -471,8 +487,10 @@ class Organizer:
 
     def _restore(self, node: Node, recording: Recording) -> None:
         for record in recording.steps.get(node.path, ()):
-            answer = runformat.answer(record)
             task = record["task"]
+            if task == runformat.ERROR:  # unusable answers: they changed nothing
+                continue
+            answer = runformat.answer(record)
             sent: dict[str, str] = {}
             if task in ("decompose", "implement"):
                 self._adopt_plan(node, parse_plan(
@@ -612,7 +630,8 @@ class Organizer:
         self._sync(mother)
         self._test(mother)
         self._note(self.repo.branch_sha(mother.branch),
-                   runformat.test_record(mother.path, mother.result.summary()))
+                   runformat.test_record(mother.path, mother.result.summary(),
+                                         failures.reason(mother.result)))
 
     def _accept(self, mother: Node, child: Node, tip: str) -> None:
         """A --no-ff merge of the child's `tip`; on a conflict the child first redoes its work
@@ -641,7 +660,8 @@ class Organizer:
                 self._sync(child)
                 self._test(child)
             tip = self.repo.branch_sha(child.branch)
-            self._note(tip, runformat.test_record(child.path, child.result.summary()))
+            self._note(tip, runformat.test_record(child.path, child.result.summary(),
+                                                  failures.reason(child.result)))
             if not child.result.ok:
                 child.error = (f"{conflict}; on the new base its tests fail "
                                f"({child.result.summary()})")
@@ -729,7 +749,7 @@ class Organizer:
                 node.workspace, [node.files.tests],
                 python_path=[node.workspace / node.files.import_root],
                 timeout_s=self.settings.test_timeout, memory_mb=self.settings.test_memory_mb)
-        self._set(node, node.state)
+        self._set(node, "tested")
 
     def _author(self, node: Node) -> Author:
         return Author(name=runformat.author_name(node.path),
@@ -756,7 +776,8 @@ class Organizer:
         tests = node.result.summary() if tested else None
         note = runformat.note_line(runformat.step_record(
             agent=node.path, task=step.task, phase=phase, round=node.rounds, model=step.model,
-            tests=tests, usage=step.usage.record(), messages=step.messages, **(record or {})))
+            tests=tests, usage=step.usage.record(), messages=step.messages,
+            failure=failures.reason(node.result) if tested else None, **(record or {})))
         node.held = self.repo.commit_files(
             node.branch, node.written, subject=subject,
             body=runformat.step_body(step.reflection, body),
@@ -812,7 +833,13 @@ class Organizer:
 
     def _fail(self, node: Node, exc: Exception) -> None:
         node.error = str(exc)
-        self._note(self.repo.branch_sha(node.branch), runformat.error_record(node.path, node.error))
+        step = getattr(exc, "step", None)
+        # The unusable answers, for the transcript: they cost tokens, and they are the why.
+        answers = {} if not isinstance(step, Step) else dict(
+            asked=step.task, phase="modify" if node.generated else "generate", round=node.rounds,
+            model=step.model, usage=step.usage.record(), messages=list(step.messages))
+        self._note(self.repo.branch_sha(node.branch),
+                   runformat.error_record(node.path, node.error, **answers))
         if isinstance(exc, (BudgetExhausted, ModelError)):
             with self._lock:
                 self._halt = self._halt or str(exc)
@@ -827,6 +854,10 @@ class Organizer:
 
     def _set(self, node: Node, state: str) -> None:
         node.state = state
+        now = time.monotonic()
+        if node.began is None and state != "waiting":
+            node.began = now
+        node.ended = now if state in ("passed", "failed", "stopped") else None
         self.on_event(self._view(node))
 
     def _view(self, node: Node) -> AgentView:
@@ -836,7 +867,15 @@ class Organizer:
                          test_file=node.files.tests, branch=node.branch, state=node.state,
                          tests=node.result.summary(), passed=node.result.passed,
                          rounds=node.rounds, lines=pycode.code_lines(source),
-                         tokens=self.ledger.for_agent(node.path).total, error=node.error)
+                         tokens=self.ledger.for_agent(node.path).total, error=node.error,
+                         why=self._why(node),
+                         seconds=((node.ended or time.monotonic()) - node.began
+                                  if node.began is not None else 0.0))
+
+    def _why(self, node: Node) -> str | None:
+        if node.error:
+            return node.error
+        return failures.reason(node.result) if node.state == "failed" else None
 
     def _summary(self, root: Node, seconds: float) -> RunSummary:
         views = tuple(self._view(n) for n in sorted(self.nodes, key=lambda n: n.path))
@@ -844,9 +883,12 @@ class Organizer:
             state, message = "stopped", f"the run stopped early: {self._halt}"
         elif root.result.ok:
             state, message = "done", f"all tests pass; review the branch {root.branch}"
+        elif root.error:
+            state, message = "failed", root.error
         else:
+            why = failures.reason(root.result)
             state, message = "failed", (f"{root.skeleton.name} still fails its tests "
-                                        f"({root.result.summary()})")
+                                        f"({root.result.summary()})" + (f": {why}" if why else ""))
         return RunSummary(run=self.run_id, target=self.target_, branch=root.branch, base=self.base,
                           state=state, message=message, agents=views,
                           depth=1 + max(n.depth for n in self.nodes),

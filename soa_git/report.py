@@ -39,9 +39,15 @@ def event_line(view: AgentView) -> str:
     return f"{view.path} [{view.role}] {view.state}{tests}"
 
 
+def why_lines(agents: Iterable[AgentView | AgentRecord]) -> list[str]:
+    """Why each failed agent failed (its error, or its first failing test), under its tree."""
+    return [f"why {a.path} failed: {a.why}" for a in agents if a.why]
+
+
 def summary_lines(summary: RunSummary) -> list[str]:
     lines = [f"run {summary.run}: {summary.state}: {summary.message}", ""]
     lines += tree_lines(summary.agents)
+    lines += why_lines(_ordered(summary.agents))
     per_agent = summary.lines / max(len(summary.agents), 1)
     estimated = " (estimated)" if summary.usage.estimated else ""
     lines += [
@@ -116,7 +122,8 @@ def run_tree_lines(run: RunRecord) -> list[str]:
     """The agent hierarchy of one run, as `soa-git tree` prints it."""
     header = ["agent", "role", "state", "tests", "rounds", "lines", "tokens", "file", "branch"]
     return [f"run {run.run}: {run.state}, {run.target or 'target not known yet'}", "",
-            *_table([header, *(_agent_row(a) for a in run.agents)], right=(4, 5, 6))]
+            *_table([header, *(_agent_row(a) for a in run.agents)], right=(4, 5, 6)),
+            *why_lines(run.agents)]
 
 
 def runs_lines(runs: Iterable[RunRecord], now: datetime | None = None) -> list[str]:
@@ -142,9 +149,19 @@ def run_summary_lines(run: RunRecord) -> list[str]:
         f"agents: {len(run.agents)}, depth: {run.depth}",
         f"lines of code: {lines} in total, {per_agent:.1f} per agent",
         f"tests passed: {run.tests_passed}",
-        f"tokens: {run.tokens:,}",
+        f"tokens: {run.tokens:,}{_tokens_note(run)}",
         f"review: git log --graph {run.branch}",
     ]
+
+
+def _tokens_note(run: RunRecord) -> str:
+    """The run counts every model call; its agents, the steps their commits and notes kept."""
+    kept = sum(a.tokens for a in run.agents)
+    if kept == run.tokens:
+        return ""
+    return (f" ({kept:,} in the agents' recorded steps; the rest in answers the run never "
+            "recorded: a step interrupted before its commit)" if kept < run.tokens else
+            f" (this process's; the agents' recorded steps hold {kept:,})")
 
 
 def agent_log_lines(log: AgentLog) -> list[str]:
@@ -154,7 +171,7 @@ def agent_log_lines(log: AgentLog) -> list[str]:
     lines = [f"agent {agent.path} in run {log.run.run}: {agent.role}{place}, {agent.state} "
              f"({agent.tests or 'not tested'}), {_plural(agent.rounds, 'round')}",
              f"file {agent.file or '?'}, tests {agent.test_file or '?'}",
-             f"branch {agent.branch} at {agent.tip[:7]}"]
+             f"branch {agent.branch} at {agent.tip[:7]}", *why_lines([agent])]
     for attempt in log.attempts:
         commit = attempt.commit
         facts = [f"{commit.phase or '?'}, round {commit.round}",
@@ -209,7 +226,7 @@ def _agent_json(agent: AgentRecord) -> dict:
             "parent": agent.parent, "file": agent.file, "test_file": agent.test_file,
             "branch": agent.branch, "tip": agent.tip, "state": agent.state, "tests": agent.tests,
             "passed": agent.passed, "rounds": agent.rounds, "commits": len(agent.commits),
-            "lines": agent.lines, "tokens": agent.tokens}
+            "lines": agent.lines, "tokens": agent.tokens, "why": agent.why}
 
 
 def _run_head_json(run: RunRecord) -> dict:
@@ -355,6 +372,8 @@ def _markdown(rep: RunReport, *, attempts: bool) -> list[str]:
         out.append(f"| {indent}`{agent.function}` | {agent.role} | "
                    f"{_MARK.get(agent.state, '')} {agent.state} | {agent.tests or '-'} | "
                    f"{agent.rounds} | {agent.lines} | {agent.tokens:,} |")
+    out += [line for agent in run.agents if agent.why
+            for line in ("", f"**why `{agent.path}` failed:** {_md_text(agent.why)}")]
     if attempts:
         out += ["", "#### What each agent did"]
         for log in rep.logs:

@@ -316,17 +316,20 @@ def step_record(*, agent: str, task: str, phase: str, round: int, model: str,
             "tests": tests, "usage": dict(usage), **extra, "messages": list(messages)}
 
 
-def test_record(agent: str, tests: str) -> dict:
-    """A Mother's own test result after merging (or a child's after catching up)."""
-    return {"agent": agent, "task": TEST, "tests": tests}
+def test_record(agent: str, tests: str, failure: str | None = None) -> dict:
+    """A Mother's own test result after merging (or a child's after catching up), and its
+    first failure."""
+    return {"agent": agent, "task": TEST, "tests": tests, "failure": failure}
 
 
 def merge_record(agent: str, child: str, child_tip: str, tests: str) -> dict:
     return {"agent": agent, "task": MERGE, "child": child, "child_tip": child_tip, "tests": tests}
 
 
-def error_record(agent: str, error: str) -> dict:
-    return {"agent": agent, "task": ERROR, "error": error}
+def error_record(agent: str, error: str, **step) -> dict:
+    """An agent's step failed; `step`: the step's fields as in `step_record` (its `task` kept as
+    `asked`) when it has answers, which makes it a step of the transcript."""
+    return {"agent": agent, "task": ERROR, "error": error, **step}
 
 
 def end_record(agent: str, *, state: str, message: str, usage: Mapping, seconds: float) -> dict:

@@ -259,10 +259,15 @@ def test_run_against_a_model_that_answers_nonsense(runner, repo, monkeypatch, se
     server = serve(lambda request: "no code here")
     before = state(repo)
     result = runner.invoke(main, ["run", "shapes/report.py::area_report", "--base-url", server.base_url])
-    assert_one_error(result, "could not be used", only_line=False)
+    # A failed run, shown like any other, with why it failed; the user's work is untouched.
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert re.match(r"run \S+: failed: agent area_report: the model's answers could not be used",
+                    result.stdout), result.stdout
     assert KEY not in result.output
-    assert state(repo) == before
+    assert state(repo)[0] == before[0]
     assert server.requests, "the model was never asked"
+    listed = runner.invoke(main, ["list"])
+    assert " failed " in listed.stdout.splitlines()[1]
 
 
 # ---- run: success ----------------------------------------------------------------------------

@@ -287,7 +287,7 @@ def test_list(runs, cli):
 TREE_KEYS = ["run", "target", "branch", "base", "state", "message", "started", "updated", "depth",
              "lines", "tests_passed", "tokens", "agents"]
 AGENT_KEYS = ["path", "role", "function", "parent", "file", "test_file", "branch", "tip", "state",
-              "tests", "passed", "rounds", "commits", "lines", "tokens"]
+              "tests", "passed", "rounds", "commits", "lines", "tokens", "why"]
 
 
 def test_tree(runs, cli):

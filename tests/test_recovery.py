@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from soa_git import history
 from soa_git.commands.resume import resume
 from soa_git.commands.run import run
 from soa_git.errors import RepositoryError
@@ -117,19 +118,33 @@ def test_killed_anywhere_then_resumed_ends_like_an_uninterrupted_run(kill_at, re
     assert shape(repo, run_id) == expected_shape
     # Only the steps that were never committed cost a model call again.
     assert len(server.requests) - calls_before == expected_calls - steps_before
+    # The run's total counts the whole run, the killed process's committed steps included.
+    assert summary.usage.total == sum(a.tokens for a in history.load_run(GitRepo.open(repo),
+                                                                         run_id).agents)
     assert snapshot(repo) == before
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
     assert subprocess.run(["git", "-C", str(repo), "fsck", "--strict"]).returncode == 0
 
 
-def test_killed_before_anything_was_written_leaves_no_run(tmp_path, serve):
+def test_killed_at_its_first_answer_is_a_run_that_resume_knows(tmp_path, serve):
+    """The first answer came before any write: a kill there left no run for `resume`, and a
+    kill before the first commit left a lock that no run owned."""
     repo = shapes_repo(tmp_path / "shapes")
     before = snapshot(repo)
-    refs = git(repo, "for-each-ref")
-    killed = killed_run(repo, serve(respond).base_url, "model:1")
+    server = serve(respond)
+    killed = killed_run(repo, server.base_url, "model:1")
     assert killed.returncode == -signal.SIGKILL
     assert snapshot(repo) == before
-    assert git(repo, "for-each-ref") == refs
+    [run_id] = runs(repo)
+    locks = GitRepo.open(repo).git_dir / "soa" / "locks"
+    assert {p.name for p in locks.iterdir()} <= {f"{run_id}.lock"}
+    summary = resume(run_id, cwd=repo, flags={"base_url": server.base_url}, environ=KEY)
+    assert summary.state == "done", summary.message
+    assert not list(locks.iterdir())
+    # After a resume the run's total counts the whole run: the step resumed did not come back,
+    # so it is every committed step's tokens, the first process's included.
+    record = history.load_run(GitRepo.open(repo), run_id)
+    assert summary.usage.total == record.tokens == sum(a.tokens for a in record.agents)
 
 
 def test_resume_is_refused_while_the_run_lives_and_for_a_finished_run(tmp_path, serve):

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from soa_git import history
 from soa_git.commands.run import run
 from soa_git.errors import ModelError, SoaError
+from soa_git.gitrepo import GitRepo
 from soa_git.scripted import Scripted
 
 from .conftest import git, make_repo, snapshot
@@ -281,13 +283,41 @@ def test_endpoint_down_leaves_the_repository_untouched(shapes):
     assert git(shapes, "for-each-ref") == refs_before
 
 
-def test_nonsense_answers_end_cleanly_and_touch_nothing(shapes, serve):
+def test_nonsense_answers_leave_a_failed_run_with_their_transcript(shapes, serve):
+    """It left nothing: no branch, no transcript, `list` said there were no runs."""
     before = snapshot(shapes)
     server = serve(lambda request: "I am a teapot and write no code.")
-    with pytest.raises(SoaError, match="could not be used after 3 tries"):
-        fill(shapes, server)
+    [summary] = fill(shapes, server)
+    assert summary.state == "failed"
+    assert "could not be used after 3 tries" in summary.message
     assert snapshot(shapes) == before
-    assert not soa_branches(shapes)
+    repo = GitRepo.open(shapes)
+    [record] = history.list_runs(repo)
+    assert (record.run, record.state) == (summary.run, "failed")
+    assert "could not be used after 3 tries" in record.message
+    [root] = record.agents
+    assert root.state == "failed" and "could not be used" in (root.why or "")
+    [step] = history.transcript(root)
+    answers = [m["content"] for m in step["messages"] if m["role"] == "assistant"]
+    assert answers == ["I am a teapot and write no code."] * 3
+    assert step["task"] == "error" and step["asked"] == "decompose"
+    # Every token the run spent is in its record, and in its one agent's.
+    assert record.tokens == summary.usage.total == root.tokens > 0
+
+
+def test_every_skeleton_of_a_file_is_attempted_when_the_first_fails(tmp_path, serve):
+    """The first run's unusable answers ended the command; the other skeletons were never tried."""
+    text = SHAPES_SKELETON.replace("def untouched() -> int:\n    return 42",
+                                   'def other() -> int:\n    """One."""\n    ...')
+    repo = make_repo(tmp_path / "two", {"shapes/__init__.py": "", "shapes/report.py": text})
+    server = serve(lambda request: "No code today.")
+    summaries = fill(repo, server, "shapes/report.py")
+    assert [(s.target.function, s.state) for s in summaries] == [("area_report", "failed"),
+                                                                ("other", "failed")]
+    # Each run counts its own tokens (its steps' own), not the sum of the runs before it.
+    for summary in summaries:
+        [agent] = history.load_run(GitRepo.open(repo), summary.run).agents
+        assert summary.usage.total == agent.tokens > 0
 
 
 def test_scripted_usage_missing_is_marked_estimated(shapes, serve):

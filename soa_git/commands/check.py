@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
-from .. import config, layout, pycode, runformat
+from .. import config, failures, layout, pycode, runformat
 from ..errors import SoaError, TargetError
 from ..gitrepo import GitRepo
-from ..testing import TestCase, TestResult, run_tests
+from ..testing import TestResult, run_tests
 
 MARKER = "soa-git: fill"
 _MARKER_COMMENT = re.compile(r"^\s*#\s*soa-git:\s*fill\b")
@@ -35,7 +35,6 @@ _IMPORT = re.compile(r"^from\s+([\w.]+)\s+import\s+([\w, ]+)$", re.MULTILINE)
 # Directories never searched for an agent's module.
 _SKIP_DIRS = {".git", ".hg", ".tox", ".venv", "venv", "node_modules", "__pycache__", "build",
               "dist"}
-_MESSAGE_LIMIT = 160
 
 
 @dataclass(frozen=True)
@@ -233,7 +232,7 @@ def _run(root: Path, wanted: dict[tuple[str, str, str], str], timeout: float) ->
     tested = []
     for (file, function, tests), base in sorted(wanted.items()):
         result = _only(results[base], tests)
-        tested.append(Tested(file, function, tests, _describe(result), result.ok))
+        tested.append(Tested(file, function, tests, failures.describe(result), result.ok))
     return tested
 
 
@@ -241,31 +240,6 @@ def _only(result: TestResult, tests: str) -> TestResult:
     cases = tuple(c for c in result.cases if c.name == tests or c.name.startswith(tests + "::"))
     return TestResult(cases=cases, timed_out=result.timed_out, output=result.output,
                       timeout_s=result.timeout_s)
-
-
-def _describe(result: TestResult) -> str:
-    """"3 passed", or "1 failed (test_x: assert 1 == 2)": the counts and the first failure."""
-    summary = result.summary()
-    bad = [c for c in result.cases if c.outcome in ("failed", "error")]
-    if bad:
-        return f"{summary} ({_case_reason(bad[0])})"
-    if not result.cases and result.output.strip():
-        return f"{summary} ({_one_line(result.output.strip().splitlines()[-1])})"
-    return summary
-
-
-def _case_reason(case: TestCase) -> str:
-    name = case.name.rsplit("::", 1)[-1] if "::" in case.name else case.name
-    message = case.message.strip()
-    if not message or message in ("collection failure", "failed on setup with"):
-        errors = [line[1:].strip() for line in case.details.splitlines() if line.startswith("E ")]
-        message = errors[-1] if errors else message
-    return f"{name}: {_one_line(message)}" if message else name
-
-
-def _one_line(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= _MESSAGE_LIMIT else line[:_MESSAGE_LIMIT - 3] + "..."
 
 
 def _unstaged_notes(repo: GitRepo, files: Iterable[str]) -> list[str]:

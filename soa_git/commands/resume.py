@@ -10,6 +10,7 @@ from .. import config, history
 from ..errors import RepositoryError
 from ..executor import open_executor
 from ..gitrepo import GitRepo
+from ..llm import Usage
 from ..organizer import AgentView, Organizer, Recording, RunSummary, Target
 from ..weights import ProgressCallback, quiet
 from .run import budgeted_model
@@ -38,6 +39,10 @@ def resume(run: str, *, cwd: Path, flags: Mapping[str, Any],
     executor = open_executor(settings)
     try:
         with budgeted_model(settings, environ, repo, on_progress) as (ledger, model):
+            # What the run spent before, so that its total and its budgets count the whole run.
+            for agent in record.agents:
+                for step in history.transcript(agent):
+                    ledger.record(agent.path, Usage.from_record(step.get("usage") or {}))
             return Organizer(repo, settings, model, ledger, on_event, executor).resume(
                 recording(record))
     finally:

@@ -14,7 +14,7 @@ from .. import config, history, local_model, pycode
 from ..errors import ConfigError, TargetError
 from ..executor import Executor, open_executor
 from ..gitrepo import GitRepo
-from ..llm import ChatModel, ReplayModel, TokenLedger
+from ..llm import ChatModel, Metered, ReplayModel, TokenLedger
 from ..organizer import (AgentView, Organizer, RunSummary, Target, committed_source,
                          find_targets)
 from ..weights import ProgressCallback, quiet
@@ -102,11 +102,13 @@ def targets_of(repo: GitRepo, cwd: Path, spec: str) -> list[Target]:
 
 @contextmanager
 def budgeted_model(settings: config.Settings, environ: Mapping[str, str], repo: GitRepo,
-                   on_progress: ProgressCallback = quiet,
+                   on_progress: ProgressCallback = quiet, budgets: bool = True,
                    ) -> Iterator[tuple[TokenLedger, ChatModel]]:
-    """The token ledger holding the settings' budgets, and the model that charges it; a local
-    model (`--model local`) is served for the block's duration, one slot per job."""
-    ledger = TokenLedger(settings.run_token_budget, settings.agent_token_budget)
+    """The token ledger holding the settings' budgets (none: `budgets` False), and the model
+    that charges it; a local model (`--model local`) is served for the block's duration, one
+    slot per job."""
+    ledger = (TokenLedger(settings.run_token_budget, settings.agent_token_budget) if budgets
+              else TokenLedger())
     if not local_model.is_local(settings.model):
         yield ledger, open_model(settings, ledger, environ, repo)
         return
@@ -122,16 +124,20 @@ def run_targets(repo: GitRepo, settings: config.Settings, targets: list[Target],
                 environ: Mapping[str, str], on_event: Callable[[AgentView], None],
                 executor: Executor | None = None,
                 on_progress: ProgressCallback = quiet) -> list[RunSummary]:
-    """One run per target, `parallel_runs` at once, sharing the model, its budgets and the
-    executor. The executor is opened first: a cluster that cannot be reached stops the command
-    before any branch is written."""
+    """One run per target, `parallel_runs` at once, sharing the model and the executor; each
+    run with budgets and a token count of its own (one ledger shared by a file's runs reported
+    each run's tokens as the sum of all before it, and spent the budgets of all). The executor
+    is opened first: a cluster that cannot be reached stops the command before any branch is
+    written."""
     opened = executor is None
     executor = open_executor(settings) if executor is None else executor
     try:
-        with budgeted_model(settings, environ, repo, on_progress) as (ledger, model):
+        with budgeted_model(settings, environ, repo, on_progress, budgets=False) as (_, model):
 
             def one(target: Target) -> RunSummary:
-                return Organizer(repo, settings, model, ledger, on_event, executor).run(target)
+                ledger = TokenLedger(settings.run_token_budget, settings.agent_token_budget)
+                return Organizer(repo, settings, Metered(model, ledger), ledger, on_event,
+                                 executor).run(target)
 
             if settings.parallel_runs == 1 or len(targets) == 1:
                 return [one(target) for target in targets]

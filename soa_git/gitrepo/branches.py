@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple
 
 from .. import faults, runformat
+from ..runformat import NOTES_REF
 from . import metrics
 from ..errors import OwnershipError, RepositoryError
 from .core import Author, backoff, checked_rev, guard_hook, join_names, posix, reason, split_z
 from .objects import FILE_MODE, Entry
-from .refs import BranchMoved, Refs
+from .refs import BranchMoved, Refs, notes_lock
 
 
 class MergeConflict(RepositoryError):
@@ -55,6 +56,26 @@ class Branches(Refs):
         self._publish(f"refs/heads/{branch}", sha, None, note=note, what=f"branch {branch}",
                       reflog=f"branch: created from {base}")
         return sha
+
+    def take_back_start(self, branch: str, start: str, notes_before: str | None) -> None:
+        """Undo `start_branch` and the notes written on `start` since: the branch goes and the
+        notes ref is put back to `notes_before`, in one transaction, when no other commit's note
+        changed since; otherwise the branch and its note go, and the others' notes stay."""
+        with notes_lock:
+            now = self.ref_sha(NOTES_REF)
+            if now is not None:
+                changed = (self._git("diff-tree", "-r", "--name-only", notes_before, now)
+                           if notes_before else self._git("ls-tree", "-r", "--name-only", now))
+                if {path.replace("/", "") for path in changed.text.split()} == {start}:
+                    try:
+                        self._move([(f"refs/heads/{branch}", "", start),
+                                    (NOTES_REF, notes_before or "", now)],
+                                   what=f"branch {branch}", reflog="soa-git: take back a start")
+                        return
+                    except BranchMoved:
+                        pass
+        self.delete_branch(branch)
+        self.remove_notes([start])  # type: ignore[attr-defined]  (Cleanup, in GitRepo)
 
     def delete_branch(self, branch: str) -> None:
         """Delete one of soa-git's own branches; a branch that is already gone is fine."""
