@@ -9,7 +9,11 @@ from click.testing import CliRunner
 from soa_git.cli import main
 
 from .conftest import make_repo
-from .test_run import SHAPES_SKELETON
+
+SKELETON = '''def area_report(width: float, height: float) -> str:
+    """Describe a rectangle's area with two decimals, e.g. 'area: 6.00' for 2 by 3."""
+    ...
+'''
 
 WRONG = '''It multiplies.
 
@@ -27,7 +31,7 @@ def test_area_report():
 def test_a_failed_run_says_why_wherever_its_state_is_shown(tmp_path, serve, monkeypatch):
     """They said "still fails its tests (1 failed)" and "0 rounds", and no reason."""
     repo = make_repo(tmp_path / "shapes", {"shapes/__init__.py": "",
-                                           "shapes/report.py": SHAPES_SKELETON})
+                                           "shapes/report.py": SKELETON})
     monkeypatch.chdir(repo)
     monkeypatch.setenv("OPENAI_API_KEY", "k")
     server = serve([{"when": "area_report", "replies": [WRONG, WRONG]}])
