@@ -107,9 +107,10 @@ class Metered:
         self.model = model
         self.ledger = ledger
 
-    def complete(self, messages: list[dict[str, str]], *, agent: str) -> Reply:
+    def complete(self, messages: list[dict[str, str]], *, agent: str,
+                 max_tokens: int | None = None) -> Reply:
         self.ledger.check(agent)
-        reply = self.model.complete(messages, agent=agent)
+        reply = self.model.complete(messages, agent=agent, max_tokens=max_tokens)
         self.ledger.record(agent, reply.usage)
         return reply
 
