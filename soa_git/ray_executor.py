@@ -183,6 +183,7 @@ class RayExecutor:
             import ray
         except ImportError:
             raise ClusterError("the ray executor needs Ray: pip install 'soa-git[ray]'") from None
+        address = _bootstrap_address(address)
         _check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
@@ -353,11 +354,27 @@ def _inside(workspace: Path, path: Path) -> str:
                          "ships only the workspace") from None
 
 
+def _bootstrap_address(address: str) -> str:
+    """`auto` as Ray itself resolves it (RAY_ADDRESS, else the cluster `ray start` last began
+    on this machine), so that it can be checked like any address: a stale one would otherwise
+    keep `ray.init` retrying for minutes."""
+    if address != "auto":
+        return address
+    from ray._private.services import canonicalize_bootstrap_address
+    try:
+        found = canonicalize_bootstrap_address("auto")
+    except ConnectionError:
+        found = None
+    if not found:
+        raise ClusterError("no Ray cluster is running on this machine; start one with "
+                           "`ray start --head`, or give its address with --ray-address")
+    return found
+
+
 def _check_reachable(address: str) -> None:
     """A plain TCP connect first: Ray itself retries an unreachable address for a long time."""
-    if address in ("auto", "local", ""):
-        return
     host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
     if not host or not port.isdigit():
         raise ClusterError(f"the Ray address {address!r} is not host:port, ray://host:port "
                            "or auto")
