@@ -22,8 +22,9 @@ EXECUTORS = ("local", "ray")
 
 
 class Executor(Protocol):
-    def start(self) -> None:
-        """Get ready for the first test run (it may overlap the first model call)."""
+    def start(self, **options: Any) -> None:
+        """Get ready for the first test run (it may overlap the first model call); `options`
+        are `testing.start_runner`'s."""
 
     def run_tests(self, workspace: Path, test_files: Sequence[str], **options: Any) -> TestResult:
         """`testing.run_tests(workspace, test_files, **options)`, wherever this executor runs it."""
@@ -35,8 +36,8 @@ class Executor(Protocol):
 class LocalExecutor:
     """Today's behaviour: the forked runner of this process."""
 
-    def start(self) -> None:
-        testing.start_runner()
+    def start(self, **options: Any) -> None:
+        testing.start_runner(**options)
 
     def run_tests(self, workspace: Path, test_files: Sequence[str], **options: Any) -> TestResult:
         return testing.run_tests(workspace, test_files, **options)

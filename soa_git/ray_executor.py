@@ -201,8 +201,9 @@ class RayExecutor:
 
     # ---- the seam --------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """An actor on every live node, each warming its runner."""
+    def start(self, **options: Any) -> None:
+        """An actor on every live node, each warming its runner (the default one: a run that
+        asks for another kind starts that on each node at its first test run)."""
         with self._lock:
             self._place_actors()
 
