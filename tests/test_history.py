@@ -103,7 +103,7 @@ def test_a_finished_run_is_read_back_from_git(runs):
     assert run.branch == f"soa/{runs.done}/area_report"
     assert run.base == git(runs.repo, "rev-parse", "main").strip()
     assert [a.path for a in run.agents] == ["area_report", "area_report.area", "area_report.fmt"]
-    assert run.depth == 2 and run.tests_passed == 3
+    assert run.depth == 2 and run.tests_passed == 5
     assert run.tokens == sum(a.tokens for a in run.agents) > 0
     began = datetime.strptime(runs.done[:15], "%Y%m%d-%H%M%S").replace(tzinfo=timezone.utc)
     assert run.started == began.isoformat()
@@ -129,11 +129,13 @@ def test_a_finished_run_is_read_back_from_git(runs):
         assert agent.tip == git(runs.repo, "rev-parse", agent.branch).strip()
         assert agent.commits[-1].sha == agent.tip
         assert all(c.agent == agent.path for c in agent.commits)
-        assert (agent.state, agent.tests, agent.rounds) == ("passed", "1 passed", 1)
+        # Each agent's own tests plus its docstring's examples (fmt's docstring has none).
+        expected = "1 passed" if agent.path == "area_report.fmt" else "2 passed"
+        assert (agent.state, agent.tests, agent.rounds) == ("passed", expected, 1)
         assert agent.tokens == sum(c.tokens for c in agent.commits)
     # The root owns one function of the user's file; a child its whole module.
     assert root.lines == 8 and area.lines == 8
-    assert area.commits[1].tests == "1 failed" and area.commits[1].round == 0
+    assert area.commits[1].tests == "2 failed" and area.commits[1].round == 0
     assert area.commits[2].phase == "modify" and area.commits[2].round == 1
     assert area.commits[1].date.startswith(run.started[:4])
     assert area.commits[1].author == "soa agent area_report.area"
@@ -165,7 +167,7 @@ def test_transcript_and_attempts(runs):
     assert merges[2].merged == "area_report.fmt"
     # A merge's trailer is the child's result; the Mother's own result after merging is in the note.
     assert [(m.child_tests, m.tests) for m in merges] == [
-        ("1 passed", None), ("1 passed", "1 failed"), ("1 passed", "1 passed")]
+        ("1 passed", None), ("2 passed", "2 failed"), ("1 passed", "2 passed")]
 
 
 def test_a_run_whose_root_never_passes_is_failed(runs):
@@ -173,7 +175,7 @@ def test_a_run_whose_root_never_passes_is_failed(runs):
     assert run.state == "failed"
     assert run.message.startswith("area_report still fails its tests")
     root = run.agent("area_report")
-    assert root is not None and (root.state, root.tests) == ("failed", "1 failed")
+    assert root is not None and (root.state, root.tests) == ("failed", "2 failed")
     assert run.agent("area_report.fmt").state == "passed"
 
 
@@ -281,7 +283,7 @@ def test_list(runs, cli):
     assert list(data["runs"][1]) == ["run", "target", "branch", "base", "state", "message", "started",
                                      "updated", "depth", "lines", "tests_passed", "tokens",
                                      "agent_count", "tests"]
-    assert (data["runs"][1]["agent_count"], data["runs"][1]["tests"]) == (3, "1 passed")
+    assert (data["runs"][1]["agent_count"], data["runs"][1]["tests"]) == (3, "2 passed")
 
 
 TREE_KEYS = ["run", "target", "branch", "base", "state", "message", "started", "updated", "depth",
@@ -296,10 +298,10 @@ def test_tree(runs, cli):
     assert lines[0] == f"run {runs.done}: done, shapes/report.py::area_report"
     assert lines[2].split() == ["agent", "role", "state", "tests", "rounds", "lines", "tokens", "file",
                                 "branch"]
-    assert lines[3].split()[:4] == ["area_report", "mother", "passed", "1"]
+    assert lines[3].split()[:4] == ["area_report", "mother", "passed", "2"]
     assert lines[4].startswith("  area ") and lines[5].startswith("  fmt ")
     cells = lines[4].split()
-    assert cells[:7] == ["area", "child", "passed", "1", "passed", "1", "8"]
+    assert cells[:7] == ["area", "child", "passed", "2", "passed", "1", "8"]
     assert cells[8:] == ["shapes/area_report__area.py", f"soa/{runs.done}/area_report.area"]
     data = as_json(cli("tree", runs.done, "--json"))
     assert list(data) == TREE_KEYS
@@ -316,7 +318,7 @@ def test_tree(runs, cli):
 def test_log(runs, cli):
     text = cli("log", f"{runs.done}/area_report.area")
     assert text.splitlines()[0] == (f"agent area_report.area in run {runs.done}: child under area_report, "
-                                    "passed (1 passed), 1 round")
+                                    "passed (2 passed), 1 round")
     assert "#1 skeleton" in text and "#2 implement" in text and "#3 repair" in text
     assert "I added instead of multiplying." in text
     assert "     -    return width + height" in text and "     +    return width * height" in text
@@ -330,7 +332,7 @@ def test_log(runs, cli):
         "number", "commit", "previous", "subject", "kind", "phase", "round", "date", "model", "tokens",
         "tests", "child_tests", "merged", "reflection", "comment", "comments_sent", "diff"]
     assert [(a["kind"], a["tests"]) for a in data["attempts"]] == [
-        ("skeleton", None), ("implement", "1 failed"), ("repair", "1 passed")]
+        ("skeleton", None), ("implement", "2 failed"), ("repair", "2 passed")]
     assert cli("log", "nothing", ok=False).startswith("Error: no run here has an agent named 'nothing'")
 
 
@@ -338,7 +340,7 @@ def test_show(runs, cli):
     text = cli("show", runs.done)
     assert text.splitlines()[0] == (f"run {runs.done}: done: all tests pass; review the branch "
                                     f"soa/{runs.done}/area_report")
-    assert "  fmt " in text and "tests passed: 3" in text
+    assert "  fmt " in text and "tests passed: 5" in text
     assert f"review: git log --graph soa/{runs.done}/area_report" in text
     data = as_json(cli("show", runs.done, "--json"))
     assert list(data) == ["kind", *TREE_KEYS] and data["kind"] == "run"

@@ -120,8 +120,8 @@ def test_check_fails_when_an_accepted_module_breaks_its_tests(accepted):
     result = check([AREA], cwd=accepted)
     [problem] = result.problems
     assert problem.kind == "tests"
-    assert problem.message.startswith(f"{AREA}::area: its tests {AREA_TESTS} fail: 1 failed "
-                                      "(test_area: assert 5 == 6")
+    assert problem.message.startswith(f"{AREA}::area: its tests {AREA_TESTS} fail: 2 failed "
+                                      "(test_docstring_example_1: assert 5 == 6")
     assert check(["shapes/area_report__fmt.py"], cwd=accepted).ok   # another agent
 
 
@@ -151,7 +151,7 @@ def test_check_cli_prints_each_problem_and_exits_1(accepted, monkeypatch):
     assert done.exit_code == 1
     lines = done.stdout.splitlines()
     assert lines[0].startswith("geo.py::perimeter is marked for soa-git")
-    assert lines[1].startswith(f"{AREA}::area: its tests {AREA_TESTS} fail: 1 failed")
+    assert lines[1].startswith(f"{AREA}::area: its tests {AREA_TESTS} fail: 2 failed")
     done = CliRunner().invoke(main, ["check", "--json", "shapes/area_report__fmt.py"])
     assert done.exit_code == 0, done.output
     assert '"ok": true' in done.output
@@ -272,7 +272,7 @@ def test_plain_git_hook_runs_the_check_on_a_real_commit(accepted, monkeypatch):
     git(accepted, "add", AREA)
     done = commit(accepted, "-m", "broken")
     assert done.returncode != 0
-    assert f"{AREA}::area: its tests {AREA_TESTS} fail: 1 failed" in done.stderr
+    assert f"{AREA}::area: its tests {AREA_TESTS} fail: 2 failed" in done.stderr
     (accepted / AREA).write_text((accepted / AREA).read_text().replace(
         "return width + height", "return height * width"))
     git(accepted, "add", AREA)
@@ -350,7 +350,7 @@ def test_pre_commit_framework_on_a_real_commit_of_accepted_code(pre_commit_home,
             mp.setenv(key, value)
         done = commit(accepted, "-m", "broken")
         assert done.returncode != 0
-        assert f"{AREA}::area: its tests {AREA_TESTS} fail: 1 failed" in done.stdout + done.stderr
+        assert f"{AREA}::area: its tests {AREA_TESTS} fail: 2 failed" in done.stdout + done.stderr
         git(accepted, "checkout", "HEAD", "--", AREA)
         (accepted / "notes.py").write_text("NOTE = 1\n")
         git(accepted, "add", "notes.py")
