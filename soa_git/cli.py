@@ -7,6 +7,7 @@ import json
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,13 +63,19 @@ def error_boundary(command: Callable) -> Callable:
 
 
 class LiveView:
-    """The tree redrawn in place on a terminal; one plain line per change elsewhere."""
+    """The tree redrawn in place on a terminal, with the run's elapsed time and token rate
+    (redrawn every second: a local model may think for minutes between events); one plain line
+    per change elsewhere."""
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.views: dict[str, AgentView] = {}
         self.drawn = 0
+        self.started = time.monotonic()
         self.lock = threading.Lock()
+        self.closed = threading.Event()
+        if self.tty:
+            threading.Thread(target=self._tick, daemon=True, name="soa-live-view").start()
 
     def __call__(self, view: AgentView) -> None:
         with self.lock:
@@ -77,16 +84,30 @@ class LiveView:
                 return
             if any(v.run != view.run for v in self.views.values()):
                 self.views.clear()
+                self.started = time.monotonic()
             self.views[view.path] = view
-            lines = [f"run {view.run}", *report.tree_lines(self.views.values())]
-            click.echo(self._erase() + "\n".join(lines), file=self.stream)
-            self.drawn = len(lines)
+            self._draw()
+
+    def _draw(self) -> None:
+        if not self.views:
+            return
+        lines = [report.live_header(self.views.values(), time.monotonic() - self.started),
+                 *report.tree_lines(self.views.values())]
+        click.echo(self._erase() + "\n".join(lines), file=self.stream)
+        self.drawn = len(lines)
+
+    def _tick(self) -> None:
+        while not self.closed.wait(1.0):
+            with self.lock:
+                if self.drawn:
+                    self._draw()
 
     def _erase(self) -> str:
         return "\x1b[F\x1b[2K" * self.drawn
 
     def close(self) -> None:
         """The summary replaces the live tree."""
+        self.closed.set()
         with self.lock:
             if self.tty and self.drawn:
                 click.echo(self._erase(), file=self.stream, nl=False)

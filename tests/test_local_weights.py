@@ -5,8 +5,14 @@ memory, port in use). Model parts are real installed distributions in a tmp site
 from __future__ import annotations
 
 import hashlib
+import http.server
+import json
+import os
+import re
 import socket
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -178,3 +184,142 @@ def test_serve_refuses_a_corrupt_gguf_file(tmp_path):
     model.write_bytes(b"GGUF" + bytes(range(256)) * 64)
     result = CliRunner().invoke(main, ["serve", "--model", f"local:{model}"])
     assert_one_error(result, "llama.cpp could not load", "truncated or corrupt", only_line=False)
+
+
+def test_the_live_tree_shows_elapsed_time_and_token_rate_and_keeps_ticking():
+    import io
+    import time
+
+    from soa_git.cli import LiveView
+    from soa_git.organizer import AgentView
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    live = LiveView(screen)
+    live(AgentView(run="r1", path="clamp", role="child", function="clamp", file="c.py",
+                   test_file="t.py", branch="soa/r1/clamp", state="thinking", tests="",
+                   passed=0, rounds=0, lines=0, tokens=120, error=None))
+    time.sleep(2.3)  # no event meanwhile: the clock is redrawn by itself
+    live.close()
+    headers = [line for line in screen.getvalue().replace("\x1b[F\x1b[2K", "\n").splitlines()
+               if line.startswith("run r1")]
+    assert len(headers) >= 2 and headers[0].startswith("run r1  0:00  120 tokens (")
+    assert any(h.startswith("run r1  0:02  120 tokens (") for h in headers), headers
+
+
+# ---- the Hugging Face Hub, served on loopback -------------------------------------------------
+
+class FakeHub(http.server.ThreadingHTTPServer):
+    """The Hub's file endpoint: HEAD and GET of /<repo>/resolve/<revision>/<file>, with the
+    headers huggingface_hub reads (the commit, the LFS file's SHA-256 as its etag, its size)."""
+
+    def __init__(self, files: dict[str, bytes], etags: dict[str, str]):
+        self.files, self.etags, self.gets = files, etags, 0
+        super().__init__(("127.0.0.1", 0), FakeHubHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class FakeHubHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def _headers(self) -> bytes | None:
+        match = re.fullmatch(r"/(.+?/.+?)/resolve/[^/]+/(.+)", self.path.split("?")[0])
+        data = self.server.files.get(f"{match[1]}/{match[2]}") if match else None
+        if data is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", "a" * 40)
+        self.send_header("ETag", f'"{self.server.etags[f"{match[1]}/{match[2]}"]}"')
+        self.send_header("X-Linked-Etag", f'"{self.server.etags[f"{match[1]}/{match[2]}"]}"')
+        self.send_header("X-Linked-Size", str(len(data)))
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        return data
+
+    def do_HEAD(self) -> None:
+        self._headers()
+
+    def do_GET(self) -> None:
+        data = self._headers()
+        if data is not None:
+            self.server.gets += 1
+            self.wfile.write(data)
+
+
+HUB_SCRIPT = ("import json, sys\nfrom soa_git.weights import find_weights\n"
+              "try:\n    found = find_weights('tiny')\n"
+              "    print(json.dumps({'path': str(found.path), 'source': found.source}))\n"
+              "except Exception as exc:\n    print(json.dumps({'error': str(exc)}))\n")
+
+
+def fetch_from_hub(hub: FakeHub, tmp_path: Path, spec: ModelSpec) -> dict:
+    """find_weights in a fresh process (huggingface_hub reads HF_ENDPOINT when imported)."""
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_DISABLE_XET": "1", "SOA_GIT_CACHE_DIR": str(tmp_path / "cache"),
+           "SOA_TINY_SPEC": json.dumps(spec.__dict__)}
+    boot = ("import json, os\nfrom soa_git import weights\n"
+            "spec = json.loads(os.environ['SOA_TINY_SPEC']); spec['parts'] = tuple(spec['parts'])\n"
+            "weights.CATALOGUE['tiny'] = weights.ModelSpec(**spec)\n")
+    done = subprocess.run([sys.executable, "-c", boot + HUB_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_model_not_installed_comes_from_the_hub_verified_by_its_hash(tmp_path):
+    pytest.importorskip("huggingface_hub")
+    data = b"GGUF" + bytes(range(256)) * 100
+    spec = ModelSpec(name="tiny", file="tiny.gguf", size=1, sha256="0" * 64,
+                     parts=("soa-absent-part1",), parts_version="1.0",
+                     hub_repo="Qwen/Tiny-GGUF", hub_file="tiny-q4_k_m.gguf", about="tiny")
+    hub = FakeHub({"Qwen/Tiny-GGUF/tiny-q4_k_m.gguf": data},
+                  {"Qwen/Tiny-GGUF/tiny-q4_k_m.gguf": hashlib.sha256(data).hexdigest()})
+    try:
+        found = fetch_from_hub(hub, tmp_path, spec)
+        assert found["path"] == str(tmp_path / "cache" / "models" / "tiny-q4_k_m.gguf")
+        assert Path(found["path"]).read_bytes() == data
+        assert found["source"].endswith("downloaded from Qwen/Tiny-GGUF on the Hugging Face Hub")
+        assert fetch_from_hub(hub, tmp_path, spec) == found and hub.gets == 1  # cached
+    finally:
+        hub.shutdown()
+
+
+def test_a_hub_file_whose_hash_differs_is_refused(tmp_path):
+    pytest.importorskip("huggingface_hub")
+    data = b"GGUF" + bytes(100)
+    spec = ModelSpec(name="tiny", file="tiny.gguf", size=1, sha256="0" * 64,
+                     parts=("soa-absent-part1",), parts_version="1.0",
+                     hub_repo="Qwen/Tiny-GGUF", hub_file="tiny.gguf", about="tiny")
+    hub = FakeHub({"Qwen/Tiny-GGUF/tiny.gguf": data}, {"Qwen/Tiny-GGUF/tiny.gguf": "1" * 64})
+    try:
+        found = fetch_from_hub(hub, tmp_path, spec)
+    finally:
+        hub.shutdown()
+    assert "refuses to load it" in found["error"]
+    assert list((tmp_path / "cache" / "models").glob("*.gguf")) == []
+
+
+def test_an_unreachable_hub_says_what_to_install(tmp_path):
+    pytest.importorskip("huggingface_hub")
+    spec = ModelSpec(name="tiny", file="tiny.gguf", size=1, sha256="0" * 64,
+                     parts=("soa-absent-part1",), parts_version="1.0",
+                     hub_repo="Qwen/Tiny-GGUF", hub_file="tiny.gguf", about="tiny")
+    hub = FakeHub({}, {})
+    hub.shutdown()
+    hub.server_close()
+    found = fetch_from_hub(hub, tmp_path, spec)
+    assert found["error"].startswith("the local model tiny is not installed and the download of "
+                                     "tiny.gguf from Qwen/Tiny-GGUF failed")
+    assert found["error"].endswith("run pip install 'soa-git[local]'")
