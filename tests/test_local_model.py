@@ -46,8 +46,8 @@ SKELETON = '''def clamp(value: int, low: int, high: int) -> int:
     ...
 '''
 # Small answers keep a whole run to a minute or two on two cores.
-QUICK = {"SOA_GIT_TEMPERATURE": "0", "SOA_GIT_MOTHER_MAX_TOKENS": "384",
-         "SOA_GIT_CHILD_MAX_TOKENS": "256", "SOA_GIT_REPAIR_ROUNDS": "1"}
+QUICK = {"SOA_GIT_TEMPERATURE": "0", "SOA_GIT_MOTHER_MAX_TOKENS": "320",
+         "SOA_GIT_CHILD_MAX_TOKENS": "320", "SOA_GIT_REPAIR_ROUNDS": "0"}
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +70,23 @@ def cli_env(model_cache: Path, **extra: str) -> dict[str, str]:
     return {**env, **GIT_ENV, "SOA_GIT_CACHE_DIR": str(model_cache), **extra}
 
 
-def soa_git(*args: str, cwd: Path, env: dict[str, str], **popen) -> subprocess.Popen:
-    return subprocess.Popen([SOA_GIT, *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+@pytest.fixture
+def soa_git():
+    """soa_git(*args, cwd=, env=) -> a started `soa-git` process; killed after the test if a
+    failed assertion left it running."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+        process = subprocess.Popen([SOA_GIT, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def refused(base_url: str) -> bool:
@@ -115,12 +129,12 @@ def test_the_local_model_answers_a_chat_completion_with_usage(served):
         wrong.complete([{"role": "user", "content": "hi"}], agent="b")
 
 
-def test_a_whole_run_with_the_local_model(model_cache, tmp_path):
+def test_a_whole_run_with_the_local_model(model_cache, tmp_path, soa_git):
     repo = make_repo(tmp_path / "calc", {"calc.py": SKELETON})
-    done = soa_git("run", "calc.py::clamp", "--model", "local", "-j", "2", "--max-children", "2",
-                   "--json", cwd=repo,
-                   env=cli_env(model_cache, **QUICK))
-    out, err = done.communicate(timeout=900)
+    # One agent and no repair round: a few model calls, about a minute on two quiet cores.
+    done = soa_git("run", "calc.py::clamp", "--model", "local", "--max-depth", "1",
+                   "--repair-rounds", "0", "--json", cwd=repo, env=cli_env(model_cache, **QUICK))
+    out, err = done.communicate(timeout=1200)
     assert done.returncode in (0, 1), err  # done, or failed: a 0.5B model may not pass
     assert "Traceback" not in err
     [run] = json.loads(out)["runs"]
@@ -145,7 +159,7 @@ def test_a_whole_run_with_the_local_model(model_cache, tmp_path):
     assert all(n["model"] == DEFAULT_MODEL for n in answered)
 
 
-def test_serve_stops_on_sigterm_and_exits_0(model_cache, tmp_path):
+def test_serve_stops_on_sigterm_and_exits_0(model_cache, tmp_path, soa_git):
     server = soa_git("serve", "--json", "-j", "1", cwd=tmp_path, env=cli_env(model_cache))
     endpoint = json.loads(read_until(server.stdout, r"^\{").splitlines()[-1])
     assert endpoint["model"] == DEFAULT_MODEL and "SHA-256" in endpoint["source"]
@@ -157,7 +171,7 @@ def test_serve_stops_on_sigterm_and_exits_0(model_cache, tmp_path):
     assert refused(endpoint["base_url"])
 
 
-def test_a_run_killed_by_sigterm_leaves_nothing_running(model_cache, tmp_path):
+def test_a_run_killed_by_sigterm_leaves_nothing_running(model_cache, tmp_path, soa_git):
     repo = make_repo(tmp_path / "calc", {"calc.py": SKELETON})
     running = soa_git("run", "calc.py::clamp", "--model", "local", cwd=repo,
                       env=cli_env(model_cache, **QUICK))
@@ -169,7 +183,7 @@ def test_a_run_killed_by_sigterm_leaves_nothing_running(model_cache, tmp_path):
     assert not list((model_cache / "models").glob(".*.part"))
 
 
-def test_a_server_that_dies_mid_run_fails_the_run_in_one_sentence(model_cache, tmp_path):
+def test_a_server_that_dies_mid_run_fails_the_run_in_one_sentence(model_cache, tmp_path, soa_git):
     server = soa_git("serve", "--json", "-j", "1", cwd=tmp_path, env=cli_env(model_cache))
     endpoint = json.loads(read_until(server.stdout, r"^\{").splitlines()[-1])
     repo = make_repo(tmp_path / "calc", {"calc.py": SKELETON})
