@@ -10,12 +10,16 @@ import threading
 import time
 import traceback
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 import click
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
-from . import report
+from . import entry, report
 from .commands.accept import accept as accept_command
 from .commands.check import check as check_command
 from .commands.clean import clean as clean_command
@@ -35,6 +39,7 @@ from .commands.transcript import transcript as transcript_command
 from .commands.tree import tree as tree_command
 from .errors import SoaError
 from .history import RunRecord
+from .llm import Notice
 from .organizer import AgentView, RunSummary
 from .weights import Progress
 
@@ -63,55 +68,76 @@ def error_boundary(command: Callable) -> Callable:
 
 
 class LiveView:
-    """The tree redrawn in place on a terminal, with the run's elapsed time and token rate
-    (redrawn every second: a local model may think for minutes between events); one plain line
-    per change elsewhere."""
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.views: dict[str, AgentView] = {}
-        self.drawn = 0
+    """The runs' agents as they work. On a terminal, rich draws the tree in place under the
+    run's elapsed time and token rate, redrawn twice a second (a local model may think for
+    minutes between events), clipped to the terminal's height and width, so no frame or
+    wrapped line is left in scrollback; it honours NO_COLOR, and a TERM=dumb terminal gets
+    plain lines instead. Elsewhere, one plain line per change, each printed once."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True, highlight=False)
+        self.views: dict[str, tuple[AgentView, float]] = {}   # path -> (view, when it came)
+        self.notices: dict[str, str] = {}
+        self.printed: dict[str, str] = {}
         self.started = time.monotonic()
-        self.lock = threading.Lock()
-        self.closed = threading.Event()
-        if self.tty:
-            threading.Thread(target=self._tick, daemon=True, name="soa-live-view").start()
+        # Reentrant: an event redraws at once, and drawing reads the views under the lock.
+        self.lock = threading.RLock()
+        self.live: Live | None = None
+        if self.console.is_terminal and not self.console.is_dumb_terminal:
+            self.live = Live(get_renderable=self._render, console=self.console,
+                             refresh_per_second=2, transient=True, redirect_stdout=False,
+                             redirect_stderr=False, vertical_overflow="ellipsis")
 
-    def __call__(self, view: AgentView) -> None:
+    def __call__(self, event: AgentView | Notice) -> None:
         with self.lock:
-            if not self.tty:
-                click.echo(report.event_line(view), file=self.stream)
-                return
-            if any(v.run != view.run for v in self.views.values()):
-                self.views.clear()
-                self.started = time.monotonic()
-            self.views[view.path] = view
-            self._draw()
+            if isinstance(event, Notice):
+                self.notices[event.agent] = event.text
+                self._plain(event.agent, f"{event.agent}: {event.text}")
+            else:
+                self._view(event)
+            if self.live is not None:
+                if not self.live.is_started:
+                    self.live.start()
+                self.live.refresh()
 
-    def _draw(self) -> None:
-        if not self.views:
-            return
-        lines = [report.live_header(self.views.values(), time.monotonic() - self.started),
-                 *report.tree_lines(self.views.values())]
-        click.echo(self._erase() + "\n".join(lines), file=self.stream)
-        self.drawn = len(lines)
+    def _view(self, view: AgentView) -> None:
+        if "." not in view.path:
+            entry.runs[view.run] = view.state in report.FINAL_STATES
+        if any(v.run != view.run for v, _ in self.views.values()):
+            self.views.clear()
+            self.started = time.monotonic()
+        self.views[view.path] = (view, time.monotonic())
+        self.notices.pop(view.path, None)
+        self._plain(view.path, report.event_line(view))
 
-    def _tick(self) -> None:
-        while not self.closed.wait(1.0):
-            with self.lock:
-                if self.drawn:
-                    self._draw()
+    def _plain(self, key: str, line: str) -> None:
+        if self.live is None and self.printed.get(key) != line:
+            self.printed[key] = line
+            self.console.print(line, markup=False, soft_wrap=True)
 
-    def _erase(self) -> str:
-        return "\x1b[F\x1b[2K" * self.drawn
+    def _render(self) -> Text:
+        with self.lock:
+            if not self.views:
+                return Text("")
+            now = time.monotonic()
+            views = [replace(view, seconds=view.seconds + (
+                         0 if view.state in report.FINAL_STATES else now - when))
+                     for view, when in self.views.values()]
+            lines = [report.live_header(views, now - self.started),
+                     *report.tree_lines(views, live=True, notices=self.notices)]
+        text = Text("\n".join(lines), no_wrap=True, overflow="ellipsis")
+        text.highlight_words(["passed"], "green")
+        text.highlight_words(["failed", "stopped"], "red")
+        return text
 
     def close(self) -> None:
-        """The summary replaces the live tree."""
-        self.closed.set()
-        with self.lock:
-            if self.tty and self.drawn:
-                click.echo(self._erase(), file=self.stream, nl=False)
-            self.drawn = 0
+        """The summary replaces the live tree. Rich draws a last frame, uncropped, when it
+        stops: it is drawn empty, or a tall tree would pile up in a short terminal's
+        scrollback."""
+        if self.live is not None and self.live.is_started:
+            with self.lock:
+                self.views.clear()
+            self.live.stop()
 
 
 class ProgressLine:
@@ -200,6 +226,8 @@ FLAG_NAMES = ("model", "base_url", "api_key_env", "max_depth", "max_children", "
 @click.version_option(package_name="soa-git")
 def main() -> None:
     """Self-Organized Agents that write Python functions as git history."""
+    # Also when started as `python -c "from soa_git.cli import main; main()"`, not the script.
+    entry.install()
 
 
 @main.command()

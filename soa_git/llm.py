@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from soa_git.errors import BudgetExhausted, ModelError
 
-__all__ = ["ChatModel", "Metered", "ReplayModel", "Reply", "TokenLedger", "Usage"]
+__all__ = ["ChatModel", "Metered", "Notice", "ReplayModel", "Reply", "TokenLedger", "Usage"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,16 @@ class Reply:
     text: str
     usage: Usage
     model: str
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something an agent's model call is going through that a user waiting should see, e.g.
+    "endpoint answered 500 Internal Server Error, retry 2/5 in 4 s". Library code never prints:
+    the command's event callback receives it."""
+
+    agent: str
+    text: str
 
 
 class ChatModel(Protocol):

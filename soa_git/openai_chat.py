@@ -13,7 +13,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -21,7 +21,7 @@ import openai
 
 from soa_git import faults
 from soa_git.errors import ModelError
-from soa_git.llm import Reply, TokenLedger, Usage
+from soa_git.llm import Notice, Reply, TokenLedger, Usage
 
 __all__ = ["OpenAIChat"]
 
@@ -84,8 +84,10 @@ class OpenAIChat:
         timeout_s: float = 120.0,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        on_notice: Callable[[Notice], None] = lambda notice: None,
     ) -> None:
         self.name = model
+        self._on_notice = on_notice
         self.base_url = base_url
         self.ledger = ledger
         self._api_key = api_key
@@ -105,7 +107,7 @@ class OpenAIChat:
                  max_tokens: int | None = None) -> Reply:
         """One answer; `max_tokens` caps it (default: the client's own cap)."""
         self.ledger.check(agent)
-        completion = self._create(messages, max_tokens or self._max_tokens)
+        completion = self._create(messages, max_tokens or self._max_tokens, agent)
         faults.reached("model")
         # The client does not validate bodies: a wrong server or a proxy's page shows up here.
         choices = getattr(completion, "choices", None)
@@ -126,7 +128,8 @@ class OpenAIChat:
             raise ModelError("the model returned an empty answer")
         return Reply(text=text, usage=usage, model=model)
 
-    def _create(self, messages: list[dict[str, str]], max_tokens: int | None) -> Any:
+    def _create(self, messages: list[dict[str, str]], max_tokens: int | None,
+                agent: str) -> Any:
         """One completion, retrying rate limits, server errors, timeouts and lost connections."""
         options: dict[str, Any] = {"model": self.name, "messages": messages}
         if self._temperature is not None:
@@ -155,7 +158,10 @@ class OpenAIChat:
             except json.JSONDecodeError:
                 raise ModelError(self._not_a_completion()) from None
             if attempt + 1 < self._max_attempts:
-                time.sleep(self._pause_s(attempt, retry_after))
+                pause = self._pause_s(attempt, retry_after)
+                self._on_notice(Notice(agent, f"{self._hitch(failure)}, retry {attempt + 2}/"
+                                              f"{self._max_attempts} in {pause:.0f} s"))
+                time.sleep(pause)
         assert failure is not None  # max_attempts >= 1, so the loop failed at least once
         # Raised outside any `except` so no client exception, which may quote the key, rides along.
         raise ModelError(self._explain(failure))
@@ -165,6 +171,14 @@ class OpenAIChat:
             return min(retry_after, MAX_WAIT_S)
         # Jitter spreads out parallel agents that were all rate-limited at the same moment.
         return min(self._backoff_s * 2**attempt * (1 + random.random() / 4), MAX_WAIT_S)
+
+    def _hitch(self, failure: openai.APIError) -> str:
+        """A failure about to be retried, in a few words."""
+        if isinstance(failure, openai.APIStatusError):
+            return f"endpoint answered {_status_text(failure.status_code)}"
+        if isinstance(failure, openai.APITimeoutError):
+            return f"endpoint gave no answer in {self._timeout_s:g} s"
+        return "connection to the endpoint lost"
 
     def _not_a_completion(self) -> str:
         return f"the model endpoint {self.base_url} did not answer with a chat completion"

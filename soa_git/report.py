@@ -22,14 +22,29 @@ def _ordered(views: Iterable[AgentView]) -> list[AgentView]:
     return sorted(views, key=lambda v: v.path.split("."))
 
 
-def tree_lines(views: Iterable[AgentView]) -> list[str]:
+FINAL_STATES = ("passed", "failed", "stopped")
+NO_TESTS = "no tests ran"   # what a test result says before any test ran
+
+
+def tree_lines(views: Iterable[AgentView], *, live: bool = False,
+               notices: dict[str, str] | None = None) -> list[str]:
+    """The agents as a tree; `live` (while a run works): no result before the first test run
+    or while tests run, then each agent's time and tokens, and what its model call goes
+    through (`notices`)."""
     ordered = _ordered(views)
     width = max((2 * _depth(v.path) + len(v.function) for v in ordered), default=0)
     lines = []
     for view in ordered:
         name = "  " * _depth(view.path) + view.function
         rounds = f"  {_plural(view.rounds, 'round')}" if view.rounds else ""
-        lines.append(f"{name:<{width}}  {view.role:<6}  {view.state:<9}  {view.tests}{rounds}")
+        tests = view.tests
+        if live and (view.state == "testing" or view.tests == NO_TESTS):
+            tests = ""
+        line = f"{name:<{width}}  {view.role:<6}  {view.state:<9}  {tests}{rounds}"
+        if live:
+            line = (f"{line:<{width + 34}}  {view.seconds:5.0f} s  {view.tokens:>7,} tokens"
+                    + (f"  {notices[view.path]}" if notices and view.path in notices else ""))
+        lines.append(line.rstrip())
     return lines
 
 
@@ -43,8 +58,8 @@ def live_header(views: Iterable[AgentView], seconds: float) -> str:
 
 
 def event_line(view: AgentView) -> str:
-    """One plain line per state change, for logs and pipes."""
-    tests = f" ({view.tests})" if view.state in ("passed", "failed", "testing") else ""
+    """One plain line per state change, for logs and pipes: a result once it is known."""
+    tests = f" ({view.tests})" if view.state in ("passed", "failed", "tested") else ""
     return f"{view.path} [{view.role}] {view.state}{tests}"
 
 

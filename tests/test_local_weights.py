@@ -188,24 +188,23 @@ def test_serve_refuses_a_corrupt_gguf_file(tmp_path):
 
 def test_the_live_tree_shows_elapsed_time_and_token_rate_and_keeps_ticking():
     import io
+    import re
     import time
+
+    from rich.console import Console
 
     from soa_git.cli import LiveView
     from soa_git.organizer import AgentView
 
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    screen = Terminal()
-    live = LiveView(screen)
+    screen = io.StringIO()
+    live = LiveView(Console(file=screen, force_terminal=True, width=100, height=20))
     live(AgentView(run="r1", path="clamp", role="child", function="clamp", file="c.py",
                    test_file="t.py", branch="soa/r1/clamp", state="thinking", tests="",
                    passed=0, rounds=0, lines=0, tokens=120, error=None))
     time.sleep(2.3)  # no event meanwhile: the clock is redrawn by itself
     live.close()
-    headers = [line for line in screen.getvalue().replace("\x1b[F\x1b[2K", "\n").splitlines()
-               if line.startswith("run r1")]
+    frames = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "\n", screen.getvalue()).replace("\r", "\n")
+    headers = [line for line in frames.splitlines() if line.startswith("run r1")]
     assert len(headers) >= 2 and headers[0].startswith("run r1  0:00  120 tokens (")
     assert any(h.startswith("run r1  0:02  120 tokens (") for h in headers), headers
 

@@ -10,7 +10,7 @@ from .. import config, history
 from ..errors import RepositoryError
 from ..executor import open_executor
 from ..gitrepo import GitRepo
-from ..llm import Usage
+from ..llm import Notice, Usage
 from ..organizer import AgentView, Organizer, Recording, RunSummary, Target
 from ..weights import ProgressCallback, quiet
 from .run import budgeted_model
@@ -26,7 +26,7 @@ def recording(record: history.RunRecord) -> Recording:
 
 
 def resume(run: str, *, cwd: Path, flags: Mapping[str, Any],
-           on_event: Callable[[AgentView], None] = lambda view: None,
+           on_event: Callable[[AgentView | Notice], None] = lambda view: None,
            environ: Mapping[str, str] | None = None,
            on_progress: ProgressCallback = quiet) -> RunSummary:
     environ = os.environ if environ is None else environ
@@ -38,7 +38,8 @@ def resume(run: str, *, cwd: Path, flags: Mapping[str, Any],
                               + ("" if record.state == "running" else f" ({record.message})"))
     executor = open_executor(settings)
     try:
-        with budgeted_model(settings, environ, repo, on_progress) as (ledger, model):
+        with budgeted_model(settings, environ, repo, on_progress,
+                            on_notice=on_event) as (ledger, model):
             # What the run spent before, so that its total and its budgets count the whole run.
             for agent in record.agents:
                 for step in history.transcript(agent):

@@ -14,7 +14,7 @@ from .. import config, history, local_model, pycode
 from ..errors import ConfigError, TargetError
 from ..executor import Executor, open_executor
 from ..gitrepo import GitRepo
-from ..llm import ChatModel, Metered, ReplayModel, TokenLedger
+from ..llm import ChatModel, Metered, Notice, ReplayModel, TokenLedger
 from ..organizer import (AgentView, Organizer, RunSummary, Target, committed_source,
                          find_targets)
 from ..weights import ProgressCallback, quiet
@@ -34,7 +34,8 @@ def split_target(spec: str) -> tuple[str, str | None]:
 
 
 def open_model(settings: config.Settings, ledger: TokenLedger, environ: Mapping[str, str],
-               repo: GitRepo) -> ChatModel:
+               repo: GitRepo, on_notice: Callable[[Notice], None] = lambda notice: None,
+               ) -> ChatModel:
     """The endpoint of the settings; or, for `replay:RUN`, that run's recorded answers."""
     if settings.model.startswith(REPLAY):
         recorded = history.load_run(repo, settings.model.removeprefix(REPLAY))
@@ -47,22 +48,24 @@ def open_model(settings: config.Settings, ledger: TokenLedger, environ: Mapping[
     if key is None:
         raise ConfigError(f"no API key: set the environment variable {settings.api_key_env} "
                           "(a local server that needs no key accepts any value)")
-    return _chat(settings, ledger, settings.base_url, key, settings.model)
+    return _chat(settings, ledger, settings.base_url, key, settings.model, on_notice=on_notice)
 
 
 def _chat(settings: config.Settings, ledger: TokenLedger, base_url: str, key: str,
-          model: str, timeout_s: float | None = None) -> ChatModel:
+          model: str, timeout_s: float | None = None,
+          on_notice: Callable[[Notice], None] = lambda notice: None) -> ChatModel:
     # Imported here, not at the top: `openai` takes longer to import than the rest of soa-git,
     # and only commands that call a model need it.
     from ..openai_chat import OpenAIChat
     return OpenAIChat(model=model, base_url=base_url, api_key=key, ledger=ledger,
                       max_concurrency=settings.jobs,
                       timeout_s=timeout_s or settings.request_timeout,
-                      temperature=settings.temperature, max_tokens=settings.child_max_tokens)
+                      temperature=settings.temperature, max_tokens=settings.child_max_tokens,
+                      on_notice=on_notice)
 
 
 def run(specs: str | Sequence[str], *, cwd: Path, flags: Mapping[str, Any],
-        on_event: Callable[[AgentView], None] = lambda view: None,
+        on_event: Callable[[AgentView | Notice], None] = lambda view: None,
         environ: Mapping[str, str] | None = None,
         on_progress: ProgressCallback = quiet) -> list[RunSummary]:
     environ = os.environ if environ is None else environ
@@ -103,6 +106,7 @@ def targets_of(repo: GitRepo, cwd: Path, spec: str) -> list[Target]:
 @contextmanager
 def budgeted_model(settings: config.Settings, environ: Mapping[str, str], repo: GitRepo,
                    on_progress: ProgressCallback = quiet, budgets: bool = True,
+                   on_notice: Callable[[Notice], None] = lambda notice: None,
                    ) -> Iterator[tuple[TokenLedger, ChatModel]]:
     """The token ledger holding the settings' budgets (none: `budgets` False), and the model
     that charges it; a local model (`--model local`) is served for the block's duration, one
@@ -110,18 +114,19 @@ def budgeted_model(settings: config.Settings, environ: Mapping[str, str], repo: 
     ledger = (TokenLedger(settings.run_token_budget, settings.agent_token_budget) if budgets
               else TokenLedger())
     if not local_model.is_local(settings.model):
-        yield ledger, open_model(settings, ledger, environ, repo)
+        yield ledger, open_model(settings, ledger, environ, repo, on_notice)
         return
     with local_model.serving(settings.model, slots=settings.jobs, environ=environ,
                              on_progress=on_progress) as served:
         # Our own server decodes a few tokens a second on a laptop's CPU: a long answer takes
         # minutes, and retrying it on a timeout would only start it over.
         yield ledger, _chat(settings, ledger, served.base_url, served.api_key, served.model,
-                            timeout_s=max(settings.request_timeout, LOCAL_TIMEOUT_S))
+                            timeout_s=max(settings.request_timeout, LOCAL_TIMEOUT_S),
+                            on_notice=on_notice)
 
 
 def run_targets(repo: GitRepo, settings: config.Settings, targets: list[Target],
-                environ: Mapping[str, str], on_event: Callable[[AgentView], None],
+                environ: Mapping[str, str], on_event: Callable[[AgentView | Notice], None],
                 executor: Executor | None = None,
                 on_progress: ProgressCallback = quiet) -> list[RunSummary]:
     """One run per target, `parallel_runs` at once, sharing the model and the executor; each
@@ -132,7 +137,9 @@ def run_targets(repo: GitRepo, settings: config.Settings, targets: list[Target],
     opened = executor is None
     executor = open_executor(settings) if executor is None else executor
     try:
-        with budgeted_model(settings, environ, repo, on_progress, budgets=False) as (_, model):
+        # The event callback takes an agent's views and its model call's notices alike.
+        with budgeted_model(settings, environ, repo, on_progress, budgets=False,
+                            on_notice=on_event) as (_, model):
 
             def one(target: Target) -> RunSummary:
                 ledger = TokenLedger(settings.run_token_budget, settings.agent_token_budget)

@@ -1,0 +1,74 @@
+"""Ctrl-C: exit code 130 and one line, no traceback, at any moment; start-up included."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from soa_git import history
+from soa_git.gitrepo import GitRepo
+
+from .conftest import make_repo
+from .test_run import SHAPES_SKELETON
+
+SCRIPT = Path(sys.executable).parent / "soa-git"
+
+
+def started(args: list[str], cwd: Path, extra: dict | None = None) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    return subprocess.Popen([str(SCRIPT), *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**env, "OPENAI_API_KEY": "k", **(extra or {})})
+
+
+def interrupted(process: subprocess.Popen) -> tuple[str, str]:
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.splitlines()[-1].startswith("interrupted"), err
+    return out, err
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="the console script is not installed")
+def test_ctrl_c_while_starting_up(tmp_path):
+    """A KeyboardInterrupt traceback came out while soa-git imported its commands. The signal
+    arrives at the first thing soa-git does (before Python's own start-up ends, Python answers
+    it alone)."""
+    process = started(["list"], tmp_path, {"SOA_GIT_KILL_AT": "startup:1:INT"})
+    out, err = process.communicate(timeout=30)
+    assert (process.returncode, out, err) == (130, "", "interrupted\n")
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="the console script is not installed")
+def test_ctrl_c_while_an_agent_thinks_names_the_run_to_resume(tmp_path, serve):
+    """Threads kept the process alive until the model answered, then a traceback; the run was
+    unknown to resume."""
+    repo = make_repo(tmp_path / "shapes", {"shapes/__init__.py": "",
+                                           "shapes/report.py": SHAPES_SKELETON})
+
+    def slow(request):
+        time.sleep(20)
+        return "too late"
+
+    server = serve(slow)
+    process = started(["run", "shapes/report.py", "--base-url", server.base_url], repo)
+    assert process.stderr is not None
+    seen = ""
+    while "thinking" not in seen:
+        line = process.stderr.readline()
+        assert line, "the run ended before its first model call"
+        seen += line
+    began = time.monotonic()
+    _, err = interrupted(process)
+    assert time.monotonic() - began < 10
+    [run] = history.list_runs(GitRepo.open(repo))
+    assert run.state == "interrupted"
+    assert err.splitlines()[-1] == (f"interrupted; `soa-git resume {run.run}` continues run "
+                                    f"{run.run}")
