@@ -320,6 +320,12 @@ def parser() -> argparse.ArgumentParser:
                         "on a busy CPU needs more)")
     p.add_argument("--max-tokens", type=int,
                    help="longest answer the model may give, in tokens (default: the endpoint's)")
+    p.add_argument("--local", metavar="MODEL",
+                   help="serve soa-git's own local model (local, local:qwen2.5-coder-1.5b, "
+                        "local:/path.gguf) in this process for the benchmark, instead of "
+                        "--model and --base-url")
+    p.add_argument("--slots", type=int, default=4,
+                   help="with --local: requests the server decodes together (default 4)")
     p.add_argument("--model-file", metavar="GGUF",
                    help="the served model's weights file: its name and sha256 go into the "
                         "results' settings, so figures say exactly which model made them")
@@ -373,8 +379,35 @@ def _main(args: argparse.Namespace, environ: Mapping[str, str], say) -> int:
         say(f"self-check: {len(chosen) - len(failed)} of {len(chosen)} canonical solutions pass"
             + (f"; failing: {', '.join(failed)}" if failed else ""))
         return 1 if failed else 0
+    if args.local:
+        if args.model or args.base_url or args.model_file:
+            raise hc.HarnessError("--local serves its own model: leave out --model, --base-url "
+                                  "and --model-file")
+        return _served(args, problems, chosen, environ, say)
     if not args.model or not args.base_url:
-        raise hc.HarnessError("give --model and --base-url")
+        raise hc.HarnessError("give --model and --base-url, or --local")
+    return _bench(args, problems, chosen, environ, say)
+
+
+def _served(args: argparse.Namespace, problems: dict, chosen: list[str],
+            environ: Mapping[str, str], say) -> int:
+    """The benchmark against soa-git's own local model, served in this process while it runs."""
+    from soa_git.errors import SoaError
+    from soa_git.local_model import serving
+    try:
+        with serving(args.local, slots=args.slots) as endpoint:
+            say(f"serving {endpoint.model} ({endpoint.weights.path.name}, {endpoint.slots} slots) "
+                f"on {endpoint.base_url}")
+            args.model, args.base_url = endpoint.model, endpoint.base_url
+            args.model_file = str(endpoint.weights.path)
+            return _bench(args, problems, chosen,
+                          {**environ, args.api_key_env: endpoint.api_key}, say)
+    except SoaError as exc:
+        raise hc.HarnessError(str(exc)) from None
+
+
+def _bench(args: argparse.Namespace, problems: dict, chosen: list[str],
+           environ: Mapping[str, str], say) -> int:
     if args.jobs < 1 or args.iterations < 0 or args.max_depth < 1:
         raise hc.HarnessError("--jobs and --max-depth must be at least 1, --iterations at least 0")
     if args.request_timeout <= 0 or (args.max_tokens is not None and args.max_tokens < 1):

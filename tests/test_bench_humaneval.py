@@ -200,3 +200,9 @@ def test_the_model_file_and_the_answer_limits_are_settings(serve, tmp_path):
     assert settings["model_sha256"] == hashlib.sha256(b"not really weights").hexdigest()
     summary = json.loads(out.read_text())["strategies"]["direct"]
     assert summary["tokens_per_solved"] == summary["tokens_per_problem"]
+
+
+def test_local_serves_its_own_model_so_it_takes_no_endpoint(capsys):
+    assert humaneval.main(["--local", "local", "--model", "m", "--base-url", "http://x/v1"],
+                          environ=KEY, say=lambda line: None) == 1
+    assert "--local serves its own model" in capsys.readouterr().err
