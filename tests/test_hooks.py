@@ -125,6 +125,31 @@ def test_check_fails_when_an_accepted_module_breaks_its_tests(accepted):
     assert check(["shapes/area_report__fmt.py"], cwd=accepted).ok   # another agent
 
 
+def test_a_marked_skeleton_not_yet_committed_points_to_fill(tmp_path):
+    """The hint said `soa-git run FILE::func`, which refuses a file that is not committed."""
+    repo = make_repo(tmp_path / "r", {"plain.py": "x = 1\n"})
+    (repo / "geo.py").write_text(MARKED)
+    git(repo, "add", "geo.py")
+    [problem] = check(["geo.py"], cwd=repo).problems
+    assert "run `soa-git fill geo.py`" in problem.message
+
+
+def test_a_module_missing_from_the_hook_environment_names_additional_dependencies(accepted):
+    module = accepted / AREA
+    module.write_text(module.read_text() + "\nimport no_such_package_here\n")
+    [problem] = check([AREA], cwd=accepted).problems
+    assert "No module named 'no_such_package_here'" in problem.message
+    assert "additional_dependencies" in problem.message
+
+
+def test_the_hook_names_are_short():
+    """The check hook's name was 84 characters: pre-commit pads its output to the longest."""
+    import yaml
+
+    hooks = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    assert [h["name"] for h in hooks] == ["soa-git check", "soa-git fill"]
+
+
 def test_check_runs_a_changed_test_file_and_names_its_module(accepted):
     tests = accepted / AREA_TESTS
     tests.write_text(tests.read_text().replace("== 6", "== 7"))
@@ -378,4 +403,5 @@ def test_pre_commit_framework_fill_is_manual_and_leaves_a_run_branch(pre_commit_
     # At commit time the fill hook does not run, so no model is called.
     calls = len(server.requests)
     done = pre_commit(repo, pre_commit_home, "run", env=env)
-    assert "soa-git fill" not in done.stdout and len(server.requests) == calls
+    hooks_run = [line.split(".")[0] for line in done.stdout.splitlines() if "..." in line]
+    assert "soa-git fill" not in hooks_run and len(server.requests) == calls

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
 from .. import config, failures, layout, pycode, runformat
-from ..errors import SoaError, TargetError
+from ..errors import RepositoryError, SoaError, TargetError
 from ..gitrepo import GitRepo
 from ..testing import TestResult, run_tests
 
@@ -168,22 +168,40 @@ def check(files: Sequence[str] | None, *, cwd: Path) -> CheckResult:
     problems: list[Problem] = []
     for file in relative:
         source = (root / file).read_text(encoding="utf-8", errors="replace")
-        for fn in marked_skeletons(source):
+        marked = marked_skeletons(source)
+        # `soa-git run` works from HEAD, where a file being committed may not be yet; `fill`
+        # works from the staged files.
+        committed = bool(marked) and _at_head(repo, file) == source
+        for fn in marked:
+            fix = (f"`soa-git run {file}::{fn.name}`" if committed
+                   else f"`soa-git fill {file}`, which works from your staged files")
             problems.append(Problem(file, fn.name, "skeleton",
                                     f"{file}::{fn.name} is marked for soa-git but still a "
-                                    f"skeleton; run `soa-git run {file}::{fn.name}`"))
+                                    f"skeleton; run {fix}"))
     wanted = _agents_to_test(root, relative)
     settings = config.resolve(root, {})
     tested = _run(root, wanted, settings.test_timeout)
     for entry in tested:
         if not entry.ok:
+            missing = ("; a module the tests import is missing from this environment (under "
+                       "pre-commit, add it to the hook's `additional_dependencies`)"
+                       if "ModuleNotFoundError" in entry.result
+                       or "No module named" in entry.result else "")
             problems.append(Problem(entry.file, entry.function, "tests",
                                     f"{entry.file}::{entry.function}: its tests {entry.tests} "
-                                    f"fail: {entry.result}", entry.tests, entry.result))
+                                    f"fail: {entry.result}{missing}", entry.tests,
+                                    entry.result))
     problems.sort(key=lambda p: (p.file, p.function, p.kind))
     notes = _unstaged_notes(repo, relative + [t.tests for t in tested])
     return CheckResult(files=tuple(relative), tested=tuple(tested), problems=tuple(problems),
                        notes=tuple(notes))
+
+
+def _at_head(repo: GitRepo, file: str) -> str | None:
+    try:
+        return repo.read_file(repo.head(), file)
+    except RepositoryError:  # no commit yet
+        return None
 
 
 def repo_relative(root: Path, cwd: Path, file: str) -> str:
