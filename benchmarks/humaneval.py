@@ -163,26 +163,28 @@ def run_all(tasks: list[tuple[str, str]], problems: dict[str, dict], cfg: Config
                     **asdict(Outcome(state="error", error=f"{type(exc).__name__}: {exc}")),
                     "total_tokens": 0, "lines_per_agent": 0.0, "repository": None}
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        pending: set[Future] = {pool.submit(work, s, t) for s, t in todo}
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    record = future.result()
-                    if record is None:
-                        continue
-                    results.add(record)
-                    finished += 1
-                    say(f"[{finished + skipped}/{len(tasks)}] {record['strategy']:9} "
-                        f"{record['task_id']:14} {'pass' if record['passed'] else 'FAIL'}  "
-                        f"calls {record['model_calls']:3}  tokens {record['total_tokens']:7,}  "
-                        f"agents {record['agents']:2}  {record['seconds']:.1f} s")
-        except BaseException:
-            stop.set()
-            for future in pending:
-                future.cancel()
-            raise
+    # Not a `with` block: on Ctrl-C it would wait for every problem under way (a problem can
+    # take minutes), and the benchmark is resumable, so nothing is lost by not waiting.
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    pending: set[Future] = {pool.submit(work, s, t) for s, t in todo}
+    try:
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                record = future.result()
+                if record is None:
+                    continue
+                results.add(record)
+                finished += 1
+                say(f"[{finished + skipped}/{len(tasks)}] {record['strategy']:9} "
+                    f"{record['task_id']:14} {'pass' if record['passed'] else 'FAIL'}  "
+                    f"calls {record['model_calls']:3}  tokens {record['total_tokens']:7,}  "
+                    f"agents {record['agents']:2}  {record['seconds']:.1f} s")
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return errors
 
 
@@ -453,4 +455,11 @@ def _bench(args: argparse.Namespace, problems: dict, chosen: list[str],
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == 130:
+        # Interrupted: a problem still under way in a worker thread would hold the exit for the
+        # rest of its run; what is finished is already in the results file.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

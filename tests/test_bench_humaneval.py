@@ -7,8 +7,12 @@ import ast
 import doctest
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -206,3 +210,27 @@ def test_local_serves_its_own_model_so_it_takes_no_endpoint(capsys):
     assert humaneval.main(["--local", "local", "--model", "m", "--base-url", "http://x/v1"],
                           environ=KEY, say=lambda line: None) == 1
     assert "--local serves its own model" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_the_benchmark_promptly(serve, tmp_path):
+    """It went on with the current problem (over 40 s, nothing printed) before exiting."""
+    asked = threading.Event()
+
+    def slow(request: dict) -> str:
+        asked.set()
+        time.sleep(60)
+        return "too late"
+
+    server = serve(slow)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.humaneval", "--model", "scripted", "--base-url",
+         server.base_url, "--api-key-env", "BENCH_KEY", "--out", str(tmp_path / "run.json"),
+         "--strategy", "direct", "--problems", IDS[0], "--iterations", "1"],
+        cwd=ROOT, env={**os.environ, **KEY}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    assert asked.wait(120), process.communicate()
+    began = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert time.monotonic() - began < 10
+    assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
