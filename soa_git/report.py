@@ -379,12 +379,15 @@ def run_markdown(rep: RunReport, *, limit: int = MARKDOWN_LIMIT) -> str:
 def _markdown(rep: RunReport, *, attempts: bool) -> list[str]:
     run = rep.run
     lines_of_code = sum(a.lines for a in run.agents)
+    web = _Web(rep.web)
     out = [f"<!-- soa-git report {run.run} -->",
-           (f"### soa-git run `{run.run}`: "
+           (f"### soa-git run {web.tree(run.run, run.branch)}: "
             f"{_MARK.get(run.state, '')} {run.state}").replace("  ", " "),
            "", _md_text(run.message), "",
-           f"**target** `{run.target or '?'}` · **from** `{run.base[:7] or '?'}` · "
-           f"**result** `{run.branch}`",
+           f"**target** `{run.target or '?'}` · **from** {web.commit(run.base)} · "
+           f"**result** {web.tree(run.branch)}"
+           + (f" · [**compare**]({rep.web}/compare/{run.base}...{run.branch})"
+              if rep.web and run.base else ""),
            "", f"**{_plural(len(run.agents), 'agent')}**, depth {run.depth} · "
            f"{_plural(lines_of_code, 'line')} of code · {run.tests_passed} tests passed · "
            f"{run.tokens:,} tokens · started {run.started}",
@@ -401,14 +404,15 @@ def _markdown(rep: RunReport, *, attempts: bool) -> list[str]:
     if attempts:
         out += ["", "#### What each agent did"]
         for log in rep.logs:
-            out += ["", *_agent_details(log)]
+            out += ["", *_agent_details(log, web)]
     else:
         out += ["", "_Each agent's attempts are left out here: too long for one comment. "
                     "`soa-git log AGENT` shows them._"]
     out += ["", "#### Branches", "", "| branch | agent | tip |", "| :-- | :-- | :-- |"]
     for agent in run.agents:
         role = "root: the result" if agent.parent is None else f"under `{agent.parent}`"
-        out.append(f"| `{agent.branch}` | `{agent.path}`, {role} | `{agent.tip[:7]}` |")
+        out.append(f"| {web.tree(agent.branch)} | `{agent.path}`, {role} | "
+                   f"{web.commit(agent.tip)} |")
     out += ["", "Fetch the run and its transcripts (git notes), then inspect it:", "",
             "```sh", *_review_commands(rep), "```"]
     stat = rep.diff_stat.rstrip("\n")
@@ -419,7 +423,22 @@ def _markdown(rep: RunReport, *, attempts: bool) -> list[str]:
     return out
 
 
-def _agent_details(log: AgentLog) -> list[str]:
+class _Web:
+    """Links into the repository's GitHub pages, or plain code spans when it has none."""
+
+    def __init__(self, base: str | None):
+        self.base = base
+
+    def tree(self, text: str, ref: str | None = None) -> str:
+        return f"[`{text}`]({self.base}/tree/{ref or text})" if self.base else f"`{text}`"
+
+    def commit(self, sha: str) -> str:
+        if not sha:
+            return "`?`"
+        return f"[`{sha[:7]}`]({self.base}/commit/{sha})" if self.base else f"`{sha[:7]}`"
+
+
+def _agent_details(log: AgentLog, web: _Web) -> list[str]:
     agent = log.agent
     where = f"{agent.role} under `{agent.parent}`" if agent.parent else f"the root {agent.role}"
     out = [f"<details><summary><code>{agent.path}</code>: {agent.role}, "
@@ -430,7 +449,7 @@ def _agent_details(log: AgentLog) -> list[str]:
         commit = attempt.commit
         facts = [f"{commit.phase or '?'}, round {commit.round}",
                  f"tests: {attempt.tests or 'not run'}", f"{commit.tokens:,} tokens"]
-        out += ["", f"**#{attempt.number} {attempt.kind}** `{commit.sha[:7]}` "
+        out += ["", f"**#{attempt.number} {attempt.kind}** {web.commit(commit.sha)} "
                     f"{_md_text(commit.subject)} · {_md_text(', '.join(facts))}"]
         if attempt.merged:
             out += ["", f"merged `{attempt.merged}` (its tests: "

@@ -132,6 +132,23 @@ def test_markdown_report_of_a_real_run(published, cli):
     assert " shapes/area_report__area.py " in text
 
 
+def test_markdown_report_links_into_github_when_the_remote_is_there(copy, published, cli):
+    """It had no links: branches, commits, the compare view and the run are links now."""
+    run = published.run
+    git(copy, "remote", "add", "gh", "git@github.com:octo/shapes.git")
+    text = cli(copy, "report", run, "--format", "markdown", "--remote", "gh")
+    web = "https://github.com/octo/shapes"
+    record = build(copy, run, remote="gh").run
+    assert f"### soa-git run [`{run}`]({web}/tree/soa/{run}/area_report):" in text
+    assert f"**result** [`soa/{run}/area_report`]({web}/tree/soa/{run}/area_report)" in text
+    assert f"[**compare**]({web}/compare/{record.base}...soa/{run}/area_report)" in text
+    area = record.agent("area_report.area")
+    assert f"| [`soa/{run}/area_report.area`]({web}/tree/soa/{run}/area_report.area) |" in text
+    assert f"[`{area.tip[:7]}`]({web}/commit/{area.tip})" in text
+    # A remote elsewhere: no links, as before.
+    assert "](https://" not in cli(copy, "report", run, "--format", "markdown")
+
+
 def test_report_as_text_and_json(published, cli):
     run = published.run
     text = cli(published.repo, "report", run)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import history, runformat
+from .. import github, history, runformat
 from ..gitrepo import GitRepo
 
 
@@ -17,6 +17,7 @@ class RunReport:
     logs: tuple[history.AgentLog, ...]      # one per agent, in the run's order
     diff_stat: str                          # `git diff --stat base root-branch`
     remote: str                             # the remote the fetch commands name
+    web: str | None = None                  # https://github.com/OWNER/NAME when it is on GitHub
 
     @property
     def fetch_refspecs(self) -> tuple[str, str]:
@@ -32,4 +33,7 @@ def build(cwd: Path, run: str | None, *, remote: str = "origin") -> RunReport:
     root = record.agent(record.root)
     tip = root.tip if root else record.base
     stat = repo.diff_stat(record.base, tip) if record.base and tip else ""
-    return RunReport(run=record, logs=logs, diff_stat=stat, remote=remote)
+    url = repo.remote_url(remote) or ""
+    found = github.repo_from_url(url) if "github.com" in url else None
+    web = f"https://github.com/{found[0]}/{found[1]}" if found else None
+    return RunReport(run=record, logs=logs, diff_stat=stat, remote=remote, web=web)
