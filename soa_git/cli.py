@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import sys
 import tempfile
@@ -12,36 +13,49 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import click
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
 
 from . import entry, report
-from .commands.accept import accept as accept_command
-from .commands.check import check as check_command
-from .commands.clean import clean as clean_command
-from .commands.demo import demo as demo_command
-from .commands.hooks import fill as fill_command, install_hook
-from .commands.init import init as init_command
-from .commands.list import list_runs
-from .commands.log import log as log_command
-from .commands.pr import pr as pr_command
-from .commands.push import push as push_command
-from .commands.report import build as build_report
-from .commands.resume import resume as resume_command
-from .commands.run import run as run_command
-from .commands.serve import serve as serve_command
-from .commands.show import show as show_command
-from .commands.transcript import transcript as transcript_command
-from .commands.tree import tree as tree_command
 from .errors import SoaError
-from .history import RunRecord
 from .llm import Notice
-from .organizer import AgentView, RunSummary
-from .weights import Progress
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+    from .organizer import AgentView, RunSummary
+    from .weights import Progress
+
+
+def _lazy(module: str, name: str) -> Callable:
+    """soa_git.commands.<module>.<name>, imported when first called: each command imports only
+    what it uses (the commit gate, `soa-git check`, runs at every commit)."""
+    def call(*args, **kwargs):
+        function = getattr(importlib.import_module(f"soa_git.commands.{module}"), name)
+        return function(*args, **kwargs)
+    return call
+
+
+accept_command = _lazy("accept", "accept")
+check_command = _lazy("check", "check")
+clean_command = _lazy("clean", "clean")
+demo_command = _lazy("demo", "demo")
+fill_command = _lazy("hooks", "fill")
+install_hook = _lazy("hooks", "install_hook")
+init_command = _lazy("init", "init")
+list_runs = _lazy("list", "list_runs")
+log_command = _lazy("log", "log")
+pr_command = _lazy("pr", "pr")
+push_command = _lazy("push", "push")
+build_report = _lazy("report", "build")
+resume_command = _lazy("resume", "resume")
+run_command = _lazy("run", "run")
+serve_command = _lazy("serve", "serve")
+show_command = _lazy("show", "show")
+transcript_command = _lazy("transcript", "transcript")
+tree_command = _lazy("tree", "tree")
 
 
 def error_boundary(command: Callable) -> Callable:
@@ -75,6 +89,9 @@ class LiveView:
     plain lines instead. Elsewhere, one plain line per change, each printed once."""
 
     def __init__(self, console: Console | None = None):
+        from rich.console import Console
+        from rich.live import Live
+
         self.console = console or Console(stderr=True, highlight=False)
         self.views: dict[str, tuple[AgentView, float]] = {}   # path -> (view, when it came)
         self.notices: dict[str, str] = {}
@@ -116,6 +133,8 @@ class LiveView:
             self.console.print(line, markup=False, soft_wrap=True)
 
     def _render(self) -> Text:
+        from rich.text import Text
+
         with self.lock:
             if not self.views:
                 return Text("")
@@ -385,6 +404,8 @@ def log(agent: str, as_json: bool) -> None:
 @error_boundary
 def show(spec: str, as_json: bool) -> None:
     """A run's summary and tree, or an agent's attempts and current code."""
+
+    from .history import RunRecord
 
     shown = show_command(Path.cwd(), spec)
     if isinstance(shown, RunRecord):

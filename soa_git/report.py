@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from .commands.accept import Accepted
-from .commands.check import CheckResult
-from .commands.clean import CleanPlan
-from .history import NO_RUNS, AgentLog, AgentRecord, Attempt, RunRecord
-from .organizer import AgentView, RunSummary
+# Types only: rendering imports none of what it renders, so a command imports only its own code.
+if TYPE_CHECKING:
+    from .commands.accept import Accepted
+    from .commands.check import CheckResult
+    from .commands.clean import CleanPlan
+    from .commands.push import Pushed
+    from .commands.report import RunReport
+    from .github import PullRequest
+    from .history import AgentLog, AgentRecord, Attempt, RunRecord
+    from .organizer import AgentView, RunSummary
 
 
 def _depth(path: str) -> int:
@@ -156,6 +161,7 @@ def runs_lines(runs: Iterable[RunRecord], now: datetime | None = None) -> list[s
     rows = [[r.run, r.target or "?", r.state, str(len(r.agents)), _root_tests(r) or "-",
              f"{r.tokens:,}", _age(r.started, now)] for r in runs]
     if not rows:
+        from .history import NO_RUNS
         return [NO_RUNS]
     return _table([["run", "target", "state", "agents", "tests", "tokens", "age"], *rows],
                   right=(3, 5))
@@ -333,9 +339,6 @@ def clean_lines(plan: CleanPlan) -> list[str]:
 
 # ---- `soa-git report`: the review of one run, as Markdown for a PR comment, text or JSON ------
 
-from .commands.push import Pushed  # noqa: E402  (kept with the renderers that use them)
-from .commands.report import RunReport  # noqa: E402
-from .github import PullRequest  # noqa: E402
 
 # GitHub refuses a pull request body or a comment longer than 65,536 characters.
 MARKDOWN_LIMIT = 60_000
