@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import click
 
-from . import entry, report
+from . import config, entry, report
 from .errors import SoaError
 from .llm import Notice
 
@@ -212,6 +213,18 @@ def _settings_flags(flags: dict) -> dict:
     return {k: flags[k] for k in FLAG_NAMES}
 
 
+def _run_flags(flags: dict) -> dict:
+    """_settings_flags for a command that runs generated code; says so loudly if unsandboxed."""
+    chosen = _settings_flags(flags)
+    if config.user_sandbox(chosen, os.environ) == "off":
+        click.secho(UNSANDBOXED, err=True, fg="red", bold=True)
+    return chosen
+
+
+UNSANDBOXED = ("WARNING: the sandbox is off (--no-sandbox or sandbox = \"off\"): generated code "
+               "runs with your permissions and can read and change your files, keys and network")
+
+
 def model_options(command: Callable) -> Callable:
     options = [
         click.option("--model", help="Model name, e.g. gpt-4o-mini; `local` (or local:NAME, "
@@ -231,6 +244,8 @@ def model_options(command: Callable) -> Callable:
         click.option("--ray-address", help="The Ray cluster: host:port, ray://host:port or auto "
                                            "(default: RAY_ADDRESS, else auto)."),
         click.option("--parallel-runs", type=int, help="Runs at once when there are many targets."),
+        click.option("--no-sandbox", "sandbox", flag_value="off", default=None,
+                     help="DANGEROUS: run generated code without the sandbox."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -238,7 +253,8 @@ def model_options(command: Callable) -> Callable:
 
 
 FLAG_NAMES = ("model", "base_url", "api_key_env", "max_depth", "max_children", "repair_rounds",
-              "jobs", "test_timeout", "executor", "ray_address", "parallel_runs")
+              "jobs", "test_timeout", "executor", "ray_address", "parallel_runs",
+              "sandbox")
 
 
 @click.group()
@@ -274,7 +290,7 @@ def run(targets: tuple[str, ...], as_json: bool, **flags) -> None:
     """Fill each TARGET (path/to/file.py::function, every skeleton in path/to/file.py, or in
     every committed file under a directory)."""
     with live_view() as live:
-        summaries = run_command(targets, cwd=Path.cwd(), flags=_settings_flags(flags),
+        summaries = run_command(targets, cwd=Path.cwd(), flags=_run_flags(flags),
                                 on_event=live, on_progress=ProgressLine())
     render(summaries, as_json)
 
@@ -287,7 +303,7 @@ def run(targets: tuple[str, ...], as_json: bool, **flags) -> None:
 def resume(run_id: str, as_json: bool, **flags) -> None:
     """Continue RUN (killed or stopped) from the last committed step of each agent."""
     with live_view() as live:
-        summary = resume_command(run_id, cwd=Path.cwd(), flags=_settings_flags(flags),
+        summary = resume_command(run_id, cwd=Path.cwd(), flags=_run_flags(flags),
                                  on_event=live, on_progress=ProgressLine())
     render([summary], as_json)
 
@@ -502,7 +518,7 @@ def fill(files: tuple[str, ...], as_json: bool, **flags) -> None:
     files), as staged; each result waits on a run branch. Your commit is never changed."""
     with live_view() as live:
         _, summaries = fill_command(list(files) or None, cwd=Path.cwd(),
-                                    flags=_settings_flags(flags), on_event=live,
+                                    flags=_run_flags(flags), on_event=live,
                                     on_progress=ProgressLine())
     if not summaries and not as_json:
         click.echo("no skeleton marked for soa-git (`# soa-git: fill`) in the files given; "

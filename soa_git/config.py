@@ -43,6 +43,13 @@ class Settings:
     # A Mother writes her function, her children's skeletons and all their tests in one answer.
     mother_max_tokens: int = 3072
     child_max_tokens: int = 1536
+    # "off" runs generated code without the sandbox: only the user may choose that (never a
+    # repository's file), and the command line says so loudly on every run.
+    sandbox: str = "on"
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.sandbox != "off"
 
     def api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
         """The key itself is read from the environment at the moment of use, never stored."""
@@ -60,6 +67,9 @@ ENV_ALIASES = {
 # Zero is meaningful only for temperature (deterministic answers); other numbers must be positive.
 MAY_BE_ZERO = {"temperature"}
 KINDS = {"int": (int,), "float": (int, float), "str": (str,)}
+CHOICES = {"sandbox": ("on", "off")}
+# Settings a repository's committed configuration may not change from their defaults.
+USER_ONLY = {"sandbox"}
 
 
 def _wanted(name: str, kind: str) -> str:
@@ -75,6 +85,9 @@ def _coerce(name: str, where: str, value: Any) -> Any:
     problem = ConfigError(f"{where} must be {_wanted(name, kind)}, not {value!r}")
     if isinstance(value, bool) or not isinstance(value, (str, *KINDS[kind])):
         raise problem
+    if name in CHOICES and value not in CHOICES[name]:
+        raise ConfigError(f"{where} must be one of {', '.join(map(repr, CHOICES[name]))}, "
+                          f"not {value!r}")
     if kind == "str":
         return value
     try:
@@ -122,7 +135,12 @@ def file_settings(root: Path) -> dict[str, Any]:
         return {}
     data = _read_toml(path)
     table = data.get("tool", {}).get(TABLE, {}) if path.name == PYPROJECT else data
-    return _from_mapping(table, path.name)
+    found = _from_mapping(table, path.name)
+    for name in USER_ONLY:
+        if name in found and found[name] != getattr(Settings(), name):
+            raise ConfigError(f"{path.name} sets '{name.replace('_', '-')}', which only you may "
+                              f"change (a flag or an environment variable), not a repository")
+    return found
 
 
 def env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -133,6 +151,12 @@ def env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
                 found[f.name] = _coerce(f.name, f"environment variable {var} ({f.name})",
                                         environ[var])
     return found
+
+
+def user_sandbox(flags: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """The sandbox setting as the user chose it (flag over environment), without a repository."""
+    chosen = {**env_settings(environ), **{k: v for k, v in flags.items() if v is not None}}
+    return chosen.get("sandbox", Settings().sandbox)
 
 
 def resolve(root: Path, flags: Mapping[str, Any] | None = None,
@@ -157,7 +181,7 @@ def _toml_value(value: Any) -> str:
 
 def render_table(settings: Settings) -> str:
     return "".join(f"{f.name.replace('_', '-')} = {_toml_value(getattr(settings, f.name))}\n"
-                   for f in fields(Settings))
+                   for f in fields(Settings) if f.name not in USER_ONLY)
 
 
 def write_config(root: Path, settings: Settings) -> tuple[Path, bool]:

@@ -34,13 +34,16 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Today's behaviour: the forked runner of this process."""
+    """The forked runner of this process, in the sandbox unless the user opted out."""
+
+    def __init__(self, sandboxed: bool = True) -> None:
+        self.sandboxed = sandboxed
 
     def start(self, **options: Any) -> None:
-        testing.start_runner(**options)
+        testing.start_runner(**{"sandboxed": self.sandboxed, **options})
 
     def run_tests(self, workspace: Path, test_files: Sequence[str], **options: Any) -> TestResult:
-        return testing.run_tests(workspace, test_files, **options)
+        return testing.run_tests(workspace, test_files, **{"sandboxed": self.sandboxed, **options})
 
     def close(self) -> None:
         """The runner stays up for the next run of this process; it stops when the process
@@ -54,7 +57,7 @@ def open_executor(settings: Settings) -> Executor:
     """The executor the settings name, connected and ready: a cluster that cannot be reached
     fails here, before a run writes anything."""
     if settings.executor == "local":
-        return LOCAL
+        return LOCAL if settings.sandboxed else LocalExecutor(sandboxed=False)
     if settings.executor != "ray":
         raise ConfigError(f"'executor' must be one of {', '.join(EXECUTORS)}, "
                           f"not {settings.executor!r}")

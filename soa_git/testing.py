@@ -1,15 +1,19 @@
-"""Run an agent's unit tests (generated code) with pytest in a sandboxed subprocess.
+"""Run an agent's unit tests (generated code) with pytest, in the sandbox.
 
-The tests run in the agent's workspace, in their own process group, under resource limits and
+Each run is a session of the warmed runner (soa_git/pytest_runner.py), which lives inside
+bubblewrap (soa_git/sandbox.py): the tests see only the read-only system, the Python installation,
+their workspace, a scratch folder and a private /tmp, have no network, run in a PID namespace of
+their own (nothing they start outlives the run) under time, memory, file-size and process limits,
 with an environment built from scratch, so no secret reaches generated code. Nothing is written
-into the workspace: the JUnit report, the pytest config and HOME all live in a temporary
-directory that is removed afterwards.
+into the workspace by the harness: the JUnit report, the pytest config and HOME all live in the
+scratch folder, removed afterwards. Without a working sandbox generated code does not run,
+unless the caller passes sandboxed=False (the user's explicit, loud opt-out).
 """
 
 from __future__ import annotations
 
-import json
 import atexit
+import json
 import math
 import os
 import resource
@@ -24,143 +28,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import faults
+from . import faults, sandbox
 
 OUTPUT_LIMIT = 4000
 DETAILS_LIMIT = 4000
 FILE_SIZE_LIMIT = 64 * 1024 * 1024
-# Tasks (processes and threads) the tests may start on top of what the user already runs.
-NPROC_HEADROOM = 256
 _TRUNCATED = "[...]"
-
-# The test runner: one process per soa-git process, started from a sandbox environment with pytest
-# already imported, that forks one child per test run. The child gets its own session (process
-# group), the limits, an environment built from scratch, /dev/null as stdin and the log file as
-# stdout and stderr, then runs pytest in the workspace: what `python -m pytest` would do, without
-# paying for an interpreter and pytest's imports on every run. The runner only forks, reaps and
-# reports exit codes; it never runs generated code itself. The limits are set in the forked child
-# before pytest starts, so they bind pytest and all it starts; Popen(preexec_fn=...) could
-# deadlock instead, because the organizer calls from many threads. When soa-git goes away (its pipe
-# closes), the runner kills what is still running and exits.
-_RUNNER = r"""
-import gc, json, os, resource, select, signal, sys, tempfile
-import pytest
-
-# One run of a trivial test here imports all that a real run needs (pytest imports most of its
-# modules lazily); then everything is frozen: shared with every forked run, never scanned by
-# the collector in the children (pytest collects at exit), so they neither import it again nor
-# copy its pages by touching it.
-with open("test_warm_up.py", "w") as f:
-    f.write("def test_warm_up():\n    assert True\n")
-saved = os.dup(1)
-null = os.open(os.devnull, os.O_WRONLY)
-os.dup2(null, 1)
-pytest.main(json.loads(sys.argv[1]))
-sys.stdout.flush()
-os.dup2(saved, 1)
-os.close(saved)
-os.close(null)
-sys.modules.pop("test_warm_up", None)
-gc.collect()
-gc.freeze()
-wake_r, wake_w = os.pipe()
-os.set_blocking(wake_r, False)
-os.set_blocking(wake_w, False)
-signal.set_wakeup_fd(wake_w)
-signal.signal(signal.SIGCHLD, lambda *_: None)
-children = {}
-
-
-def reply(message):
-    data = (json.dumps(message) + "\n").encode()
-    while data:
-        data = data[os.write(1, data):]
-
-
-def child(request):
-    signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    os.close(wake_r)
-    os.close(wake_w)
-    os.setsid()
-    # Generated code runs at a lower priority than soa-git and the user's own work.
-    os.nice(10)
-    for which, soft, hard in request["limits"]:
-        resource.setrlimit(which, (soft, hard))
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.closerange(3, 256)
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    tempfile.tempdir = None
-    # As for `python -m pytest`: the working directory first, then PYTHONPATH.
-    sys.path[0:1] = ["", *request["path"]]
-    sys.argv = ["pytest", *request["args"]]
-    code = pytest.main(request["args"])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(int(code))
-
-
-def reap():
-    while children:
-        try:
-            pid, status, usage = os.wait4(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        reply({"id": children.pop(pid), "exit": os.waitstatus_to_exitcode(status),
-               "cpu": usage.ru_utime + usage.ru_stime})
-
-
-pending = b""
-while True:
-    try:
-        ready = select.select([0, wake_r], [], [])[0]
-    except InterruptedError:
-        continue
-    if wake_r in ready:
-        try:
-            while os.read(wake_r, 512):
-                pass
-        except BlockingIOError:
-            pass
-    reap()
-    if 0 in ready:
-        chunk = os.read(0, 65536)
-        if not chunk:
-            for pid in children:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            os._exit(0)
-        pending += chunk
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            request = json.loads(line)
-            sys.stdout.flush()
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    child(request)
-                finally:
-                    os._exit(70)
-            children[pid] = request["id"]
-            reply({"id": request["id"], "pid": pid})
-"""
+_RUNNER_SCRIPT = Path(__file__).with_name("pytest_runner.py")
+# The exit code of a session whose sandbox could not be built (pytest_runner._SANDBOX_FAILED).
+_SANDBOX_FAILED = 71
 
 
 class _Launch:
-    """One test run the runner forked: its pid, and its exit code and CPU seconds once the
-    runner reaped it."""
+    """One test run the runner forked: its request id and pid, and its exit code and CPU
+    seconds once the runner reaped it."""
 
-    def __init__(self) -> None:
+    def __init__(self, request_id: int) -> None:
+        self.id = request_id
         self.pid: int | None = None
         self.returncode: int | None = None
         self.cpu_s = 0.0
@@ -169,21 +53,30 @@ class _Launch:
 
 
 class _Runner:
-    """The client side of the runner process; safe for many threads."""
+    """The client side of one runner process; safe for many threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, sandboxed: bool) -> None:
+        self.sandboxed = sandboxed
+        box = sandbox.find() if sandboxed else None
         self._home = tempfile.mkdtemp(prefix="soa-runner-")
         atexit.register(shutil.rmtree, self._home, ignore_errors=True)
-        script = Path(self._home) / "soa_test_runner.py"
-        script.write_text(_RUNNER, encoding="utf-8")
+        home = Path(self._home)
+        root = home / "root"
+        root.mkdir()
+        config = {"sandbox": sandboxed, "root": str(root), "system": sandbox.SYSTEM_PATHS,
+                  "python": sandbox.python_paths(), "cgroup": box.cgroup if box else "",
+                  "nproc": sandbox.PROCESS_LIMIT}
+        python = [sys.executable, str(_RUNNER_SCRIPT), json.dumps(_warm_up_args(home)),
+                  json.dumps(config)]
         self._proc = subprocess.Popen(
-            [sys.executable, str(script), json.dumps(_warm_up_args(Path(self._home)))],
-            cwd=self._home,
-            env=_sandbox_env(Path(self._home), ()), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            box.runner_command(python) if box else python, cwd=self._home,
+            env=_sandbox_env(home, ()), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, start_new_session=True)
         self._lock = threading.Lock()
         self._next = 0
         self._runs: dict[int, _Launch] = {}
+        self._ready = threading.Event()
+        self._problem = ""
         self._reader = threading.Thread(target=self._read, name="soa-test-runner", daemon=True)
         self._reader.start()
 
@@ -202,22 +95,40 @@ class _Runner:
         return self._proc.poll() is None
 
     def launch(self, request: dict) -> _Launch:
-        run = _Launch()
+        if not self._ready.wait(120):
+            raise OSError("the test runner did not start")
+        if self._problem:
+            raise sandbox.unavailable(self._problem)
         with self._lock:
             self._next += 1
-            self._runs[self._next] = run
-            line = json.dumps({"id": self._next, **request}) + "\n"
-            assert self._proc.stdin is not None
-            self._proc.stdin.write(line.encode())
-            self._proc.stdin.flush()
+            run = self._runs[self._next] = _Launch(self._next)
+            self._send({"id": run.id, **request})
         if not run.started.wait(30) or run.pid is None:
             raise OSError("the test runner did not start the tests")
         return run
+
+    def kill(self, run: _Launch) -> None:
+        """Kill a run and all it started (its sandbox's PID 1, or its process group)."""
+        with self._lock:
+            if not run.done.is_set():
+                try:
+                    self._send({"kill": run.id})
+                except OSError:
+                    pass  # the runner is gone, and its runs with it
+
+    def _send(self, message: dict) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write((json.dumps(message) + "\n").encode())
+        self._proc.stdin.flush()
 
     def _read(self) -> None:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
             message = json.loads(line)
+            if "ready" in message:
+                self._problem = "" if message["ready"] else message["error"]
+                self._ready.set()
+                continue
             with self._lock:
                 run = self._runs.get(message["id"])
             if run is None:
@@ -232,6 +143,9 @@ class _Runner:
                     self._runs.pop(message["id"], None)
                 run.done.set()
         # The runner is gone: nobody will report on what it ran.
+        if not self._ready.is_set():
+            self._problem = "the test runner exited while starting"
+            self._ready.set()
         with self._lock:
             stranded, self._runs = list(self._runs.values()), {}
         for run in stranded:
@@ -246,31 +160,44 @@ def _warm_up_args(home: Path) -> list[str]:
     return _pytest_args(["test_warm_up.py"], xml=home / "warm-up.xml", rootdir=home, ini=ini)
 
 
-_runner: _Runner | None = None
+_runners: dict[bool, _Runner] = {}
 _runner_lock = threading.Lock()
 
 
-def start_runner() -> None:
+def start_runner(sandboxed: bool = True) -> None:
     """Start the test runner now, so its warm-up overlaps whatever comes before the first test
-    (the runner also starts by itself at the first test)."""
-    _the_runner()
+    (the runner also starts by itself at the first test). Raises SandboxUnavailable at once
+    when `sandboxed` and no sandbox can be had."""
+    _the_runner(sandboxed)
 
 
 def stop_runner() -> None:
-    """Stop the test runner (it also stops by itself when this process exits)."""
-    global _runner
+    """Stop the test runners (they also stop by themselves when this process exits)."""
     with _runner_lock:
-        runner, _runner = _runner, None
-    if runner is not None:
+        runners = list(_runners.values())
+        _runners.clear()
+    for runner in runners:
         runner.stop()
 
 
-def _the_runner() -> _Runner:
-    global _runner
+def _the_runner(sandboxed: bool) -> _Runner:
     with _runner_lock:
-        if _runner is None or not _runner.alive:
-            _runner = _Runner()
-        return _runner
+        runner = _runners.get(sandboxed)
+        if runner is None or not runner.alive:
+            runner = _runners[sandboxed] = _Runner(sandboxed)
+        return runner
+
+
+@atexit.register
+def _remove_cgroup() -> None:
+    if sandbox.find.cache_info().currsize:
+        try:
+            folder = sandbox.find().cgroup
+        except sandbox.SandboxUnavailable:
+            return
+        stop_runner()
+        if folder:
+            sandbox.remove_cgroup(folder)
 
 
 @dataclass(frozen=True)
@@ -362,11 +289,16 @@ def run_tests(
     python_path: Sequence[Path] = (),
     timeout_s: float = 60.0,
     memory_mb: int = 1024,
+    writable: bool = True,
+    sandboxed: bool = True,
 ) -> TestResult:
-    """Run `test_files` (relative to `workspace`) with pytest in a sandbox and parse the result.
+    """Run `test_files` (relative to `workspace`) with pytest in the sandbox and parse the result.
 
-    `python_path` entries are put on PYTHONPATH; the workspace itself is importable because
-    pytest runs as `python -m pytest` with the workspace as cwd.
+    `python_path` entries are put on PYTHONPATH (and shown read-only in the sandbox); the
+    workspace itself is importable because pytest runs as `python -m pytest` with the workspace
+    as cwd. The tests may write their workspace only if `writable`. `sandboxed=False` is the
+    user's opt-out: the tests then run with limits and a clean environment, but no sandbox.
+    Raises SandboxUnavailable when `sandboxed` and no sandbox can be had.
     """
     workspace = workspace.resolve()
     files = _checked_test_files(test_files)
@@ -378,34 +310,36 @@ def run_tests(
         ini.write_text("[pytest]\n", encoding="utf-8")
         xml_path = scratch / "junit.xml"
         log_path = scratch / "output.log"
-        limits = _limits(timeout_s, memory_mb)
         env = _sandbox_env(home, python_path)
         # Output goes to a file, not a pipe: a straggler holding a pipe open would
         # otherwise keep us waiting after pytest itself has exited.
-        request = {"cwd": str(workspace), "limits": limits,
+        request = {"cwd": str(workspace), "writable": writable, "scratch": [str(scratch)],
+                   "tmp_mb": memory_mb, "limits": _limits(timeout_s, memory_mb),
                    "args": _pytest_args(files, xml=xml_path, rootdir=workspace, ini=ini),
                    "log": str(log_path), "env": env,
                    "path": [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]}
         try:
-            run = _the_runner().launch(request)
+            runner = _the_runner(sandboxed)
+            run = runner.launch(request)
         except OSError:
             # The runner died between runs (someone killed it): a new one, once.
             stop_runner()
-            run = _the_runner().launch(request)
-        assert run.pid is not None
+            runner = _the_runner(sandboxed)
+            run = runner.launch(request)
         faults.reached("test")
         timed_out = False
         try:
             timed_out = not run.done.wait(timeout_s)
         finally:
-            # Kill the whole group: on timeout or interrupt everything, after a normal exit
-            # any background process a test left behind.
-            _kill_group(run.pid)
+            if not run.done.is_set():
+                runner.kill(run)
             run.done.wait()
         returncode = run.returncode if run.returncode is not None else -signal.SIGKILL
         # The CPU limit fires as SIGXCPU; to the caller that is a timeout too.
         timed_out = timed_out or returncode == -signal.SIGXCPU
         output = _read_tail(log_path, OUTPUT_LIMIT)
+        if returncode == _SANDBOX_FAILED and sandboxed:
+            raise sandbox.unavailable(output.strip() or "the sandbox failed")
         cases = _parse_junit(xml_path, files)
         if cases is None and not timed_out:
             # Without a report the output may say nothing (os._exit, a crash): say how it ended.
@@ -487,9 +421,6 @@ def _limits(timeout_s: float, memory_mb: int) -> list[tuple[int, int, int]]:
         # A crash (or SIGXCPU) would otherwise drop a core file into the workspace.
         (resource.RLIMIT_CORE, 0, 0),
     ]
-    nproc = _nproc_limit()
-    if nproc is not None:
-        wanted.append((resource.RLIMIT_NPROC, nproc, nproc))
     return [_within_current(which, soft, hard) for which, soft, hard in wanted]
 
 
@@ -500,39 +431,6 @@ def _within_current(which: int, soft: int, hard: int) -> tuple[int, int, int]:
         hard = min(hard, current_hard)
         soft = min(soft, hard)
     return which, soft, hard
-
-
-def _nproc_limit() -> int | None:
-    """An RLIMIT_NPROC that leaves the tests NPROC_HEADROOM tasks, or None if meaningless.
-
-    RLIMIT_NPROC is checked against all tasks of the user, not just the sandbox's, so a fixed
-    value would either be useless or break a busy user; hence the current count plus headroom.
-    Root (CAP_SYS_RESOURCE) ignores the limit, and without /proc we cannot count.
-    """
-    if os.geteuid() == 0:
-        return None
-    uid = os.getuid()
-    tasks = 0
-    try:
-        entries = list(os.scandir("/proc"))
-    except OSError:
-        return None
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
-        try:
-            if entry.stat().st_uid == uid:
-                tasks += len(os.listdir(f"/proc/{entry.name}/task"))
-        except OSError:
-            continue  # the process exited while we counted
-    return tasks + NPROC_HEADROOM
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # the group is already empty
 
 
 def _read_tail(path: Path, limit: int) -> str:

@@ -180,7 +180,7 @@ def check(files: Sequence[str] | None, *, cwd: Path) -> CheckResult:
                                     f"skeleton; run {fix}"))
     wanted = _agents_to_test(root, relative)
     settings = config.resolve(root, {})
-    tested = _run(root, wanted, settings.test_timeout)
+    tested = _run(root, wanted, settings)
     for entry in tested:
         if not entry.ok:
             missing = ("; a module the tests import is missing from this environment (under "
@@ -233,7 +233,8 @@ def _agents_to_test(root: Path, files: Iterable[str]) -> dict[tuple[str, str, st
     return wanted
 
 
-def _run(root: Path, wanted: dict[tuple[str, str, str], str], timeout: float) -> list[Tested]:
+def _run(root: Path, wanted: dict[tuple[str, str, str], str],
+         settings: config.Settings) -> list[Tested]:
     """One sandboxed pytest per import root, all of its test files at once."""
     groups: dict[str, set[str]] = {}
     for (_, _, tests), base in wanted.items():
@@ -242,8 +243,11 @@ def _run(root: Path, wanted: dict[tuple[str, str, str], str], timeout: float) ->
         return []
 
     def one(base: str) -> tuple[str, TestResult]:
+        # The repository itself is the workspace here: the tests may read it, never write it.
         return base, run_tests(root, sorted(groups[base]),
-                               python_path=[root / base] if base else [], timeout_s=timeout)
+                               python_path=[root / base] if base else [],
+                               timeout_s=settings.test_timeout, writable=False,
+                               sandboxed=settings.sandboxed)
 
     with ThreadPoolExecutor(max_workers=min(4, len(groups))) as pool:
         results = dict(pool.map(one, groups))

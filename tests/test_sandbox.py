@@ -1,0 +1,183 @@
+"""The sandbox around generated code: each escape a test could try, tried and contained."""
+
+from __future__ import annotations
+
+import socket
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from soa_git import sandbox, testing
+from soa_git.testing import TestResult, run_tests
+
+PLANTED = "sk-planted-sandbox-7c1e"
+
+
+def _run(workspace: Path, body: str, **kwargs: object) -> TestResult:
+    (workspace / "test_escape.py").write_text(textwrap.dedent(body), encoding="utf-8")
+    return run_tests(workspace, ["test_escape.py"], **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    path = tmp_path / "repo" / ".git" / "soa" / "work" / "agent"
+    path.mkdir(parents=True)
+    return path
+
+
+def test_nothing_outside_the_workspace_is_visible_or_writable(
+        workspace: Path, tmp_path: Path) -> None:
+    user_file = tmp_path / "repo" / "precious.py"
+    user_file.write_text("KEEP = 1\n")
+    outside = tmp_path / "outside.txt"
+    result = _run(workspace, f"""
+        import os, pathlib, pytest
+
+        def test_the_repository_is_not_there():
+            assert not os.path.exists({str(user_file)!r})
+            assert not os.path.exists({str(tmp_path / "repo" / ".git" / "config")!r})
+
+        def test_writes_outside_fail():
+            for path in ("/usr/planted", "/etc/planted", "/planted", "/dev/planted",
+                         "/proc/planted"):
+                with pytest.raises(OSError):
+                    pathlib.Path(path).write_text("x")
+
+        def test_the_hosts_tmp_is_not_written():
+            # This /tmp is the sandbox's own: the files land there, not on the host.
+            pathlib.Path({str(outside)!r}).write_text("x")
+            pathlib.Path({str(workspace.parent / "sibling.txt")!r}).write_text("x")
+
+        def test_the_workspace_and_tmp_are_writable():
+            pathlib.Path("made_by_test.txt").write_text("x")
+            pathlib.Path("/tmp/scratch").write_text("x")
+
+        def test_no_home_of_the_user():
+            assert not os.path.exists("/root/.bashrc") and not os.path.exists("/home")
+    """)
+    assert result.ok, result.feedback()
+    assert user_file.read_text() == "KEEP = 1\n"
+    assert not outside.exists() and not (workspace.parent / "sibling.txt").exists()
+    assert (workspace / "made_by_test.txt").exists()
+
+
+def test_a_read_only_workspace_cannot_be_written(workspace: Path) -> None:
+    result = _run(workspace, """
+        import pytest
+
+        def test_write():
+            with pytest.raises(OSError):
+                open("new.txt", "w")
+    """, writable=False)
+    assert result.ok, result.feedback()
+    assert not (workspace / "new.txt").exists()
+
+
+def test_proc_shows_only_the_run_and_no_secret(workspace: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", PLANTED)
+    testing.stop_runner()  # a runner started now inherits nothing of this environment either
+    result = _run(workspace, f"""
+        import os
+
+        def test_proc():
+            pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+            assert max(pids) < 50, pids
+            for pid in pids:
+                try:
+                    data = open(f"/proc/{{pid}}/environ", "rb").read()
+                except OSError:
+                    continue
+                assert {PLANTED!r}.encode() not in data
+            assert {PLANTED!r} not in str(os.environ)
+    """)
+    assert result.ok, result.feedback()
+
+
+def test_no_network_not_even_loopback(workspace: Path) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    free = probe.getsockname()[1]
+    probe.close()
+    reached = []
+
+    def knock() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not reached:
+            try:
+                socket.create_connection(("127.0.0.1", free), timeout=0.2).close()
+                reached.append(free)
+            except OSError:
+                time.sleep(0.05)
+
+    knocking = threading.Thread(target=knock, daemon=True)
+    knocking.start()
+    try:
+        result = _run(workspace, f"""
+            import socket, time, pytest
+
+            def test_connect_to_the_host():
+                with pytest.raises(OSError):
+                    socket.create_connection(("127.0.0.1", {port}), timeout=2)
+
+            def test_outside():
+                with pytest.raises(OSError):
+                    socket.create_connection(("1.1.1.1", 53), timeout=2)
+
+            def test_listen():
+                server = socket.socket()
+                server.bind(("127.0.0.1", {free}))
+                server.listen()
+                open("/tmp/listening", "w").close()
+                time.sleep(1.5)
+        """)
+        assert result.ok, result.feedback()
+        assert not reached, "a socket listening in the sandbox was reachable from outside"
+        listener.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            listener.accept()
+    finally:
+        listener.close()
+
+
+def test_processes_are_limited(workspace: Path) -> None:
+    result = _run(workspace, f"""
+        import os, time
+
+        def test_fork_many():
+            started = 0
+            try:
+                for _ in range({sandbox.PROCESS_LIMIT + 100}):
+                    pid = os.fork()
+                    if pid == 0:
+                        time.sleep(30)
+                        os._exit(0)
+                    started += 1
+            except OSError:
+                pass
+            assert started < {sandbox.PROCESS_LIMIT}, started
+    """, timeout_s=30)
+    assert result.ok, result.feedback()
+
+
+def test_without_a_sandbox_generated_code_does_not_run(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    testing.stop_runner()
+    sandbox.find.cache_clear()
+    monkeypatch.setattr(sandbox, "candidates", lambda: [])
+    try:
+        with pytest.raises(sandbox.SandboxUnavailable, match="--no-sandbox"):
+            _run(workspace, "def test_x():\n    open('ran', 'w')\n")
+        assert not (workspace / "ran").exists()
+        # The user's explicit opt-out runs it (with limits and a clean environment only).
+        assert _run(workspace, "def test_x():\n    pass\n", sandboxed=False).ok
+    finally:
+        testing.stop_runner()
+        sandbox.find.cache_clear()
