@@ -11,12 +11,14 @@ import email.utils
 import json
 import math
 import random
+import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from http import HTTPStatus
 from typing import Any
 
+import httpx2
 import openai
 
 from soa_git import faults
@@ -30,6 +32,101 @@ __all__ = ["OpenAIChat"]
 MAX_WAIT_S = 60.0
 CONNECTION_ATTEMPTS = 2
 CHARS_PER_TOKEN = 4
+# The largest answer body read. Parsing is what a large answer costs (tree-sitter took 20 s on
+# 800 KB), and code answers are a few KB: beyond this the answer is refused unread.
+MAX_ANSWER_BYTES = 256 * 1024
+# One model call, all its attempts and pauses included, ends within this many request timeouts.
+CALL_DEADLINE_TIMEOUTS = 3
+
+
+class AnswerTooLarge(httpx2.TransportError):
+    """The answer's body grew past MAX_ANSWER_BYTES; it was not read further."""
+
+
+class _BoundedTransport(httpx2.HTTPTransport):
+    """Each request, body included, ends by a deadline, and no body is read past a size cap.
+
+    The client's own timeout bounds each read, not the whole answer: a server sending a byte a
+    second would never be cut off. Here a timer shuts the request's socket down when the deadline
+    passes, wherever the request is blocked (headers, body); every request gets a new connection
+    so the socket is always known.
+    """
+
+    def __init__(self, deadline_s: float, max_bytes: int) -> None:
+        super().__init__(limits=httpx2.Limits(max_keepalive_connections=0))
+        self._deadline_s = deadline_s
+        self._max_bytes = max_bytes
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        sockets: list[socket.socket] = []
+        expired = threading.Event()
+
+        def trace(event: str, info: dict) -> None:
+            if event.endswith(("connect_tcp.complete", "connect_unix_socket.complete")):
+                sock = info["return_value"].get_extra_info("socket")
+                if sock is not None:
+                    sockets.append(sock)
+                    if expired.is_set():
+                        _shut(sock)
+
+        def expire() -> None:
+            expired.set()
+            for sock in sockets:
+                _shut(sock)
+
+        timer = threading.Timer(self._deadline_s, expire)
+        timer.daemon = True
+        timer.start()
+        request.extensions = {**request.extensions, "trace": trace}
+        try:
+            response = super().handle_request(request)
+            size = response.headers.get("content-length", "")
+            if size.isdigit() and int(size) > self._max_bytes:
+                response.close()
+                raise AnswerTooLarge(f"the answer has {size} bytes", request=request)
+        except httpx2.TransportError:
+            timer.cancel()
+            if expired.is_set():
+                raise httpx2.ReadTimeout("the answer did not end in time", request=request)
+            raise
+        response.stream = _BoundedStream(response.stream, self._max_bytes, expired, timer,
+                                         request)
+        return response
+
+
+class _BoundedStream(httpx2.SyncByteStream):
+    def __init__(self, inner: httpx2.SyncByteStream, max_bytes: int, expired: threading.Event,
+                 timer: threading.Timer, request: httpx2.Request) -> None:
+        self._inner, self._max_bytes, self._expired = inner, max_bytes, expired
+        self._timer, self._request = timer, request
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = 0
+        try:
+            for chunk in self._inner:
+                read += len(chunk)
+                if read > self._max_bytes:
+                    raise AnswerTooLarge(f"the answer passed {self._max_bytes} bytes",
+                                         request=self._request)
+                yield chunk
+        except httpx2.TransportError as exc:
+            if self._expired.is_set() and not isinstance(exc, AnswerTooLarge):
+                raise httpx2.ReadTimeout("the answer did not end in time",
+                                         request=self._request) from None
+            raise
+        if self._expired.is_set():
+            raise httpx2.ReadTimeout("the answer did not end in time", request=self._request)
+
+    def close(self) -> None:
+        self._timer.cancel()
+        self._inner.close()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
 
 
 def _estimate_tokens(text: str) -> int:
@@ -98,8 +195,11 @@ class OpenAIChat:
         self._max_tokens = max_tokens
         # Local servers need no key, but the client insists on one. max_retries=0: the retry
         # policy lives here, where it can count attempts and explain the final failure.
+        # timeout_s bounds each attempt from its start to the answer's last byte.
         self._client = openai.OpenAI(
-            api_key=api_key or "unused", base_url=base_url, max_retries=0, timeout=timeout_s
+            api_key=api_key or "unused", base_url=base_url, max_retries=0, timeout=timeout_s,
+            http_client=httpx2.Client(
+                transport=_BoundedTransport(timeout_s, MAX_ANSWER_BYTES), timeout=timeout_s),
         )
         self._slots = threading.BoundedSemaphore(max(1, max_concurrency))
 
@@ -137,7 +237,10 @@ class OpenAIChat:
         if max_tokens is not None:
             options["max_tokens"] = max_tokens
         failure: openai.APIError | None = None
+        deadline = time.monotonic() + CALL_DEADLINE_TIMEOUTS * self._timeout_s
+        attempts = 0
         for attempt in range(self._max_attempts):
+            attempts += 1
             retry_after: float | None = None
             try:
                 # The slot covers only the request, so a request waiting out a backoff frees it.
@@ -149,6 +252,9 @@ class OpenAIChat:
                     break
                 retry_after = _retry_after_s(exc.response.headers)
             except openai.APIConnectionError as exc:  # includes APITimeoutError
+                if isinstance(exc.__cause__, AnswerTooLarge):
+                    raise ModelError(f"the model's answer was larger than "
+                                     f"{MAX_ANSWER_BYTES // 1024} KB; it was not read") from None
                 failure = exc
                 # A refused connection means nothing listens there; one retry covers a dropped
                 # connection, and more would only delay the answer by seconds.
@@ -157,14 +263,17 @@ class OpenAIChat:
                     break
             except json.JSONDecodeError:
                 raise ModelError(self._not_a_completion()) from None
+            pause = self._pause_s(attempt, retry_after)
+            # Another attempt only if it could still end by the call's deadline.
+            if time.monotonic() + pause + self._timeout_s > deadline:
+                break
             if attempt + 1 < self._max_attempts:
-                pause = self._pause_s(attempt, retry_after)
                 self._on_notice(Notice(agent, f"{self._hitch(failure)}, retry {attempt + 2}/"
                                               f"{self._max_attempts} in {pause:.0f} s"))
                 time.sleep(pause)
         assert failure is not None  # max_attempts >= 1, so the loop failed at least once
         # Raised outside any `except` so no client exception, which may quote the key, rides along.
-        raise ModelError(self._explain(failure))
+        raise ModelError(self._explain(failure, attempts))
 
     def _pause_s(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -183,10 +292,10 @@ class OpenAIChat:
     def _not_a_completion(self) -> str:
         return f"the model endpoint {self.base_url} did not answer with a chat completion"
 
-    def _explain(self, failure: openai.APIError) -> str:
+    def _explain(self, failure: openai.APIError, attempts: int) -> str:
         if isinstance(failure, openai.APIStatusError) and not _retryable(failure.status_code):
             return self._refusal(failure)
-        return self._gave_up(failure)
+        return self._gave_up(failure, attempts)
 
     def _refusal(self, exc: openai.APIStatusError) -> str:
         """The sentence for a 4xx error that retrying cannot fix."""
@@ -200,8 +309,8 @@ class OpenAIChat:
             f": {detail}" if detail else ""
         )
 
-    def _gave_up(self, exc: openai.APIError) -> str:
-        attempts = f"{self._max_attempts} attempt{'s' if self._max_attempts != 1 else ''}"
+    def _gave_up(self, exc: openai.APIError, count: int) -> str:
+        attempts = f"{count} attempt{'s' if count != 1 else ''}"
         if isinstance(exc, openai.APIStatusError):
             return (
                 f"the model endpoint kept answering {_status_text(exc.status_code)} "

@@ -276,3 +276,95 @@ def test_ledger_is_thread_safe() -> None:
         thread.join()
     assert ledger.for_agent("a") == Usage(8000, 8000)
     assert ledger.total.total == 16000
+
+
+class _RawServer:
+    """A loopback HTTP server that answers every request with `answer(connection)`."""
+
+    def __init__(self, answer) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen()
+        self.base_url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/v1"
+        self._answer = answer
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(connection,), daemon=True).start()
+
+    def _one(self, connection: socket.socket) -> None:
+        with connection:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += connection.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length")), b"0"))
+            while len(body) < length:
+                body += connection.recv(65536)
+            try:
+                self._answer(connection)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _drip(data: bytes):
+    def answer(connection: socket.socket) -> None:
+        for byte in data:
+            connection.sendall(bytes([byte]))
+            time.sleep(0.2)
+    return answer
+
+
+def _completion_bytes(text: str, chunked: bool) -> bytes:
+    import json
+    body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": text}}]}).encode()
+    if chunked:
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 4096]), body[i:i + 4096])
+                          for i in range(0, len(body), 4096))
+        return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_a_server_sending_a_byte_at_a_time_is_cut_off_by_the_call_deadline(where: str) -> None:
+    answer = _completion_bytes("def f():\n    return 1\n", chunked=False)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    slow = _drip(answer) if where == "headers" else (
+        lambda c: (c.sendall(head + b"\r\n\r\n"), _drip(body)(c)))
+    server = _RawServer(slow)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ModelError, match="did not answer within 1 seconds"):
+            chat(server.base_url, timeout_s=1.0).complete(PROMPT, agent="a")
+    finally:
+        server.close()
+    # Every read came within the timeout; the whole call still ended by its deadline.
+    assert time.monotonic() - started < 3 * 1.0 + 1.5
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_answer_over_the_size_cap_is_refused_unread(chunked: bool) -> None:
+    from soa_git import openai_chat
+    huge = "x = 1\n" * (openai_chat.MAX_ANSWER_BYTES // 6 + 10)
+    server = _RawServer(lambda c: c.sendall(_completion_bytes(huge, chunked)))
+    try:
+        with pytest.raises(ModelError, match="larger than 256 KB"):
+            chat(server.base_url).complete(PROMPT, agent="a")
+        fits = _RawServer(lambda c: c.sendall(_completion_bytes("x = 1\n" * 1000, chunked)))
+        assert chat(fits.base_url).complete(PROMPT, agent="a").text == "x = 1\n" * 1000
+        fits.close()
+    finally:
+        server.close()
