@@ -57,6 +57,7 @@ serve_command = _lazy("serve", "serve")
 show_command = _lazy("show", "show")
 transcript_command = _lazy("transcript", "transcript")
 tree_command = _lazy("tree", "tree")
+trust_command = _lazy("trust", "trust")
 
 
 def error_boundary(command: Callable) -> Callable:
@@ -279,6 +280,17 @@ def init(hooks: bool, **flags) -> None:
     if hooks:
         hook, changed = install_hook(Path.cwd())
         click.echo(f"{'installed' if changed else 'kept'} the pre-commit hook {hook}")
+
+
+@main.command()
+@error_boundary
+def trust() -> None:
+    """Let this repository's configuration choose the model endpoint and the variable that holds
+    the key, as it does now (asked again whenever they change)."""
+    path, chosen = trust_command(Path.cwd())
+    values = ", ".join(f"{k.replace('_', '-')} = {v!r}" for k, v in chosen.items())
+    what = values or "it sets neither endpoint nor key variable"
+    click.echo(f"trusted {path}: {what}")
 
 
 @main.command()

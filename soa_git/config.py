@@ -1,11 +1,19 @@
-"""One Settings object, resolved as: defaults < config file < environment < flags.
+"""One Settings object, resolved as: defaults < user file < repository file < environment < flags.
 
-The config file is `[tool.soa-git]` in the repository's `pyproject.toml` when that table
-exists, else `.soa-git.toml` at the repository root.
+The repository's file is `[tool.soa-git]` in its `pyproject.toml` when that table exists, else
+`.soa-git.toml` at its root; the user's is `$XDG_CONFIG_HOME/soa-git/config.toml`
+(`~/.config/soa-git/config.toml`).
+
+A repository is someone else's until the user trusts it (the model of git's `safe.directory` and
+direnv's `allow`): its committed file may not choose which environment variable is sent as the
+key, nor the endpoint that receives it (TRUSTED_ONLY), unless `soa-git trust` accepted exactly
+those values for it; it can never turn the sandbox off (USER_ONLY). Refusals are one sentence
+that says how to proceed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -19,6 +27,8 @@ from .errors import ConfigError
 CONFIG_FILE = ".soa-git.toml"
 PYPROJECT = "pyproject.toml"
 TABLE = "soa-git"
+USER_FILE = "config.toml"
+TRUST_FILE = "trusted.json"
 
 
 @dataclass(frozen=True)
@@ -46,10 +56,20 @@ class Settings:
     # "off" runs generated code without the sandbox: only the user may choose that (never a
     # repository's file), and the command line says so loudly on every run.
     sandbox: str = "on"
+    # Names of more environment variables whose values are masked in test output, e.g.
+    # "AWS_SECRET_ACCESS_KEY,DATABASE_URL" (the key's variable and GitHub's tokens always are).
+    secret_env: str = ""
 
     @property
     def sandboxed(self) -> bool:
         return self.sandbox != "off"
+
+    def secret_values(self, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+        """The values to mask wherever generated code's output goes."""
+        environ = os.environ if environ is None else environ
+        names = {self.api_key_env, *ALWAYS_SECRET,
+                 *(n.strip() for n in self.secret_env.split(",") if n.strip())}
+        return tuple(sorted({environ[n] for n in names if len(environ.get(n, "")) >= 6}))
 
     def api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
         """The key itself is read from the environment at the moment of use, never stored."""
@@ -70,6 +90,9 @@ KINDS = {"int": (int,), "float": (int, float), "str": (str,)}
 CHOICES = {"sandbox": ("on", "off")}
 # Settings a repository's committed configuration may not change from their defaults.
 USER_ONLY = {"sandbox"}
+# Settings a repository's file may choose only once the user trusts it with those values.
+TRUSTED_ONLY = ("api_key_env", "base_url")
+ALWAYS_SECRET = ("OPENAI_API_KEY", "GITHUB_TOKEN", "GH_TOKEN")
 
 
 def _wanted(name: str, kind: str) -> str:
@@ -130,6 +153,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def file_settings(root: Path) -> dict[str, Any]:
+    """The repository's file, as written (trust is checked by `resolve`)."""
     path = config_path(root)
     if not path.exists():
         return {}
@@ -138,9 +162,79 @@ def file_settings(root: Path) -> dict[str, Any]:
     found = _from_mapping(table, path.name)
     for name in USER_ONLY:
         if name in found and found[name] != getattr(Settings(), name):
-            raise ConfigError(f"{path.name} sets '{name.replace('_', '-')}', which only you may "
-                              f"change (a flag or an environment variable), not a repository")
+            raise ConfigError(f"{path.name} sets '{_key(name)}', which only you may change "
+                              f"(a flag, an environment variable or {user_config_path()}), "
+                              f"not a repository")
     return found
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def user_dir(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(environ.get("HOME") or "~", ".config")
+    return Path(base).expanduser() / "soa-git"
+
+
+def user_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    return user_dir(environ) / USER_FILE
+
+
+def user_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The user's own file: any setting, the user-only ones included."""
+    path = user_config_path(environ)
+    if not path.exists():
+        return {}
+    return _from_mapping(_read_toml(path), str(path))
+
+
+def _trust_key(root: Path, chosen: Mapping[str, Any]) -> str:
+    """What trusting a repository pins: its place and the values it chooses."""
+    values = {name: chosen.get(name) for name in TRUSTED_ONLY}
+    return hashlib.sha256(json.dumps([str(root.resolve()), values]).encode()).hexdigest()
+
+
+def _trusted(environ: Mapping[str, str]) -> dict[str, Any]:
+    path = user_dir(environ) / TRUST_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def trust(root: Path, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Trust this repository's file with the key's variable and endpoint it sets now; returns
+    those values (an empty dict when it sets neither). Changing them later needs trust again."""
+    environ = os.environ if environ is None else environ
+    chosen = {k: v for k, v in file_settings(root).items() if k in TRUSTED_ONLY}
+    records = _trusted(environ)
+    records[str(root.resolve())] = {"pin": _trust_key(root, chosen), **chosen}
+    path = user_dir(environ) / TRUST_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return chosen
+
+
+def _check_trust(root: Path, from_file: Mapping[str, Any], mine: Mapping[str, Any],
+                 environ: Mapping[str, str]) -> None:
+    """Refuse a repository's choice of key variable or endpoint that the user did not make."""
+    chosen = {name: from_file[name] for name in TRUSTED_ONLY
+              if name in from_file and from_file[name] != mine.get(name, getattr(Settings(), name))}
+    if not chosen:
+        return
+    record = _trusted(environ).get(str(root.resolve()))
+    if isinstance(record, dict) and record.get("pin") == _trust_key(root, from_file):
+        return
+    name = next(iter(chosen))
+    changed = " changed since you trusted it and" if isinstance(record, dict) else ""
+    raise ConfigError(
+        f"this repository's {config_path(root).name}{changed} sets {_key(name)} = "
+        f"{chosen[name]!r}, which decides where your API key goes: run `soa-git trust` if you "
+        f"accept that, or set {_key(name)} yourself (flag, environment or "
+        f"{user_config_path(environ)})")
 
 
 def env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -154,20 +248,24 @@ def env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def user_sandbox(flags: Mapping[str, Any], environ: Mapping[str, str]) -> str:
-    """The sandbox setting as the user chose it (flag over environment), without a repository."""
-    chosen = {**env_settings(environ), **{k: v for k, v in flags.items() if v is not None}}
+    """The sandbox setting as the user chose it (flag, environment, user file): no repository
+    can change it."""
+    chosen = {**user_settings(environ), **env_settings(environ),
+              **{k: v for k, v in flags.items() if v is not None}}
     return chosen.get("sandbox", Settings().sandbox)
 
 
 def resolve(root: Path, flags: Mapping[str, Any] | None = None,
             environ: Mapping[str, str] | None = None) -> Settings:
-    """Defaults < config file < environment < flags (flags set to None are ignored)."""
+    """Defaults < user file < repository file < environment < flags (flags set to None are
+    ignored); a repository's choice of key variable or endpoint only if the user trusts it."""
     environ = os.environ if environ is None else environ
-    merged: dict[str, Any] = {}
-    merged.update(file_settings(root))
-    merged.update(env_settings(environ))
-    merged.update(_from_mapping({k: v for k, v in (flags or {}).items() if v is not None}, "flag"))
-    settings = Settings(**merged)
+    mine = user_settings(environ)
+    from_file = file_settings(root)
+    given = env_settings(environ)
+    given.update(_from_mapping({k: v for k, v in (flags or {}).items() if v is not None}, "flag"))
+    _check_trust(root, {k: v for k, v in from_file.items() if k not in given}, mine, environ)
+    settings = Settings(**{**mine, **from_file, **given})
     for name in ("max_depth", "max_children", "jobs", "parallel_runs"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"'{name.replace('_', '-')}' must be at least 1")

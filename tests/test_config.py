@@ -52,6 +52,8 @@ def test_each_level_overrides_the_one_below(tmp_path, key, line, from_file, env_
     assert getattr(config.resolve(tmp_path, {key: None}, {}), key) == default
 
     write(tmp_path, ".soa-git.toml", line + "\n")
+    if key in config.TRUSTED_ONLY:
+        config.trust(tmp_path)
     assert getattr(config.resolve(tmp_path, {}, {}), key) == from_file
     assert getattr(config.resolve(tmp_path, {key: None}, {}), key) == from_file
 
@@ -73,6 +75,7 @@ def test_all_levels_at_once_for_several_keys(tmp_path):
     write(tmp_path, ".soa-git.toml",
           'model = "file-model"\nbase-url = "http://file/v1"\nmax-depth = 1\njobs = 2\n'
           "test-timeout = 5.0\nrepair-rounds = 9\n")
+    config.trust(tmp_path)
     environ = {"OPENAI_MODEL": "env-model", "SOA_GIT_JOBS": "3", "SOA_GIT_TEST_TIMEOUT": "6.5"}
     flags = {"model": None, "base_url": None, "max_depth": None, "jobs": 8, "test_timeout": None,
              "repair_rounds": None, "max_children": None, "api_key_env": None}
@@ -185,6 +188,7 @@ def test_write_config_writes_soa_git_toml_without_pyproject(tmp_path):
     settings = Settings(model="local", base_url="http://127.0.0.1:11434/v1", test_timeout=12.5)
     path, written = config.write_config(tmp_path, settings)
     assert (path, written) == (tmp_path / ".soa-git.toml", True)
+    config.trust(tmp_path)
     assert not (tmp_path / "pyproject.toml").exists()
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     assert data["model"] == "local" and data["test-timeout"] == 12.5
@@ -220,6 +224,7 @@ def test_write_config_keeps_an_existing_soa_git_toml_next_to_pyproject(tmp_path)
 def test_written_strings_with_quotes_and_backslashes_read_back(tmp_path):
     settings = Settings(model='we"ird\\name', base_url="http://h/v1?a='b'")
     config.write_config(tmp_path, settings)
+    config.trust(tmp_path)
     assert config.resolve(tmp_path, {}, {}) == settings
 
 
@@ -338,6 +343,7 @@ def test_api_key_defaults_to_os_environ(monkeypatch):
 
 def test_api_key_env_is_itself_configurable(tmp_path):
     write(tmp_path, ".soa-git.toml", 'api-key-env = "FILE_KEY"\n')
+    config.trust(tmp_path)
     environ = {"FILE_KEY": "sk-file", "ENV_KEY": "sk-env"}
     assert config.resolve(tmp_path, {}, environ).api_key(environ) == "sk-file"
     environ["SOA_GIT_API_KEY_ENV"] = "ENV_KEY"
@@ -370,3 +376,65 @@ def test_infinite_and_nan_numbers_are_refused_naming_the_key(tmp_path, where, va
     flags = {"test_timeout": value} if where == "flag" else {}
     with pytest.raises(ConfigError, match="timeout|temperature"):
         config.resolve(tmp_path, flags, environ)
+# ---- a repository cannot choose your secrets ---------------------------------------------------
+
+@pytest.mark.parametrize("line, key", [('api-key-env = "AWS_SECRET_ACCESS_KEY"', "api-key-env"),
+                                       ('base-url = "https://attacker.example/v1"', "base-url")])
+def test_an_untrusted_repository_cannot_choose_the_key_or_its_endpoint(tmp_path, line, key):
+    write(tmp_path, ".soa-git.toml", line + "\n")
+    with pytest.raises(ConfigError, match=f"sets {key} = .*run `soa-git trust`"):
+        config.resolve(tmp_path, {}, {})
+    # The user's own choice (flag, environment) makes the repository's moot.
+    name = key.replace("-", "_")
+    assert getattr(config.resolve(tmp_path, {name: "MINE"}, {}), name) == "MINE"
+    config.trust(tmp_path)
+    assert getattr(config.resolve(tmp_path, {}, {}), name) == line.split('"')[1]
+
+
+def test_trust_is_asked_again_when_the_repository_changes_its_choice(tmp_path):
+    write(tmp_path, ".soa-git.toml", 'base-url = "http://127.0.0.1:8080/v1"\n')
+    assert config.trust(tmp_path) == {"base_url": "http://127.0.0.1:8080/v1"}
+    assert config.resolve(tmp_path, {}, {}).base_url == "http://127.0.0.1:8080/v1"
+    write(tmp_path, ".soa-git.toml", 'base-url = "https://attacker.example/v1"\n')
+    with pytest.raises(ConfigError, match="changed since you trusted it"):
+        config.resolve(tmp_path, {}, {})
+    # Trust is per repository: another one with the same file is not trusted.
+    other = tmp_path / "other"
+    other.mkdir()
+    write(other, ".soa-git.toml", 'base-url = "http://127.0.0.1:8080/v1"\n')
+    with pytest.raises(ConfigError, match="soa-git trust"):
+        config.resolve(other, {}, {})
+
+
+def test_the_users_own_file_chooses_freely_and_a_repository_may_agree(tmp_path):
+    user = config.user_config_path()
+    user.parent.mkdir(parents=True)
+    user.write_text('base-url = "http://127.0.0.1:9/v1"\napi-key-env = "MY_KEY"\nsandbox = "off"\n')
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    resolved = config.resolve(repo, {}, {})
+    assert (resolved.base_url, resolved.api_key_env, resolved.sandbox) == (
+        "http://127.0.0.1:9/v1", "MY_KEY", "off")
+    assert config.user_sandbox({}, {"HOME": str(Path.home())}) == "off"
+    write(repo, ".soa-git.toml", 'base-url = "http://127.0.0.1:9/v1"\njobs = 2\n')
+    assert config.resolve(repo, {}, {}).jobs == 2
+    write(repo, ".soa-git.toml", 'api-key-env = "OPENAI_API_KEY"\n')
+    with pytest.raises(ConfigError, match="api-key-env"):
+        config.resolve(repo, {}, {})
+
+
+def test_a_repository_can_never_turn_the_sandbox_off(tmp_path):
+    write(tmp_path, ".soa-git.toml", 'sandbox = "off"\n')
+    with pytest.raises(ConfigError, match="'sandbox', which only you may change"):
+        config.resolve(tmp_path, {}, {})
+    write(tmp_path, ".soa-git.toml", 'sandbox = "maybe"\n')
+    with pytest.raises(ConfigError, match="must be one of 'on', 'off'"):
+        config.resolve(tmp_path, {}, {})
+
+
+def test_secret_values_are_the_keys_and_the_marked_variables():
+    environ = {"OPENAI_API_KEY": "sk-one-123", "MY_KEY": "sk-two-456", "DB": "postgres://x:y@z",
+               "GITHUB_TOKEN": "ghp-three-789", "SHORT": "abc", "OTHER": "visible"}
+    settings = Settings(api_key_env="MY_KEY", secret_env="DB, SHORT")
+    assert settings.secret_values(environ) == ("ghp-three-789", "postgres://x:y@z", "sk-one-123",
+                                               "sk-two-456")

@@ -10,7 +10,13 @@ from ..gitrepo import GitRepo
 
 
 def init(cwd: Path, flags: Mapping[str, Any]) -> tuple[Path, bool]:
-    """Write the resolved settings (defaults < environment < flags); keep an existing config."""
+    """Write the resolved settings (defaults < environment < flags); keep an existing config.
+
+    The user wrote this file, so the repository is trusted with the endpoint and key variable
+    it names (`soa-git trust`)."""
     repo = GitRepo.open(cwd, allow_empty=True)
     settings = config.resolve(repo.root, flags)
-    return config.write_config(repo.root, settings)
+    path, written = config.write_config(repo.root, settings)
+    if written:
+        config.trust(repo.root)
+    return path, written
