@@ -41,7 +41,8 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 MNT_DETACH = 2
-PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 38, 47, 4
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 # statvfs reports mount flags with the values of MS_*, except relatime.
 _ST_RELATIME = 4096
 _LOCKED_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME
@@ -190,18 +191,37 @@ def _run_pytest(request):
     os._exit(int(code))
 
 
-def _session(request, config, problems=None):
-    """The forked child: the sandbox's PID 1 (or, unsandboxed, pytest itself). Why a sandbox
-    could not be built goes to `problems` (a file descriptor), else to the run's log."""
-    if not config["sandbox"]:
-        _run_pytest(request)
+def _in_new_pid_namespace(request, config, problems):
+    """Fork the sandbox's PID 1 into a new PID namespace; end as it ends (its exit code, or
+    128 + the signal that killed it). Killed, take PID 1, and so the whole sandbox, along."""
+    try:
+        _check(_libc.unshare(CLONE_NEWPID), "unshare pid")
+    except OSError as exc:
+        _failed(request, problems, exc)
+    pid = os.fork()
+    if pid == 0:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _sandbox_init(request, config, problems)
+    status = os.waitpid(pid, 0)[1]
+    if os.WIFSIGNALED(status):
+        os._exit(_EXIT_SIGNALLED + os.WTERMSIG(status))
+    os._exit(os.waitstatus_to_exitcode(status))
+
+
+def _failed(request, problems, exc):
+    if problems is None:
+        problems = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(problems, f"{exc}\n".encode())
+    os._exit(_SANDBOX_FAILED)
+
+
+def _sandbox_init(request, config, problems=None):
+    """PID 1 of the sandbox: build it, fork pytest, reap. Why a sandbox could not be built goes
+    to `problems` (a file descriptor), else to the run's log."""
     try:
         _enter_sandbox(request, config)
     except OSError as exc:
-        if problems is None:
-            problems = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.write(problems, f"{exc}\n".encode())
-        os._exit(_SANDBOX_FAILED)
+        _failed(request, problems, exc)
     if request.get("self_test"):
         os._exit(0)
     pid = os.fork()
@@ -278,8 +298,6 @@ class _Runner:
         os.set_blocking(self.wake_w, False)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        # Each session gets a PID namespace of its own: unshare it, fork, come back to ours.
-        self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY) if config["sandbox"] else -1
 
     def self_test(self, home):
         """Build one empty sandbox and say whether that worked: {"ready": true} or
@@ -289,20 +307,10 @@ class _Runner:
         request = {"cwd": home, "writable": False, "scratch": [], "path": [], "tmp_mb": 1,
                    "cgroup": None, "self_test": True}
         problems_r, problems_w = os.pipe()
-        try:
-            _check(_libc.unshare(CLONE_NEWPID), "unshare pid")
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    _session(request, self.config, problems_w)
-                finally:
-                    os._exit(70)
-            _check(_libc.setns(self.own_pid_ns, CLONE_NEWPID), "setns pid")
-            os.close(problems_w)
-            why = os.read(problems_r, 4096).decode(errors="replace").strip()
-            status = os.waitpid(pid, 0)[1]
-        except OSError as exc:
-            why, status = str(exc), 1
+        pid = self._fork(request, problems_w)
+        os.close(problems_w)
+        why = os.read(problems_r, 4096).decode(errors="replace").strip()
+        status = os.waitpid(pid, 0)[1]
         if status == 0:
             return self.reply({"ready": True})
         self.reply({"ready": False, "error": why or f"exit status {status}"})
@@ -319,8 +327,14 @@ class _Runner:
         nproc = _nproc_limit(self.config["nproc"])
         if nproc is not None:
             request["limits"] = [*request["limits"], [resource.RLIMIT_NPROC, nproc, nproc]]
-        if self.config["sandbox"]:
-            _check(_libc.unshare(CLONE_NEWPID), "unshare pid")
+        pid = self._fork(request)
+        self.children[pid] = (request["id"], cgroup)
+        self.reply({"id": request["id"], "pid": pid})
+
+    def _fork(self, request, problems=None):
+        """Fork the session: pytest itself, or, sandboxed, the process that makes its PID
+        namespace. (The runner cannot make that namespace itself: it could not come back to its
+        own, whose user namespace bwrap keeps for itself when it runs unprivileged.)"""
         pid = os.fork()
         if pid == 0:
             try:
@@ -328,13 +342,12 @@ class _Runner:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 os.close(self.wake_r)
                 os.close(self.wake_w)
-                _session(request, self.config)
+                if self.config["sandbox"]:
+                    _in_new_pid_namespace(request, self.config, problems)
+                _run_pytest(request)
             finally:
                 os._exit(70)
-        if self.config["sandbox"]:
-            _check(_libc.setns(self.own_pid_ns, CLONE_NEWPID), "setns pid")
-        self.children[pid] = (request["id"], cgroup)
-        self.reply({"id": request["id"], "pid": pid})
+        return pid
 
     def _cgroup(self, request):
         """A pids cgroup for the session when the runner has one to give (root: RLIMIT_NPROC
