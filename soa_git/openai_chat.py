@@ -254,7 +254,8 @@ class OpenAIChat:
             except openai.APIConnectionError as exc:  # includes APITimeoutError
                 if isinstance(exc.__cause__, AnswerTooLarge):
                     raise ModelError(f"the model's answer was larger than "
-                                     f"{MAX_ANSWER_BYTES // 1024} KB; it was not read") from None
+                                     f"{MAX_ANSWER_BYTES // 1024} KB ({exc.__cause__}); it was "
+                                     "not read") from None
                 failure = exc
                 # A refused connection means nothing listens there; one retry covers a dropped
                 # connection, and more would only delay the answer by seconds.
