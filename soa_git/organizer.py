@@ -203,6 +203,8 @@ class Organizer:
         self.repo = repo
         self.executor = executor
         self.settings = settings
+        # Masked in every test result, whatever generated code managed to print.
+        self._secrets = settings.secret_values()
         self.model = model
         self.ledger = ledger
         self.on_event = on_event
@@ -748,7 +750,8 @@ class Organizer:
             node.result = self.executor.run_tests(
                 node.workspace, [node.files.tests],
                 python_path=[node.workspace / node.files.import_root],
-                timeout_s=self.settings.test_timeout, memory_mb=self.settings.test_memory_mb)
+                timeout_s=self.settings.test_timeout,
+                memory_mb=self.settings.test_memory_mb).masked(self._secrets)
         self._set(node, "tested")
 
     def _author(self, node: Node) -> Author:

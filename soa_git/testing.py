@@ -25,7 +25,7 @@ import tempfile
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import faults, sandbox
@@ -34,6 +34,7 @@ OUTPUT_LIMIT = 4000
 DETAILS_LIMIT = 4000
 FILE_SIZE_LIMIT = 64 * 1024 * 1024
 _TRUNCATED = "[...]"
+MASK = "[secret]"
 _RUNNER_SCRIPT = Path(__file__).with_name("pytest_runner.py")
 # The exit code of a session whose sandbox could not be built (pytest_runner._SANDBOX_FAILED).
 _SANDBOX_FAILED = 71
@@ -264,6 +265,16 @@ class TestResult:
             parts.append(f"timed out after {self.timeout_s:g}s")
         return ", ".join(parts)
 
+    def masked(self, secrets: Sequence[str]) -> TestResult:
+        """This result with every secret value in its texts replaced by MASK: what generated
+        code printed must not carry a secret into prompts, notes, transcripts or reports, even
+        if the sandbox somehow let it read one."""
+        if not secrets:
+            return self
+        cases = tuple(replace(case, message=_mask(case.message, secrets),
+                              details=_mask(case.details, secrets)) for case in self.cases)
+        return replace(self, cases=cases, output=_mask(self.output, secrets))
+
     def feedback(self, limit: int = 3000) -> str:
         """Text for the model: the summary, then each failing case, else the output tail.
 
@@ -431,6 +442,13 @@ def _within_current(which: int, soft: int, hard: int) -> tuple[int, int, int]:
         hard = min(hard, current_hard)
         soft = min(soft, hard)
     return which, soft, hard
+
+
+def _mask(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
+    return text
 
 
 def _read_tail(path: Path, limit: int) -> str:

@@ -242,12 +242,14 @@ def _run(root: Path, wanted: dict[tuple[str, str, str], str],
     if not groups:
         return []
 
+    secrets = settings.secret_values()
+
     def one(base: str) -> tuple[str, TestResult]:
         # The repository itself is the workspace here: the tests may read it, never write it.
         return base, run_tests(root, sorted(groups[base]),
                                python_path=[root / base] if base else [],
                                timeout_s=settings.test_timeout, writable=False,
-                               sandboxed=settings.sandboxed)
+                               sandboxed=settings.sandboxed).masked(secrets)
 
     with ThreadPoolExecutor(max_workers=min(4, len(groups))) as pool:
         results = dict(pool.map(one, groups))
