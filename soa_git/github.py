@@ -1,11 +1,14 @@
 """A tiny client of GitHub's REST API (https://docs.github.com/rest): only what `soa-git pr`
-needs, over the standard library. The token is sent in one header to the API and nowhere else:
-never printed, never written, never part of an error message."""
+needs, over the standard library. The token is sent in one header to the API's own origin and
+nowhere else: a redirect elsewhere is followed without it; never printed, never written, never
+part of an error message. Rate limits and server errors are retried, honouring Retry-After."""
 
 from __future__ import annotations
 
+import email.utils
 import json
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,6 +21,10 @@ from .errors import SoaError
 DEFAULT_API_URL = "https://api.github.com"
 API_VERSION = "2022-11-28"
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
+ATTEMPTS = 4
+# The longest pause for a rate limit or a server error; a longer reset is reported, not waited.
+MAX_WAIT_S = 60.0
+_RETRIED = {429, 500, 502, 503, 504}
 # https://github.com/o/r(.git), ssh://git@github.com/o/r.git, git@github.com:o/r.git
 _REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://(?:[^@/]*@)?[^/]+(?::\d+)?/|[^@/:]+@[^:/]+:)"
                      r"(?:.*/)?(?P<owner>[A-Za-z0-9_.-]+)/(?P<repo>[A-Za-z0-9_.-]+?)(?:\.git)?/?$")
@@ -53,12 +60,15 @@ def repo_from_url(url: str) -> tuple[str, str] | None:
 class GitHub:
     """`request` does one call; the other methods are the few endpoints soa-git uses."""
 
-    def __init__(self, token: str, api_url: str = DEFAULT_API_URL, *, timeout: float = 30.0):
+    def __init__(self, token: str, api_url: str = DEFAULT_API_URL, *, timeout: float = 30.0,
+                 backoff_s: float = 1.0):
         if not token:
             raise GitHubError("no GitHub token: set GITHUB_TOKEN")
         self._token = token
         self.api_url = (api_url or DEFAULT_API_URL).rstrip("/")
         self.timeout = timeout
+        self._backoff_s = backoff_s
+        self._opener = urllib.request.build_opener(_TokenStaysHome(_origin(self.api_url)))
 
     def __repr__(self) -> str:          # never the token
         return f"GitHub({self.api_url!r})"
@@ -73,20 +83,41 @@ class GitHub:
                    "User-Agent": f"soa-git/{__version__}"}
         if data is not None:
             headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(url, data=data, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as error:
-            raise GitHubError(_explain(method, path, error.code, _read_error(error))) from None
-        except (urllib.error.URLError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise GitHubError(f"cannot reach GitHub at {self.api_url}: {reason}") from None
+        for attempt in range(ATTEMPTS):
+            request = urllib.request.Request(url, data=data, headers=headers, method=method)
+            try:
+                with self._opener.open(request, timeout=self.timeout) as response:
+                    raw = response.read()
+                break
+            except urllib.error.HTTPError as error:
+                wait = self._wait_s(error, attempt)
+                if wait is None or attempt + 1 == ATTEMPTS:
+                    raise GitHubError(_explain(method, path, error.code, _read_error(error),
+                                               wait)) from None
+                error.close()
+            except (urllib.error.URLError, OSError) as error:
+                reason = getattr(error, "reason", error)
+                raise GitHubError(f"cannot reach GitHub at {self.api_url}: {reason}") from None
+            time.sleep(wait)
         try:
             return json.loads(raw) if raw.strip() else None
         except ValueError:
             raise GitHubError(f"GitHub answered {method} {path} with something that is not "
                               "JSON") from None
+
+    def _wait_s(self, error: urllib.error.HTTPError, attempt: int) -> float | None:
+        """How long to wait before trying `error`'s request again; None: do not."""
+        limited = error.code == 403 and (error.headers.get("x-ratelimit-remaining") == "0"
+                                         or "retry-after" in error.headers)
+        if error.code not in _RETRIED and not limited:
+            return None
+        wait = _retry_after_s(error.headers)
+        if wait is None and error.headers.get("x-ratelimit-remaining") == "0":
+            reset = error.headers.get("x-ratelimit-reset", "")
+            wait = max(0.0, float(reset) - time.time()) if reset.isdigit() else None
+        if wait is None:
+            wait = self._backoff_s * 2 ** attempt
+        return wait if wait <= MAX_WAIT_S else None
 
     def open_pull(self, owner: str, repo: str, head: str) -> dict | None:
         """The open pull request whose head is `head` (`owner:branch`), if any."""
@@ -118,6 +149,39 @@ class GitHub:
                            base=str((done.get("base") or {}).get("ref") or base), created=created)
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or ""), parts.port or default
+
+
+class _TokenStaysHome(urllib.request.HTTPRedirectHandler):
+    """Follows GitHub's redirects (a renamed repository answers 301), but the Authorization
+    header only ever goes to the API's own origin: a redirect elsewhere goes without it."""
+
+    def __init__(self, origin: tuple[str, str, int | None]) -> None:
+        self._home = origin
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != self._home:
+            new.remove_header("Authorization")
+        return new
+
+
+def _retry_after_s(headers: Any) -> float | None:
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
 def _read_error(error: urllib.error.HTTPError) -> dict:
     try:
         data = json.loads(error.read() or b"{}")
@@ -126,7 +190,7 @@ def _read_error(error: urllib.error.HTTPError) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _explain(method: str, path: str, status: int, data: dict) -> str:
+def _explain(method: str, path: str, status: int, data: dict, wait: float | None = None) -> str:
     """One sentence from GitHub's status and its error body (`message`, `errors`)."""
     said = str(data.get("message") or "").strip().rstrip(".")
     details = []
@@ -138,6 +202,9 @@ def _explain(method: str, path: str, status: int, data: dict) -> str:
         elif item:
             details.append(str(item).strip())
     told = "; ".join(filter(None, [said, *details])) or "no reason given"
+    if status == 429 or (status == 403 and "rate limit" in told.lower()):
+        return (f"GitHub's rate limit stopped {method} {path} ({status}: {told}); try again "
+                "later" + (f" (it lifts in {wait:.0f} s)" if wait else ""))
     if status == 401:
         return f"GitHub refused the token ({status}: {told}); check GITHUB_TOKEN"
     if status == 403:
