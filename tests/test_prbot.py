@@ -434,37 +434,69 @@ def test_the_workflow_has_what_github_requires_and_splits_the_permissions():
     assert on == {"issue_comment": {"types": ["created"]}}
     assert flow["name"] and flow["permissions"] == {}
     jobs = flow["jobs"]
-    assert set(jobs) == {"agents", "publish"}
+    assert set(jobs) == {"check", "agents", "publish", "failed"}
     for job in jobs.values():
         assert job["runs-on"] and isinstance(job["steps"], list) and job["steps"]
         for step in job["steps"]:
             assert ("uses" in step) != ("run" in step), step
+        # Nothing from the event is spliced into a script: it reaches the shell as environment.
+        assert all("${{" not in _runs(s) for s in job["steps"])
 
-    agents, publish = jobs["agents"], jobs["publish"]
-    # Only collaborators, only on `/soa run`.
-    for needed in ("startsWith(github.event.comment.body, '/soa run ')",
-                   "github.event.comment.author_association", '"OWNER"', '"MEMBER"',
-                   '"COLLABORATOR"'):
-        assert needed in agents["if"]
-    # The job that executes generated code can only read; it hands on a bundle.
+    check, agents, publish, failed = (jobs[n] for n in ("check", "agents", "publish", "failed"))
+    # Only on `/soa run`; the command is acknowledged first, with a link to this run.
+    assert "startsWith(github.event.comment.body, '/soa run ')" in check["if"]
+    assert "/reactions" in _runs(check["steps"][0]) and "$JOB_URL" in _runs(check["steps"][0])
+    assert check["env"]["JOB_URL"].endswith("/actions/runs/${{ github.run_id }}")
+    # Write permission is asked of GitHub, not read from author_association.
+    assert "author_association" not in json.dumps(flow)
+    permission = _runs(check["steps"][1])
+    assert "collaborators/$COMMENTER/permission" in permission
+    assert "admin|maintain|write" in permission
+    # The reviewed commit is pinned; a head that moved after the comment is refused.
+    pin = next(s for s in check["steps"] if s.get("id") == "pin")
+    assert ".head.sha" in _runs(pin) and "COMMENTED_AT" in _runs(pin) and "exit 1" in _runs(pin)
+    assert check["env"]["COMMENTED_AT"] == "${{ github.event.comment.created_at }}"
+
+    # The job that executes generated code checks out exactly that commit and can only read.
+    assert agents["needs"] == "check"
     assert agents["permissions"] == {"contents": "read", "pull-requests": "read"}
     checkout = next(s for s in agents["steps"] if s.get("uses", "").startswith("actions/checkout"))
+    assert checkout["with"]["ref"] == "${{ needs.check.outputs.sha }}"
     assert checkout["with"]["persist-credentials"] is False
     soa = next(s for s in agents["steps"] if s.get("id") == "soa")
     assert not soa["uses"].startswith(".")          # never the pull request's own copy
     assert soa["with"]["api-key"] == "${{ secrets.SOA_GIT_API_KEY }}"
     assert soa["with"]["base-url"] == "${{ secrets.SOA_GIT_BASE_URL }}"
     assert any(s.get("uses", "").startswith("actions/upload-artifact") for s in agents["steps"])
-    # The comment reaches the shell through the environment only, never spliced into a script.
-    assert all("github.event.comment" not in _runs(s) for s in agents["steps"])
-    # The job that writes needs the first, runs nothing of the pull request, never sees the key.
-    assert publish["needs"] == "agents"
+
+    # The job that writes runs nothing of the pull request, never sees the key, and pushes a
+    # fork's commits only with the default token (which triggers no CI).
+    assert publish["needs"] == ["check", "agents"]
     assert publish["permissions"] == {"contents": "write", "pull-requests": "write",
                                       "issues": "write"}
     assert any(s.get("uses", "").startswith("actions/download-artifact") for s in publish["steps"])
     assert "SOA_GIT_API_KEY" not in json.dumps(publish)
     checkout = next(s for s in publish["steps"] if s.get("uses", "").startswith("actions/checkout"))
     assert "ref" not in checkout.get("with", {})     # the default branch, not the pull request
+    tokens = [v for s in publish["steps"] for k, v in s.get("with", {}).items() if "token" in k]
+    assert tokens and all(t == "${{ needs.check.outputs.fork == 'false' && "
+                              "secrets.SOA_GIT_PUSH_TOKEN || github.token }}" for t in tokens)
+    assert "SOA_GIT_PUSH_TOKEN" not in json.dumps({k: v for k, v in publish.items()
+                                                   if k != "steps"})
+    push = next(s for s in publish["steps"] if s.get("with", {}).get("command") == "publish")
+    assert push["with"]["started-from"] == "${{ needs.check.outputs.sha }}"
+
+    # A failure anywhere is said on the pull request or issue.
+    assert failed["needs"] == ["check", "agents", "publish"]
+    assert "always()" in failed["if"] and "failure" in failed["if"]
+    assert "/comments" in _runs(failed["steps"][0])
+
+    # An ordinary comment gets a concurrency group of its own: it cannot cancel or displace a
+    # `/soa run` of the same pull request.
+    group = flow["concurrency"]["group"]
+    assert "github.event.issue.number" in group and "github.run_id" in group
+    assert "startsWith(github.event.comment.body, '/soa run ')" in group
+    assert flow["concurrency"]["cancel-in-progress"] is False
 
 
 def test_the_composite_action_is_valid():
