@@ -115,6 +115,7 @@ def _process_cgroup() -> str:
     hierarchy = _pids_hierarchy()
     if not hierarchy:
         return ""
+    _remove_stale_cgroups(Path(hierarchy))
     folder = Path(hierarchy) / f"soa-git-{os.getpid()}"
     try:
         folder.mkdir(exist_ok=True)
@@ -151,6 +152,16 @@ def _pids_hierarchy() -> str:
             if wanted in controllers.split(",") or controllers == wanted:
                 return mountpoint + path.rstrip("/")
     return ""
+
+
+def _remove_stale_cgroups(hierarchy: Path) -> None:
+    """The empty folders a soa-git process killed before it could remove them left behind."""
+    for folder in hierarchy.glob("soa-git-*"):
+        pid = folder.name.removeprefix("soa-git-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            for session in folder.glob("session-*"):
+                remove_cgroup(str(session))
+            remove_cgroup(str(folder))
 
 
 def remove_cgroup(folder: str) -> None:
