@@ -265,8 +265,9 @@ class OpenAIChat:
             except json.JSONDecodeError:
                 raise ModelError(self._not_a_completion()) from None
             pause = self._pause_s(attempt, retry_after)
-            # Another attempt only if it could still end by the call's deadline.
-            if time.monotonic() + pause + self._timeout_s > deadline:
+            # No attempt starts after the call's deadline less one timeout, so the call ends by
+            # the deadline (each attempt ends within its own timeout).
+            if time.monotonic() + pause > deadline - self._timeout_s:
                 break
             if attempt + 1 < self._max_attempts:
                 self._on_notice(Notice(agent, f"{self._hitch(failure)}, retry {attempt + 2}/"

@@ -293,6 +293,7 @@ class _Runner:
     def __init__(self, config):
         self.config = config
         self.children = {}   # pid -> (request id, cgroup folder or None)
+        self.name = os.urandom(4).hex()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -355,8 +356,10 @@ class _Runner:
         parent = self.config["cgroup"]
         if not parent:
             return None
-        path = os.path.join(parent, f"session-{request['id']}")
-        os.mkdir(path)
+        # Named for this runner too: a runner stopped before it could remove a session's
+        # folder leaves it behind, and the next runner of this soa-git counts from 1 again.
+        path = os.path.join(parent, f"session-{self.name}-{request['id']}")
+        os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, "pids.max"), "w") as f:
             f.write(str(self.config["nproc"]))
         return path
@@ -423,8 +426,15 @@ class _Runner:
                 request = json.loads(line)
                 if "kill" in request:
                     self.kill(request["kill"])
-                else:
+                    continue
+                try:
                     self.start(request)
+                except OSError as exc:
+                    # Not this runner's end: the run ends as a sandbox that could not be built.
+                    with open(request["log"], "w") as log:
+                        log.write(f"{exc}\n")
+                    self.reply({"id": request["id"], "pid": 0})
+                    self.reply({"id": request["id"], "exit": _SANDBOX_FAILED, "cpu": 0.0})
 
 
 def main():

@@ -50,11 +50,11 @@ class Sandbox:
         """`python` (the runner's command line) inside bubblewrap. The runner sees the host's
         files (it reads workspaces from wherever they are and never runs generated code), a /proc
         of its own PID namespace, no network, and keeps the capabilities that building each
-        test run's own sandbox needs; `--die-with-parent` ends it with soa-git."""
+        test run's own sandbox needs. It ends when soa-git does (its stdin closes); not by
+        `--die-with-parent`, which fires when the *thread* that started it ends."""
         return [self.bwrap, "--bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                 "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-                "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-add", "ALL",
-                "--", *python]
+                "--unshare-cgroup-try", "--new-session", "--cap-add", "ALL", "--", *python]
 
 
 def candidates() -> list[str]:
@@ -159,12 +159,16 @@ def _remove_stale_cgroups(hierarchy: Path) -> None:
     for folder in hierarchy.glob("soa-git-*"):
         pid = folder.name.removeprefix("soa-git-")
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            for session in folder.glob("session-*"):
-                remove_cgroup(str(session))
             remove_cgroup(str(folder))
 
 
 def remove_cgroup(folder: str) -> None:
+    """Remove soa-git's cgroup folder and its test runs' (empty, once their processes ended)."""
+    for session in Path(folder).glob("session-*"):
+        try:
+            session.rmdir()
+        except OSError:
+            pass
     try:
         os.rmdir(folder)
     except OSError:

@@ -119,8 +119,11 @@ class _Runner:
 
     def _send(self, message: dict) -> None:
         assert self._proc.stdin is not None
-        self._proc.stdin.write((json.dumps(message) + "\n").encode())
-        self._proc.stdin.flush()
+        try:
+            self._proc.stdin.write((json.dumps(message) + "\n").encode())
+            self._proc.stdin.flush()
+        except ValueError:
+            raise OSError("the test runner was stopped") from None
 
     def _read(self) -> None:
         assert self._proc.stdout is not None
@@ -179,6 +182,14 @@ def stop_runner() -> None:
         _runners.clear()
     for runner in runners:
         runner.stop()
+
+
+def _forget(runner: _Runner) -> None:
+    """Stop a runner that failed, unless another thread already replaced it."""
+    with _runner_lock:
+        if _runners.get(runner.sandboxed) is runner:
+            del _runners[runner.sandboxed]
+    runner.stop()
 
 
 def _the_runner(sandboxed: bool) -> _Runner:
@@ -329,12 +340,12 @@ def run_tests(
                    "args": _pytest_args(files, xml=xml_path, rootdir=workspace, ini=ini),
                    "log": str(log_path), "env": env,
                    "path": [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]}
+        runner = _the_runner(sandboxed)
         try:
-            runner = _the_runner(sandboxed)
             run = runner.launch(request)
         except OSError:
             # The runner died between runs (someone killed it): a new one, once.
-            stop_runner()
+            _forget(runner)
             runner = _the_runner(sandboxed)
             run = runner.launch(request)
         faults.reached("test")
@@ -452,7 +463,10 @@ def _mask(text: str, secrets: Sequence[str]) -> str:
 
 
 def _read_tail(path: Path, limit: int) -> str:
-    """The last `limit` characters of a file that may be as large as FILE_SIZE_LIMIT."""
+    """The last `limit` characters of a file that may be as large as FILE_SIZE_LIMIT (or
+    nothing, when the run was killed before it opened the file)."""
+    if not path.exists():
+        return ""
     with open(path, "rb") as f:
         size = f.seek(0, os.SEEK_END)
         # UTF-8 needs at most 4 bytes per character.

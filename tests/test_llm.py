@@ -287,7 +287,8 @@ class _RawServer:
         self._sock.listen()
         self.base_url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/v1"
         self._answer = answer
-        threading.Thread(target=self._serve, daemon=True).start()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
 
     def _serve(self) -> None:
         while True:
@@ -313,6 +314,10 @@ class _RawServer:
                 pass
 
     def close(self) -> None:
+        # Wake the accept first: a socket closed under a blocked accept keeps listening, and the
+        # next test's server could be handed its port.
+        self._sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(5)
         self._sock.close()
 
 
