@@ -55,7 +55,9 @@ def demo(directory: Path | None, *, model: str = "local",
 def _endpoint(model: str) -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
     """The settings flags and environment that point the runs at the demo's model."""
     if model != "scripted":
-        yield {"model": model}, dict(os.environ)  # the cache directory may be set there
+        # The three runs at once: their agents' requests share the model's parallel slots.
+        yield ({"model": model, "parallel_runs": len(TARGETS)},
+               dict(os.environ))  # the cache directory may be set there
         return
     script = Script.from_json(json.loads((SAMPLES / f"{SAMPLE}.scripted-model.json").read_text()))
     with ScriptedServer(script) as server:
