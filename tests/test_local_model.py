@@ -114,7 +114,7 @@ def read_until(stream, pattern: str, limit_s: float = 600) -> str:
 def test_the_local_model_answers_a_chat_completion_with_usage(served):
     ledger = TokenLedger()
     chat = OpenAIChat(model=served.model, base_url=served.base_url, api_key=served.api_key,
-                      ledger=ledger, temperature=0, max_tokens=24)
+                      ledger=ledger, temperature=0, max_tokens=24, timeout_s=900)
     reply = chat.complete([{"role": "user", "content": "Write a Python function that adds two "
                                                        "numbers."}], agent="a")
     assert served.model == DEFAULT_MODEL and reply.model == DEFAULT_MODEL
@@ -164,7 +164,8 @@ def test_serve_stops_on_sigterm_and_exits_0(model_cache, tmp_path, soa_git):
     endpoint = json.loads(read_until(server.stdout, r"^\{").splitlines()[-1])
     assert endpoint["model"] == DEFAULT_MODEL and "SHA-256" in endpoint["source"]
     chat = OpenAIChat(model=endpoint["model"], base_url=endpoint["base_url"],
-                      api_key=endpoint["api_key"], ledger=TokenLedger(), max_tokens=4)
+                      api_key=endpoint["api_key"], ledger=TokenLedger(), max_tokens=4,
+                      timeout_s=900)
     assert chat.complete([{"role": "user", "content": "hi"}], agent="a").usage.total > 0
     server.send_signal(signal.SIGTERM)
     assert server.wait(timeout=60) == 0, server.stderr.read()
