@@ -38,6 +38,8 @@ ANSWER_GRACE_S = 60.0
 # Blobs a node keeps between test runs; past this it forgets them all and asks again.
 NODE_BLOB_BYTES = 256 * 1024 * 1024
 CONNECT_TIMEOUT_S = 5.0
+# A node runner's folder in the node's temporary directory: the prefix, then its process id.
+HOME_PREFIX = "soa-node-"
 # How often a busy executor looks for nodes that joined the cluster.
 REFRESH_S = 10.0
 
@@ -49,7 +51,8 @@ class NodeRunner:
         self._blobs: dict[str, bytes] = {}
         self._bytes = 0
         self._lock = threading.Lock()
-        self._home = tempfile.mkdtemp(prefix="soa-node-")
+        _remove_stale_homes()
+        self._home = tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-")
         # The warm-up overlaps the first test run's shipping.
         testing.start_runner()
 
@@ -93,6 +96,25 @@ class NodeRunner:
     def stop(self) -> None:
         testing.stop_runner()
         shutil.rmtree(self._home, ignore_errors=True)
+
+
+def _remove_stale_homes() -> None:
+    """The folders of runners whose process is gone (a node killed mid-run cannot clean up)."""
+    top = Path(tempfile.gettempdir())
+    for home in top.glob(f"{HOME_PREFIX}*-*"):
+        pid = home.name.removeprefix(HOME_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _Snapshots:

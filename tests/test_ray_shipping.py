@@ -57,6 +57,23 @@ def test_an_old_unchanged_file_is_not_read_again(tmp_path):
     assert second == first and blobs == {}
 
 
+def test_a_node_runner_removes_the_folders_of_runners_that_are_gone(tmp_path, monkeypatch):
+    import subprocess
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / f"soa-node-{gone.pid}-abc"
+    (stale / "run").mkdir(parents=True)
+    alive = tmp_path / f"soa-node-{os.getpid()}-def"
+    alive.mkdir()
+    node = NodeRunner()
+    try:
+        assert not stale.exists() and alive.exists()
+    finally:
+        node.stop()
+
+
 def test_a_node_runs_the_shipped_files_and_asks_for_blobs_it_lacks(tmp_path):
     folder = workspace(tmp_path / "ws")
     files, blobs = _Snapshots().take(folder)
