@@ -30,6 +30,8 @@ from typing import Any
 
 from . import testing
 from .errors import ClusterError
+# The same liveness test as for a run's lock: a process of this machine, by its id.
+from .gitrepo.locks import _process_alive
 from .testing import TestResult
 
 # A node whose test run has not answered this long after the run's own time limit is taken for
@@ -103,18 +105,8 @@ def _remove_stale_homes() -> None:
     top = Path(tempfile.gettempdir())
     for home in top.glob(f"{HOME_PREFIX}*-*"):
         pid = home.name.removeprefix(HOME_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not _process_alive(int(pid), socket.gethostname()):
             shutil.rmtree(home, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Snapshots:
