@@ -17,16 +17,15 @@ from soa_git.commands.clean import clean
 from soa_git.errors import RepositoryError, SoaError
 from soa_git.gitrepo import GitRepo, MergeConflict, RunLocked
 
-from .conftest import git, make_repo, snapshot
-from .test_run import AREA_WRONG, SHAPES_SKELETON, fill, shapes_script
+from .helpers.repos import git, snapshot
+from .helpers.shapes import AREA_WRONG, fill, shapes_repo, shapes_script
 
 TARGET = "shapes/report.py::area_report"
 
 
 @pytest.fixture
 def shapes(tmp_path: Path) -> Path:
-    repo = make_repo(tmp_path / "shapes", {"shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON,
-                                           "README.md": "shapes\n"})
+    repo = shapes_repo(tmp_path / "shapes")
     # accept commits as the user, with the user's own identity.
     git(repo, "config", "user.name", "Test User")
     git(repo, "config", "user.email", "user@example.com")

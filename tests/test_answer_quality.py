@@ -10,8 +10,8 @@ import pytest
 from soa_git.commands.resume import resume
 from soa_git.commands.run import run
 
-from .conftest import git, make_repo
-from .test_run import AREA_RIGHT, DECOMPOSE, FMT_RIGHT, KEY, SHAPES_SKELETON, file_at
+from .helpers.repos import file_at, git, make_repo
+from .helpers.shapes import AREA_RIGHT, DECOMPOSE, FMT_RIGHT, KEY, shapes_repo
 
 DOUBLE = '''"""Numbers."""
 
@@ -64,7 +64,7 @@ def test_root_helpers_sit_beside_the_function_where_its_tests_reach_them(numbers
 
 
 def test_a_child_keeps_its_helpers_reachable_by_its_tests(tmp_path, serve):
-    shapes = make_repo(tmp_path / "shapes", {"shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON})
+    shapes = shapes_repo(tmp_path / "shapes", readme=False)
     area = ("Here it is.\n\n```python\ndef area(width: float, height: float) -> float:\n"
             "    return mul(width, height)\n\n\ndef mul(a, b):\n    return a * b\n\n\n"
             "def test_mul():\n    assert mul(2, 5) == 10\n```\n")
@@ -117,7 +117,7 @@ def test_a_worse_rewrite_never_replaces_a_better_attempt_and_resume_knows(number
 
 
 def test_a_child_is_shown_the_mothers_code_that_calls_it(tmp_path, serve):
-    shapes = make_repo(tmp_path / "shapes", {"shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON})
+    shapes = shapes_repo(tmp_path / "shapes", readme=False)
     server = serve([{"when": "^soa-git task: decompose area_report$", "replies": [DECOMPOSE]},
                     {"when": "^soa-git task: implement area_report[.]area$", "replies": [AREA_RIGHT]},
                     {"when": "^soa-git task: implement area_report[.]fmt$", "replies": [FMT_RIGHT]}])

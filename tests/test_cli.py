@@ -13,34 +13,17 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from soa_git import config
 from soa_git.cli import main
 from soa_git.openai_chat import OpenAIChat
 
-from .conftest import git, make_repo, snapshot
-from .test_run import SHAPES_SKELETON, free_port, shapes_script
+from .helpers.cli import assert_one_error, cli_repo, listing
+from .helpers.repos import free_port, git, make_repo, snapshot
+from .helpers.shapes import SHAPES_SKELETON, shapes_script
 
 KEY = "sk-cli-test-key"
-
-DONE_PY = '''"""Nothing left to write."""
-
-
-def ready() -> int:
-    """Already implemented."""
-    return 1
-'''
-
-BROKEN_PY = '''def half(x: int) -> float:
-    """Half of x."""
-    ...
-
-
-def oops(:
-    pass
-'''
-
 
 @pytest.fixture
 def runner() -> CliRunner:
@@ -50,39 +33,13 @@ def runner() -> CliRunner:
 @pytest.fixture
 def repo(tmp_path: Path, monkeypatch) -> Path:
     """The shapes repository plus a file without skeletons and one that does not parse; cwd."""
-    path = make_repo(tmp_path / "shapes", {
-        "shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON,
-        "shapes/done.py": DONE_PY, "shapes/broken.py": BROKEN_PY, "README.md": "shapes\n"})
+    path = cli_repo(tmp_path / "shapes")
     monkeypatch.chdir(path)
     return path
 
 
 def state(repo: Path) -> tuple[dict, str]:
     return snapshot(repo), git(repo, "for-each-ref")
-
-
-def listing(directory: Path) -> dict[str, bytes]:
-    """The working-tree files of a directory (soa-git's own files under .git/ are not the user's)."""
-    files = (p for p in sorted(directory.rglob("*")) if ".git" not in p.relative_to(directory).parts)
-    return {str(p.relative_to(directory)): p.read_bytes() for p in files if p.is_file()}
-
-
-def assert_one_error(result: Result, *fragments: str, only_line: bool = True) -> str:
-    """A non-zero exit, nothing on stdout, and one `Error: <sentence>` as the last stderr line."""
-    assert result.exit_code not in (0, None), result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    errors = [line for line in lines if line.startswith("Error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    if only_line:
-        assert lines == errors, result.stderr
-    message = errors[0]
-    assert "internal error" not in message, message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
 
 
 def test_commands_that_call_no_model_do_not_import_openai():

@@ -8,8 +8,8 @@ import pytest
 
 from soa_git.gitrepo import Author, GitRepo, MergeConflict
 
-from .conftest import git, make_repo
-from .test_run import SHAPES_SKELETON, fill, shapes_script
+from .helpers.repos import git, make_repo
+from .helpers.shapes import fill, shapes_repo, shapes_script
 
 AGENT = Author("soa agent a", "a@soa-git.invalid")
 
@@ -43,7 +43,7 @@ def test_catch_up_keeps_the_agents_files_and_takes_the_rest_from_the_base(tmp_pa
 
 
 def test_a_conflicting_child_redoes_its_work_and_is_merged(tmp_path, serve, monkeypatch):
-    shapes = make_repo(tmp_path / "shapes", {"shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON})
+    shapes = shapes_repo(tmp_path / "shapes", readme=False)
     real_merge = GitRepo.merge
     calls = []
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from soa_git.cli import main
 
-from .conftest import make_repo
+from .helpers.repos import make_repo
 
 SKELETON = '''def area_report(width: float, height: float) -> str:
     """Describe a rectangle's area with two decimals, e.g. 'area: 6.00' for 2 by 3."""

@@ -9,7 +9,7 @@ import pytest
 
 from soa_git.gitrepo.objects import FILE_MODE, Entry, ObjectStore
 
-from .conftest import git, make_repo
+from .helpers.repos import git, make_repo
 
 
 @pytest.fixture

@@ -20,11 +20,10 @@ from soa_git.errors import TargetError
 from soa_git.gitrepo import GitRepo, metrics
 from soa_git.scripted import Script, ScriptedServer
 
-from .conftest import git, make_repo
-from .test_run import AREA_RIGHT, AREA_WRONG, FMT_LOOSE, FMT_RIGHT, SHAPES_SKELETON, fill, shapes_script
+from .helpers.repos import git, make_repo
+from .helpers.shapes import (AREA_RIGHT, AREA_WRONG, FMT_LOOSE, FMT_RIGHT, REVISE, fill,
+                             shapes_repo, shapes_script)
 
-REVISE = ("The report needs two decimals; fmt prints the plain number.\n\n"
-          "```comment fmt\nFormat the value with exactly two decimals, e.g. 6 -> '6.00'.\n```\n")
 FETCH = ("+refs/heads/soa/*:refs/heads/soa/*", "+refs/notes/soa:refs/notes/soa")
 
 
@@ -41,8 +40,7 @@ def runs(tmp_path_factory) -> Runs:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("HOME", str(tmp_path_factory.mktemp("home")))
         env.setenv("GIT_CONFIG_NOSYSTEM", "1")
-        repo = make_repo(tmp_path_factory.mktemp("history") / "shapes", {
-            "shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON, "README.md": "shapes\n"})
+        repo = shapes_repo(tmp_path_factory.mktemp("history") / "shapes")
         rich = shapes_script(area_first=AREA_WRONG, fmt_first=FMT_LOOSE, extra=[
             {"when": r"^soa-git task: repair area_report[.]area$",
              "replies": [f"I added instead of multiplying.\n\n{AREA_RIGHT}"]},

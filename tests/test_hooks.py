@@ -22,8 +22,8 @@ from soa_git.commands.run import run
 from soa_git import pycode
 from soa_git.scripted import Script, ScriptedServer
 
-from .conftest import GIT_ENV, ROOT, git, make_repo, snapshot
-from .test_run import KEY, SHAPES_SKELETON, shapes_script
+from .helpers.repos import GIT_ENV, ROOT, git, make_repo, snapshot
+from .helpers.shapes import KEY, SHAPES_SKELETON, shapes_repo, shapes_script
 
 MARKED = '''"""Geometry."""
 
@@ -54,8 +54,7 @@ def break_area(repo: Path) -> None:
 @pytest.fixture(scope="module")
 def accepted_template(tmp_path_factory) -> Path:
     """A repository where a run filled shapes/report.py::area_report and was accepted."""
-    repo = make_repo(tmp_path_factory.mktemp("accepted") / "shapes",
-                     {"shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON})
+    repo = shapes_repo(tmp_path_factory.mktemp("accepted") / "shapes", readme=False)
     with ScriptedServer(Script.from_json(shapes_script())) as server:
         [summary] = run("shapes/report.py::area_report", cwd=repo,
                         flags={"base_url": server.base_url}, environ=KEY)

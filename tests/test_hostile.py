@@ -15,8 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from .conftest import git, make_repo, snapshot
-from .test_run import AREA_RIGHT, FMT_RIGHT, SHAPES_SKELETON
+from .helpers.repos import git, make_repo, snapshot
+from .helpers.shapes import AREA_RIGHT, FMT_RIGHT, SHAPES_SKELETON
 
 PLANTED_KEY = "sk-planted-hostile-5be0c2d9"
 PLANTED_TOKEN = "ghp-planted-hostile-91f3aa"

@@ -14,8 +14,8 @@ import pytest
 from soa_git import history
 from soa_git.gitrepo import GitRepo
 
-from .conftest import make_repo
-from .test_run import SHAPES_SKELETON
+from .helpers.repos import make_repo
+from .helpers.shapes import SHAPES_SKELETON
 
 SCRIPT = Path(sys.executable).parent / "soa-git"
 

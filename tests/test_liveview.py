@@ -13,7 +13,7 @@ from soa_git.commands.run import run
 from soa_git.llm import Notice
 from soa_git.organizer import AgentView
 
-from .test_run import KEY, shapes, shapes_script  # noqa: F401  (shapes is a fixture)
+from .helpers.shapes import KEY, shapes_script
 
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

@@ -24,8 +24,7 @@ from soa_git.errors import ModelError
 from soa_git.llm import TokenLedger
 from soa_git.openai_chat import OpenAIChat
 
-from .conftest import GIT_ENV, git, make_repo
-from .test_run import soa_branches, trailers
+from .helpers.repos import GIT_ENV, git, make_repo, soa_branches, trailers
 
 pytest.importorskip("xllamacpp", reason="the real-model tests need pip install -e '.[test]'")
 

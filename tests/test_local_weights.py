@@ -23,7 +23,7 @@ from soa_git.cli import main
 from soa_git.errors import ConfigError
 from soa_git.weights import ModelSpec, Progress, find_weights
 
-from .test_cli import assert_one_error, listing, repo  # noqa: F401 - fixture
+from .helpers.cli import assert_one_error, cli_repo, listing
 
 PARTS = [b"GGUF" + bytes(range(256)) * 40, bytes(range(255, -1, -1)) * 30, b"tail" * 100]
 
@@ -40,6 +40,14 @@ def install_parts(site: Path, prefix: str, parts: list[bytes], version: str = "0
                                        f"Version: {version}\n")
         (info / "RECORD").write_text(f"{package}/data/part{number:02}.bin,,\n"
                                      f"{info.name}/METADATA,,\n{info.name}/RECORD,,\n")
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch) -> Path:
+    """tests/helpers/cli.py's repository, as the working directory."""
+    path = cli_repo(tmp_path / "shapes")
+    monkeypatch.chdir(path)
+    return path
 
 
 @pytest.fixture
@@ -147,7 +155,7 @@ def test_explicit_paths_and_names_are_checked(tmp_path):
 
 # ---- the command line ------------------------------------------------------------------------
 
-def test_run_without_the_runtime_says_what_to_install(repo, monkeypatch):  # noqa: F811
+def test_run_without_the_runtime_says_what_to_install(repo, monkeypatch):
     monkeypatch.setitem(sys.modules, "xllamacpp", None)
     before = listing(repo)
     result = CliRunner().invoke(main, ["run", "shapes/report.py", "--model", "local"])

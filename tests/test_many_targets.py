@@ -8,41 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import scale_shape
-from soa_git.commands.run import run
 from soa_git.errors import TargetError
-from soa_git.scripted import ScriptedServer
 
-from .conftest import git
-
-KEY = {"OPENAI_API_KEY": "sk-test"}
-SKELETON = scale_shape.root_skeleton()
+from .helpers.repos import git
+from .helpers.targets import fill_targets as fill, two_targets
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     return two_targets(tmp_path / "repo")
-
-
-def two_targets(path: Path) -> Path:
-    """Two packages with a skeleton each (both named `total`), and a module with none."""
-    template = scale_shape.make_template(path, 10)
-    (template / "calc").mkdir()
-    (template / "calc" / "__init__.py").write_text("")
-    (template / "calc" / "sums.py").write_text(SKELETON)
-    (template / "calc" / "plain.py").write_text("def one() -> int:\n    return 1\n")
-    git(template, "add", "-A")
-    git(template, "commit", "-q", "-m", "calc")
-    return template
-
-
-def fill(repo: Path, specs, latency_s: float = 0.0, **flags) -> tuple[list, object]:
-    shape = scale_shape.build_shape(1, 1)
-    responder = scale_shape.Responder(shape, latency_s)
-    with ScriptedServer(responder) as server:
-        summaries = run(specs, cwd=repo, environ=KEY,
-                        flags={"base_url": server.base_url, "max_depth": 1, **flags})
-    return summaries, responder
 
 
 def test_a_directory_runs_every_committed_skeleton_under_it(repo):

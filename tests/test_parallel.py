@@ -13,7 +13,7 @@ import pytest
 from soa_git.commands.run import run
 from soa_git.gitrepo import GitRepo
 
-from .conftest import git, make_repo, snapshot
+from .helpers.repos import git, make_repo, snapshot
 
 SIBLINGS = 12
 KEY = {"OPENAI_API_KEY": "sk-test-key"}

@@ -22,8 +22,8 @@ from soa_git.github import GitHubError, parse_repo, repo_from_url
 from soa_git.gitrepo import GitRepo
 from soa_git.scripted import Script, ScriptedServer
 
-from .conftest import ROOT, git, make_repo
-from .test_run import AREA_RIGHT, AREA_WRONG, SHAPES_SKELETON, fill, shapes_script
+from .helpers.repos import ROOT, git
+from .helpers.shapes import AREA_RIGHT, AREA_WRONG, fill, shapes_repo, shapes_script
 
 TOKEN = "ghp_test-token-never-shown"
 REFLECTION = "I added ```instead``` of <b>multiplying</b>."
@@ -36,8 +36,7 @@ class Published:
 
 
 def _shapes(path: Path) -> Path:
-    return make_repo(path, {"shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON,
-                            "README.md": "shapes\n"})
+    return shapes_repo(path)
 
 
 def _script(**kwargs) -> list[dict]:

@@ -24,8 +24,8 @@ from soa_git.gitrepo import GitRepo
 from soa_git.organizer import find_target
 from soa_git.scripted import ScriptedServer
 
-from .conftest import git
-from .test_many_targets import fill as fill_targets, two_targets
+from .helpers.repos import git
+from .helpers.targets import fill_targets, two_targets
 
 pytestmark = pytest.mark.ray
 KEY = {"OPENAI_API_KEY": "sk-test"}

@@ -18,48 +18,15 @@ from soa_git.commands.run import run
 from soa_git.errors import RepositoryError
 from soa_git.gitrepo import GitRepo
 
-from .conftest import git, make_repo, snapshot
-from .test_run import AREA_RIGHT, AREA_WRONG, DECOMPOSE, FMT_LOOSE, FMT_RIGHT, KEY, SHAPES_SKELETON
+from .helpers.repos import git, snapshot
+from .helpers.shapes import ANSWERS, KEY, respond, shape, shapes_repo
 
-REVISE = ("The report needs two decimals; fmt prints the plain number.\n\n"
-          "```comment fmt\nFormat the value with exactly two decimals, e.g. 6 -> '6.00'.\n```\n")
-# One answer per (task, agent), whatever the order or the number of times asked: a resumed run
-# that asks again for a step whose answer was lost gets the same answer.
-ANSWERS = {
-    "decompose area_report": DECOMPOSE,
-    "implement area_report.area": AREA_WRONG,
-    "repair area_report.area": f"Multiply, not add.\n\n{AREA_RIGHT}",
-    "implement area_report.fmt": FMT_LOOSE,
-    "revise area_report": REVISE,
-    "repair area_report.fmt": f"Two decimals.\n\n{FMT_RIGHT}",
-}
 STEP_TASKS = {"decompose", "implement", "repair", "revise"}
-AGENT_FILES = ("shapes/report.py", "shapes/area_report__area.py", "shapes/area_report__fmt.py",
-               "tests/soa/test_area_report.py", "tests/soa/test_area_report__area.py",
-               "tests/soa/test_area_report__fmt.py")
-
-
-def respond(request: dict) -> str:
-    first = request["messages"][-1]["content"].splitlines()[0]
-    return ANSWERS[first.removeprefix("soa-git task: ")]
-
-
-def shapes_repo(path: Path) -> Path:
-    return make_repo(path, {"shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON})
 
 
 def runs(repo: Path) -> set[str]:
     refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/soa/").split()
     return {ref.split("/")[3] for ref in refs}
-
-
-def shape(repo: Path, run_id: str) -> dict:
-    """The tree (agents and their roles) and the code the root branch ends with."""
-    refs = git(repo, "for-each-ref", "--format=%(refname:short)", f"refs/heads/soa/{run_id}/").split()
-    roles = {ref.split("/", 2)[2]: git(repo, "log", "-1", "--format=%(trailers:key=Soa-Role,valueonly)",
-                                       ref).strip() for ref in refs}
-    root = f"soa/{run_id}/area_report"
-    return {"roles": roles, "files": {path: git(repo, "show", f"{root}:{path}") for path in AGENT_FILES}}
 
 
 def committed_steps(repo: Path) -> int:
@@ -75,7 +42,7 @@ def committed_steps(repo: Path) -> int:
 def reference(tmp_path_factory) -> tuple[dict, int]:
     """An uninterrupted run of the same scenario: its shape and how many model calls it made."""
     from soa_git.scripted import ScriptedServer
-    repo = shapes_repo(tmp_path_factory.mktemp("reference") / "shapes")
+    repo = shapes_repo(tmp_path_factory.mktemp("reference") / "shapes", readme=False)
     with ScriptedServer(respond) as server:
         [summary] = run("shapes/report.py::area_report", cwd=repo, flags={"base_url": server.base_url},
                         environ=KEY)
@@ -101,7 +68,7 @@ KILL_POINTS = ["model:2", "model:4", "model:5", "model:6", "test:1", "test:4", "
 @pytest.mark.parametrize("kill_at", KILL_POINTS)
 def test_killed_anywhere_then_resumed_ends_like_an_uninterrupted_run(kill_at, reference, tmp_path, serve):
     expected_shape, expected_calls = reference
-    repo = shapes_repo(tmp_path / "shapes")
+    repo = shapes_repo(tmp_path / "shapes", readme=False)
     before = snapshot(repo)
     server = serve(respond)
 
@@ -129,7 +96,7 @@ def test_killed_anywhere_then_resumed_ends_like_an_uninterrupted_run(kill_at, re
 def test_killed_at_its_first_answer_is_a_run_that_resume_knows(tmp_path, serve):
     """The first answer came before any write: a kill there left no run for `resume`, and a
     kill before the first commit left a lock that no run owned."""
-    repo = shapes_repo(tmp_path / "shapes")
+    repo = shapes_repo(tmp_path / "shapes", readme=False)
     before = snapshot(repo)
     server = serve(respond)
     killed = killed_run(repo, server.base_url, "model:1")
@@ -148,7 +115,7 @@ def test_killed_at_its_first_answer_is_a_run_that_resume_knows(tmp_path, serve):
 
 
 def test_resume_is_refused_while_the_run_lives_and_for_a_finished_run(tmp_path, serve):
-    repo = shapes_repo(tmp_path / "shapes")
+    repo = shapes_repo(tmp_path / "shapes", readme=False)
     server = serve(respond)
     assert killed_run(repo, server.base_url, "commit:3").returncode == -signal.SIGKILL
     [run_id] = runs(repo)
@@ -168,7 +135,7 @@ def test_resume_is_refused_while_the_run_lives_and_for_a_finished_run(tmp_path, 
 
 
 def test_two_runs_at_once_in_one_repository_keep_apart(tmp_path, serve):
-    repo = shapes_repo(tmp_path / "shapes")
+    repo = shapes_repo(tmp_path / "shapes", readme=False)
     before = snapshot(repo)
     server = serve(respond)
     env = {**os.environ, **KEY}

@@ -7,14 +7,13 @@ import pytest
 from soa_git.commands.run import run
 from soa_git.errors import ModelError, SoaError
 
-from .conftest import git, snapshot
-from .test_recovery import respond, shape, shapes_repo
-from .test_run import KEY
+from .helpers.repos import git, snapshot
+from .helpers.shapes import KEY, respond, shape, shapes_repo
 
 
 @pytest.fixture
 def recorded(tmp_path, serve):
-    repo = shapes_repo(tmp_path / "shapes")
+    repo = shapes_repo(tmp_path / "shapes", readme=False)
     [summary] = run("shapes/report.py::area_report", cwd=repo, environ=KEY,
                     flags={"base_url": serve(respond).base_url})
     assert summary.state == "done"

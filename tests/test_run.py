@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,114 +11,13 @@ import pytest
 
 from soa_git import history
 from soa_git.commands.run import run
-from soa_git.errors import ModelError, SoaError
+from soa_git.errors import ModelError
 from soa_git.gitrepo import GitRepo
 from soa_git.scripted import Scripted
 
-from .conftest import git, make_repo, snapshot
-
-KEY = {"OPENAI_API_KEY": "sk-test-key"}
-
-SHAPES_SKELETON = '''"""Reports about shapes."""
-
-UNIT = "m2"
-
-
-def area_report(width: float, height: float) -> str:
-    """Describe a rectangle's area with two decimals.
-
-    >>> area_report(2, 3)
-    'area: 6.00'
-    """
-    ...
-
-
-def untouched() -> int:
-    return 42
-'''
-
-DECOMPOSE = '''I split the report into computing the area and formatting it.
-
-```python
-def area_report(width: float, height: float) -> str:
-    return "area: " + fmt(area(width, height))
-
-
-def area(width: float, height: float) -> float:
-    """Area of a rectangle.
-
-    >>> area(2, 3)
-    6
-    """
-    ...
-
-
-def fmt(value: float) -> str:
-    """Format a number for a report.
-
-    >>> isinstance(fmt(2), str)
-    True
-    """
-    ...
-
-
-def test_area():
-    assert area(2, 3) == 6
-
-
-def test_fmt():
-    assert isinstance(fmt(2.5), str)
-
-
-def test_area_report():
-    assert area_report(2, 3) == "area: 6.00"
-```
-'''
-
-
-def implementation(name: str, body: str, args: str = "width: float, height: float",
-                   returns: str = "float") -> str:
-    return f"Here it is.\n\n```python\ndef {name}({args}) -> {returns}:\n    {body}\n```\n"
-
-
-AREA_WRONG = implementation("area", "return width + height")
-AREA_RIGHT = implementation("area", "return width * height")
-FMT_RIGHT = implementation("fmt", 'return f"{value:.2f}"', "value: float", "str")
-FMT_LOOSE = implementation("fmt", "return str(value)", "value: float", "str")
-
-
-def shapes_script(area_first=AREA_RIGHT, fmt_first=FMT_RIGHT, extra=()) -> list[dict]:
-    return [
-        {"when": r"^soa-git task: decompose area_report$", "replies": [DECOMPOSE]},
-        {"when": r"^soa-git task: (decompose|implement) area_report[.]area$", "replies": [area_first]},
-        {"when": r"^soa-git task: (decompose|implement) area_report[.]fmt$", "replies": [fmt_first]},
-        *extra,
-    ]
-
-
-@pytest.fixture
-def shapes(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "shapes", {"shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON,
-                                           "README.md": "shapes\n"})
-
-
-def fill(repo: Path, server, target: str = "shapes/report.py::area_report", **flags):
-    return run(target, cwd=repo, flags={"base_url": server.base_url, **flags}, environ=KEY)
-
-
-def soa_branches(repo: Path) -> dict[str, str]:
-    out = git(repo, "for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads/soa/")
-    return dict(line.split() for line in out.splitlines())
-
-
-def trailers(repo: Path, rev: str) -> dict[str, str]:
-    out = git(repo, "log", "-1", "--format=%(trailers:only,unfold)", rev)
-    return dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
-
-
-def file_at(repo: Path, rev: str, path: str) -> str:
-    return git(repo, "show", f"{rev}:{path}")
-
+from .helpers.repos import file_at, free_port, git, make_repo, snapshot, soa_branches, trailers
+from .helpers.shapes import (AREA_RIGHT, AREA_WRONG, DECOMPOSE, FMT_LOOSE, FMT_RIGHT, KEY,
+                             SHAPES_SKELETON, fill, implementation, shapes_script)
 
 def run_python_tests(repo: Path, rev: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     checkout = tmp_path / f"checkout-{rev.replace('/', '_')}"
@@ -265,12 +163,6 @@ def test_rate_limit_then_success(shapes, serve):
     [summary] = fill(shapes, server)
     assert summary.state == "done", summary.message
     assert len(server.requests) == 4
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_endpoint_down_leaves_the_repository_untouched(shapes):

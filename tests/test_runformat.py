@@ -9,7 +9,7 @@ import pytest
 from soa_git import runformat as rf
 from soa_git.gitrepo import Author, GitRepo
 
-from .conftest import make_repo
+from .helpers.repos import make_repo
 
 MOTHER = rf.CommitTrailers(run="20261126-101357-978d", agent="summarize", role="mother",
                            phase="modify", round=2, model="m-1", tokens=120, estimated=True,

@@ -6,16 +6,15 @@ import os
 import subprocess
 import sys
 
-from .conftest import git, make_repo
-from .test_recovery import respond
-from .test_run import SHAPES_SKELETON
+from .helpers.repos import git
+from .helpers.shapes import respond, shapes_repo
 
 PLANTED_KEY = "sk-planted-4f1c9a7e2b"
 PLANTED_TOKEN = "tok-planted-83d2e6"
 
 
 def test_no_key_and_no_environment_value_reaches_the_repository(tmp_path, serve):
-    repo = make_repo(tmp_path / "shapes", {"shapes/__init__.py": "", "shapes/report.py": SHAPES_SKELETON})
+    repo = shapes_repo(tmp_path / "shapes", readme=False)
     server = serve(respond)
     env = {**os.environ, "OPENAI_API_KEY": PLANTED_KEY, "GITHUB_TOKEN": PLANTED_TOKEN,
            "SOA_GIT_PLANTED": PLANTED_TOKEN}

@@ -12,7 +12,7 @@ from soa_git.errors import TargetError
 from soa_git.gitrepo import GitRepo
 from soa_git.organizer import find_targets
 
-from .conftest import git, make_repo, snapshot
+from .helpers.repos import git, make_repo, snapshot
 
 SKELETON = 'def add(a: int, b: int) -> int:\n    """Sum. ünï"""\n    ...\n'
 
