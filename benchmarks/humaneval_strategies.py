@@ -20,7 +20,8 @@ from soa_git.errors import AnswerError, BudgetExhausted, CodeSyntaxError, ModelE
 from soa_git.gitrepo import GitRepo
 from soa_git.llm import ChatModel, Reply, TokenLedger
 from soa_git.openai_chat import OpenAIChat
-from soa_git.organizer import Organizer, find_target
+from soa_git.organizer import Organizer
+from soa_git.targets import find_target
 from soa_git.testing import TestResult, run_tests
 
 from . import humaneval_code as hc

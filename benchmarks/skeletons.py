@@ -3,7 +3,7 @@
     python -m benchmarks.skeletons --counts 1000,2000,10000 [--limit 600]
 
 For each count it writes a file of that many skeletons into a fresh repository, commits it, and
-times `soa_git.organizer.find_targets` (read the file at HEAD, check it parses, find every skeleton
+times `soa_git.targets.find_targets` (read the file at HEAD, check it parses, find every skeleton
 and check each is one): everything `soa-git run FILE` does before its first run starts. A count
 whose measurement would pass `--limit` seconds is stopped and recorded as such. Prints one JSON
 line per count.
@@ -29,7 +29,7 @@ def skeleton_file(count: int) -> str:
 
 def _measure(count: int, out) -> None:
     from soa_git.gitrepo import GitRepo
-    from soa_git.organizer import find_targets
+    from soa_git.targets import find_targets
 
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)

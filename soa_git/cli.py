@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import click
 
-from . import config, entry, report
+from . import config, entry, render
 from .errors import SoaError
 from .llm import Notice
 
@@ -121,13 +121,13 @@ class LiveView:
 
     def _view(self, view: AgentView) -> None:
         if "." not in view.path:
-            entry.runs[view.run] = view.state in report.FINAL_STATES
+            entry.runs[view.run] = view.state in render.FINAL_STATES
         if any(v.run != view.run for v, _ in self.views.values()):
             self.views.clear()
             self.started = time.monotonic()
         self.views[view.path] = (view, time.monotonic())
         self.notices.pop(view.path, None)
-        self._plain(view.path, report.event_line(view))
+        self._plain(view.path, render.event_line(view))
 
     def _plain(self, key: str, line: str) -> None:
         if self.live is None and self.printed.get(key) != line:
@@ -142,10 +142,10 @@ class LiveView:
                 return Text("")
             now = time.monotonic()
             views = [replace(view, seconds=view.seconds + (
-                         0 if view.state in report.FINAL_STATES else now - when))
+                         0 if view.state in render.FINAL_STATES else now - when))
                      for view, when in self.views.values()]
-            lines = [report.live_header(views, now - self.started),
-                     *report.tree_lines(views, live=True, notices=self.notices)]
+            lines = [render.live_header(views, now - self.started),
+                     *render.tree_lines(views, live=True, notices=self.notices)]
         text = Text("\n".join(lines), no_wrap=True, overflow="ellipsis")
         text.highlight_words(["passed"], "green")
         text.highlight_words(["failed", "stopped"], "red")
@@ -195,12 +195,12 @@ def live_view() -> Iterator[LiveView]:
         live.close()
 
 
-def render(summaries: list[RunSummary], as_json: bool) -> None:
+def print_summaries(summaries: list[RunSummary], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(report.summaries_json(summaries), indent=2))
+        click.echo(json.dumps(render.summaries_json(summaries), indent=2))
     else:
         for summary in summaries:
-            click.echo("\n".join(report.summary_lines(summary)))
+            click.echo("\n".join(render.summary_lines(summary)))
     if any(s.state != "done" for s in summaries):
         sys.exit(1)
 
@@ -304,7 +304,7 @@ def run(targets: tuple[str, ...], as_json: bool, **flags) -> None:
     with live_view() as live:
         summaries = run_command(targets, cwd=Path.cwd(), flags=_run_flags(flags),
                                 on_event=live, on_progress=ProgressLine())
-    render(summaries, as_json)
+    print_summaries(summaries, as_json)
 
 
 @main.command()
@@ -317,7 +317,7 @@ def resume(run_id: str, as_json: bool, **flags) -> None:
     with live_view() as live:
         summary = resume_command(run_id, cwd=Path.cwd(), flags=_run_flags(flags),
                                  on_event=live, on_progress=ProgressLine())
-    render([summary], as_json)
+    print_summaries([summary], as_json)
 
 
 @main.command()
@@ -338,7 +338,7 @@ def demo(directory: Path | None, scripted: bool, model: str, as_json: bool) -> N
     click.echo(f"sample repository: {repo}", err=True)
     click.echo(f"look at it: git -C {repo} log --graph --all --oneline; "
                f"cd {repo} && soa-git report", err=True)
-    render(summaries, as_json)
+    print_summaries(summaries, as_json)
 
 
 @main.command()
@@ -359,7 +359,7 @@ def serve(model: str, jobs: int, port: int, as_json: bool) -> None:
                                    "model": endpoint.model, "slots": endpoint.slots,
                                    "source": endpoint.weights.source}))
         else:
-            click.echo(report.serve_lines(endpoint))
+            click.echo(render.serve_lines(endpoint))
         sys.stdout.flush()
 
     serve_command(model if ":" in model or model == "local" else f"local:{model}", slots=jobs,
@@ -373,7 +373,7 @@ def serve(model: str, jobs: int, port: int, as_json: bool) -> None:
 def accept(run_id: str, squash: bool) -> None:
     """Merge finished run RUN's result into your current branch (your hooks run)."""
     done = accept_command(run_id, cwd=Path.cwd(), squash=squash)
-    click.echo("\n".join(report.accept_lines(done)))
+    click.echo("\n".join(render.accept_lines(done)))
 
 
 @main.command()
@@ -388,7 +388,7 @@ def clean(run_id: str | None, all_runs: bool, dry_run: bool, as_json: bool) -> N
         raise click.UsageError("give a RUN or --all" if run_id is None
                                else "give a RUN or --all, not both")
     plan = clean_command(run_id, cwd=Path.cwd(), all_runs=all_runs, dry_run=dry_run)
-    _print(as_json, lambda: report.clean_json(plan), lambda: report.clean_lines(plan))
+    _print(as_json, lambda: render.clean_json(plan), lambda: render.clean_lines(plan))
     if plan.kept:
         raise click.ClickException("kept " + "; ".join(f"run {run}: {why}"
                                                        for run, why in plan.kept))
@@ -403,7 +403,7 @@ def clean(run_id: str | None, all_runs: bool, dry_run: bool, as_json: bool) -> N
 def list_command(as_json: bool) -> None:
     """The runs in this repository, newest first."""
     runs = list_runs(Path.cwd())
-    _print(as_json, lambda: report.runs_json(runs), lambda: report.runs_lines(runs))
+    _print(as_json, lambda: render.runs_json(runs), lambda: render.runs_lines(runs))
 
 
 @main.command()
@@ -413,7 +413,7 @@ def list_command(as_json: bool) -> None:
 def tree(run_id: str | None, as_json: bool) -> None:
     """The agent tree of run RUN (default: the newest run)."""
     run = tree_command(Path.cwd(), run_id)
-    _print(as_json, lambda: report.run_json(run), lambda: report.run_tree_lines(run))
+    _print(as_json, lambda: render.run_json(run), lambda: render.run_tree_lines(run))
 
 
 @main.command()
@@ -423,7 +423,7 @@ def tree(run_id: str | None, as_json: bool) -> None:
 def log(agent: str, as_json: bool) -> None:
     """AGENT's attempts in order (AGENT: RUN/agent.path, or agent.path in the newest run)."""
     found = log_command(Path.cwd(), agent)
-    _print(as_json, lambda: report.agent_log_json(found), lambda: report.agent_log_lines(found))
+    _print(as_json, lambda: render.agent_log_json(found), lambda: render.agent_log_lines(found))
 
 
 @main.command()
@@ -437,11 +437,11 @@ def show(spec: str, as_json: bool) -> None:
 
     shown = show_command(Path.cwd(), spec)
     if isinstance(shown, RunRecord):
-        _print(as_json, lambda: report.run_show_json(shown),
-               lambda: report.run_summary_lines(shown))
+        _print(as_json, lambda: render.run_show_json(shown),
+               lambda: render.run_summary_lines(shown))
     else:
-        _print(as_json, lambda: report.agent_show_json(shown),
-               lambda: report.agent_show_lines(shown))
+        _print(as_json, lambda: render.agent_show_json(shown),
+               lambda: render.agent_show_lines(shown))
 
 
 @main.command()
@@ -451,8 +451,8 @@ def show(spec: str, as_json: bool) -> None:
 def transcript(agent: str, as_json: bool) -> None:
     """The exact model messages of each of AGENT's steps, from the notes."""
     run, found, steps = transcript_command(Path.cwd(), agent)
-    _print(as_json, lambda: report.transcript_json(run, found, steps),
-           lambda: report.transcript_lines(run, found, steps))
+    _print(as_json, lambda: render.transcript_json(run, found, steps),
+           lambda: render.transcript_lines(run, found, steps))
 
 
 # ---- publishing a run: report, push, pull request -------------------------------------------
@@ -469,9 +469,9 @@ def report_run(run_id: str | None, fmt: str, remote: str) -> None:
     """A review of run RUN (default: the newest): tree, attempts, branches, diff stat."""
     built = build_report(Path.cwd(), run_id, remote=remote)
     if fmt == "markdown":
-        click.echo(report.run_markdown(built), nl=False)
+        click.echo(render.run_markdown(built), nl=False)
     else:
-        _print(fmt == "json", lambda: report.report_json(built), lambda: report.report_lines(built))
+        _print(fmt == "json", lambda: render.report_json(built), lambda: render.report_lines(built))
 
 
 @main.command()
@@ -482,7 +482,7 @@ def report_run(run_id: str | None, fmt: str, remote: str) -> None:
 def push(run_id: str, remote: str, as_json: bool) -> None:
     """Push RUN's branches and the notes (transcripts) to REMOTE (default: origin)."""
     done = push_command(Path.cwd(), run_id, remote)
-    _print(as_json, lambda: report.push_json(done), lambda: report.push_lines(done))
+    _print(as_json, lambda: render.push_json(done), lambda: render.push_lines(done))
 
 
 @main.command()
@@ -497,9 +497,9 @@ def pr(run_id: str, github_repo: str | None, base: str | None, remote: str,
        as_json: bool) -> None:
     """Open or update the pull request of RUN's root branch (token: GITHUB_TOKEN)."""
     built = build_report(Path.cwd(), run_id, remote=remote)
-    done = pr_command(built, cwd=Path.cwd(), body=report.run_markdown, repo=github_repo,
+    done = pr_command(built, cwd=Path.cwd(), body=render.run_markdown, repo=github_repo,
                       base=base)
-    _print(as_json, lambda: report.pull_json(done), lambda: report.pull_lines(done))
+    _print(as_json, lambda: render.pull_json(done), lambda: render.pull_lines(done))
 
 
 # ---- hooks: the commit gate and the manual-stage fill ---------------------------------------
@@ -515,7 +515,7 @@ def check(files: tuple[str, ...], as_json: bool) -> None:
     result = check_command(list(files) or None, cwd=Path.cwd())
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
-    _print(as_json, lambda: report.check_json(result), lambda: report.check_lines(result))
+    _print(as_json, lambda: render.check_json(result), lambda: render.check_lines(result))
     if not result.ok:
         sys.exit(1)
 
@@ -536,4 +536,4 @@ def fill(files: tuple[str, ...], as_json: bool, **flags) -> None:
         click.echo("no skeleton marked for soa-git (`# soa-git: fill`) in the files given; "
                    "nothing to fill")
         return
-    render(summaries, as_json)
+    print_summaries(summaries, as_json)

@@ -7,6 +7,7 @@ target (`<target dir>/<agent path with . as __>.py`) and a test file under `test
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Callable, Iterable
@@ -15,6 +16,8 @@ from . import answers, pycode, runformat
 
 TEST_DIR = "tests/soa"
 FUTURE = "from __future__ import annotations"
+# A line that starts an import: `from x...` or `import x, y.z as w`.
+_IMPORTED = re.compile(r"^\s*(?:from\s+([A-Za-z_]\w*)|import\s+(.+))")
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,42 @@ def test_source(function: str, files: AgentFiles, tests: Iterable[str],
                 imports: Iterable[str], helpers: Iterable[str] = ()) -> str:
     """The agent's test file: its tests can call its function and every helper it keeps."""
     header = runformat.test_header(function)
-    names = ", ".join(dict.fromkeys([function, *helpers]))
-    lines = _ordered_imports([*imports, f"from {files.import_name} import {names}"])
+    own = runformat.test_import(files.import_name, dict.fromkeys([function, *helpers]))
+    lines = _ordered_imports([*imports, own])
     return header + "\n".join(lines) + "\n\n\n" + "\n\n\n".join(t.strip("\n") for t in tests) + "\n"
+
+
+def workspace_folders(target: str, import_root: str, available: set[str],
+                      import_lines: Callable[[list[str], list[str]], list[str]]) -> list[str]:
+    """The folders an agent's workspace holds (the root's own files always, as in git's cone
+    mode): the target's top package (where every agent's module lives), the agents' tests, and
+    every folder of the import root that code in those imports, followed to a fixed point.
+
+    `available` are the folders directly in the import root; `import_lines(folders, files)` the
+    lines that start an import in the Python files under those folders and in those files.
+
+    A full checkout of a large repository per agent costs more than all else an agent does;
+    the tests of generated code need only what the code under test can import.
+    """
+    target_dir = PurePosixPath(target).parent
+    root = PurePosixPath(import_root) if import_root else PurePosixPath(".")
+    inner = target_dir.relative_to(root).parts if target_dir != root else ()
+    own = str(root / inner[0]) if inner else (import_root or None)
+    folders = {TEST_DIR} | ({own} if own else set())
+    scanned: set[str] = set()
+    files = [target]
+    while True:
+        fresh = sorted(f for f in folders - scanned if f != TEST_DIR)
+        if not fresh and not files:
+            return sorted(folders)
+        scanned |= set(fresh)
+        found = set()
+        for line in import_lines(fresh, files):
+            match = _IMPORTED.match(line)
+            if match:
+                names = [match[1]] if match[1] else [part.split()[0].split(".")[0]
+                                                     for part in match[2].split(",")
+                                                     if part.split()]
+                found |= {n for n in names if n in available}
+        files = []
+        folders |= {str(root / name) if import_root else name for name in found}

@@ -12,7 +12,6 @@ test feedback, Mothers revise their own code and comment on the children they im
 from __future__ import annotations
 
 import itertools
-import keyword
 import re
 import sys
 import threading
@@ -20,28 +19,22 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Iterator
 
 from . import answers, examples, failures, layout, pycode, runformat
 from .agents import Agent, ChildStatus, Plan, Step, parse_plan, parse_revision, prose
 from .config import Settings
-from .errors import AnswerError, BudgetExhausted, ModelError, TargetError
+from .errors import AnswerError, BudgetExhausted, ModelError
 from .gitrepo import Author, GitRepo, MergeConflict
 from .llm import ChatModel, TokenLedger, Usage
 from .executor import LOCAL, Executor
+from .targets import Target
 from .testing import TestResult
 
 NOT_RUN = TestResult(cases=())
 # Up to this many siblings, a child sees all their skeletons; beyond, only those it names.
 SHOWN_SIBLINGS = 8
-_IMPORTED = re.compile(r"^\s*(?:from\s+([A-Za-z_]\w*)|import\s+(.+))")
-
-
-@dataclass(frozen=True)
-class Target:
-    file: str        # posix path from the repository root
-    function: str
 
 
 @dataclass(frozen=True)
@@ -134,66 +127,6 @@ class Node:
     @property
     def depth(self) -> int:
         return 0 if self.parent is None else self.parent.depth + 1
-
-
-def committed_source(repo: GitRepo, file: Path) -> tuple[str, str]:
-    """(path from the root, text at HEAD) of a file that is committed, unchanged, and parses.
-
-    Every run starts from HEAD, so a file with uncommitted edits would silently lose them.
-    """
-    try:
-        relative = file.resolve().relative_to(repo.root.resolve()).as_posix()
-    except ValueError:
-        raise TargetError(f"{file} is outside the repository {repo.root}") from None
-    source = repo.read_file(repo.head(), relative)
-    if source is None:
-        raise TargetError(f"{relative} is not a file committed at HEAD")
-    on_disk = repo.root / relative
-    if on_disk.exists() and on_disk.read_text(encoding="utf-8", errors="replace") != source:
-        raise TargetError(f"{relative} has uncommitted changes; commit them first, "
-                          "because soa-git works from HEAD")
-    pycode.check_parses(source, relative)
-    return relative, source
-
-
-def find_target(repo: GitRepo, file: Path, function: str) -> Target:
-    return find_targets(repo, file, [function])[0]
-
-
-def find_targets(repo: GitRepo, file: Path, names: list[str] | None) -> list[Target]:
-    """The skeletons `names` of a file at HEAD, or every one of its skeletons for `soa-git run
-    file.py`; the file is read and parsed once, whatever their number."""
-    relative, source = committed_source(repo, file)
-    check_importable(repo, relative)
-    functions = pycode.functions(source)
-    # The last definition of a name wins, as it does when Python runs the module.
-    last = {f.name: f for f in functions}
-    if names is None:
-        names = list(dict.fromkeys(f.name for f in functions if f.is_skeleton))
-        if not names:
-            raise TargetError(f"{relative} has no skeletons (functions whose body is only a "
-                              "docstring and `...`, `pass` or `raise NotImplementedError`)")
-    for name in names:
-        if name not in last:
-            raise TargetError(f"{relative} has no top-level function named '{name}'")
-        if not last[name].is_skeleton:
-            raise TargetError(f"{relative}::{name} is not a skeleton (its body must be only a "
-                              "docstring and `...`, `pass` or `raise NotImplementedError`)")
-    return [Target(relative, name) for name in names]
-
-
-def check_importable(repo: GitRepo, relative: str) -> None:
-    """Agents' tests import the target by its module name: a file named `dash-mod.py` or
-    `my calc.py` has none, and no answer could make its tests import it."""
-    head = repo.head()
-    root = layout.import_root(relative, lambda p: repo.file_exists(head, p))
-    module = layout.files_for("", relative, root, is_root=True).import_name
-    bad = next((part for part in module.split(".")
-                if not part.isidentifier() or keyword.iskeyword(part)), None)
-    if bad is not None:
-        raise TargetError(f"{relative} cannot be imported as a Python module ('{bad}' is not a "
-                          "valid module name), so no test could import it; rename it with "
-                          "letters, digits and underscores only")
 
 
 class Organizer:
@@ -306,41 +239,11 @@ class Organizer:
         root = self._node(target.function, pycode.find_function(self.original, target.function),
                           None)
         root.tests = list(root.agent.examples)
-        self.checkout = self._checkout_folders(root.files.import_root)
+        import_root = root.files.import_root
+        self.checkout = layout.workspace_folders(
+            target.file, import_root, self.repo.subfolders(base, import_root),
+            lambda folders, files: self.repo.import_lines(base, folders, files))
         return root
-
-    def _checkout_folders(self, import_root: str) -> list[str]:
-        """The folders an agent's workspace holds (the root's own files always, as in git's
-        cone mode): the target's top package (where every agent's module lives), the agents'
-        tests, and every folder of the import root that code in those imports, followed to a
-        fixed point.
-
-        A full checkout of a large repository per agent costs more than all else an agent does;
-        the tests of generated code need only what the code under test can import.
-        """
-        target_dir = PurePosixPath(self.target_.file).parent
-        root = PurePosixPath(import_root) if import_root else PurePosixPath(".")
-        inner = target_dir.relative_to(root).parts if target_dir != root else ()
-        own = str(root / inner[0]) if inner else (import_root or None)
-        folders = {layout.TEST_DIR} | ({own} if own else set())
-        available = self.repo.subfolders(self.base, import_root)
-        scanned: set[str] = set()
-        files = [self.target_.file]
-        while True:
-            fresh = sorted(f for f in folders - scanned if f != layout.TEST_DIR)
-            if not fresh and not files:
-                return sorted(folders)
-            scanned |= set(fresh)
-            found = set()
-            for line in self.repo.import_lines(self.base, fresh, files):
-                match = _IMPORTED.match(line)
-                if match:
-                    names = [match[1]] if match[1] else [part.split()[0].split(".")[0]
-                                                         for part in match[2].split(",")
-                                                         if part.split()]
-                    found |= {n for n in names if n in available}
-            files = []
-            folders |= {str(root / name) if import_root else name for name in found}
 
     def _complete(self, root: Node, work: Callable[[], None], started: float) -> RunSummary:
         try:

@@ -380,6 +380,7 @@ def run_end(records: Iterable[Mapping]) -> dict | None:
 # finds an agent from its test file's header alone.
 
 _TEST_HEADER = re.compile(r'\A\s*"""Unit tests of `(\w+)`, kept by soa-git\.')
+_TEST_IMPORT = re.compile(r"^from\s+([\w.]+)\s+import\s+([\w, ]+)$", re.MULTILINE)
 
 
 def module_header(function: str, agent_path: str) -> str:
@@ -394,3 +395,16 @@ def tested_function(test_file_text: str) -> str | None:
     """The function a test file soa-git wrote is about; None for any other file."""
     found = _TEST_HEADER.match(test_file_text)
     return found.group(1) if found else None
+
+
+def test_import(module: str, names: Iterable[str]) -> str:
+    """The line of an agent's test file that imports its function (and helpers) from its module."""
+    return f"from {module} import {', '.join(names)}"
+
+
+def tested_module(test_file_text: str, function: str) -> str | None:
+    """The dotted module a test file soa-git wrote imports `function` from (its last such
+    import)."""
+    modules = [m.group(1) for m in _TEST_IMPORT.finditer(test_file_text)
+               if function in (n.strip() for n in m.group(2).split(","))]
+    return modules[-1] if modules else None

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from click.testing import CliRunner
 
-from soa_git import report
+from soa_git import render
 from soa_git.cli import main
 from soa_git.commands.report import build
 from soa_git.github import GitHubError, parse_repo, repo_from_url
@@ -95,7 +95,7 @@ def _remote(repo: Path, tmp_path: Path, name: str = "remote.git") -> Path:
 def test_markdown_report_of_a_real_run(published, cli):
     run = published.run
     text = cli(published.repo, "report", run, "--format", "markdown")
-    assert text == report.run_markdown(build(published.repo, run))   # the CLI adds nothing
+    assert text == render.run_markdown(build(published.repo, run))   # the CLI adds nothing
     assert cli(published.repo, "report", run, "--format", "markdown") == text   # deterministic
 
     lines = text.splitlines()
@@ -167,11 +167,11 @@ def test_report_as_text_and_json(published, cli):
 
 def test_a_long_report_leaves_out_the_attempts(published):
     rep = build(published.repo, published.run)
-    full = report.run_markdown(rep)
-    short = report.run_markdown(rep, limit=len(full) - 1)
+    full = render.run_markdown(rep)
+    short = render.run_markdown(rep, limit=len(full) - 1)
     assert len(short) < len(full) and "**#1 " not in short
     assert "`soa-git log AGENT` shows them" in short and "#### Branches" in short
-    assert len(report.run_markdown(rep, limit=500)) <= 500
+    assert len(render.run_markdown(rep, limit=500)) <= 500
 
 
 # ---- push ----------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_push_then_a_fresh_clone_reads_the_run(published, copy, cli, tmp_path):
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(bare), str(clone))
     assert "soa/" not in git(clone, "branch")
-    spec = report.report_json(build(copy, run))["fetch"]
+    spec = render.report_json(build(copy, run))["fetch"]
     git(clone, "fetch", "-q", "origin", *spec)
     assert cli(clone, "tree", run, "--json") == cli(copy, "tree", run, "--json")
     assert cli(clone, "transcript", f"{run}/area_report.area", "--json") == \
@@ -346,7 +346,7 @@ def test_pr_opens_a_pull_request_with_the_report(published, copy, cli, github):
     assert create["body"] == {
         "title": f"soa-git: shapes/report.py::area_report (run {run})",
         "head": f"soa/{run}/area_report", "base": "main",
-        "body": report.run_markdown(build(copy, run))}
+        "body": render.run_markdown(build(copy, run))}
     assert TOKEN not in out
 
 
@@ -364,7 +364,7 @@ def test_pr_updates_the_open_pull_request(published, copy, cli, github):
     _as_github_wants(find, "GET", "/repos/octo/shapes/pulls")
     assert find["query"]["head"] == [f"octo:soa/{run}/area_report"]
     _as_github_wants(update, "PATCH", "/repos/octo/shapes/pulls/12")
-    assert update["body"] == {"body": report.run_markdown(build(copy, run))}
+    assert update["body"] == {"body": render.run_markdown(build(copy, run))}
 
 
 def test_pr_errors_are_one_sentence(published, copy, cli, github, monkeypatch):

@@ -21,7 +21,7 @@ from benchmarks.ray_cluster import LocalCluster
 from soa_git.commands.run import run, run_targets
 from soa_git import config
 from soa_git.gitrepo import GitRepo
-from soa_git.organizer import find_target
+from soa_git.targets import find_target
 from soa_git.scripted import ScriptedServer
 
 from .helpers.repos import git

@@ -114,6 +114,9 @@ def test_notes_read_back_as_written() -> None:
 def test_file_headers_and_run_ids_read_back() -> None:
     assert rf.tested_function(rf.test_header("mean_of") + "import x\n") == "mean_of"
     assert rf.tested_function('"""Unit tests of something else."""\n') is None
+    text = rf.test_header("mean_of") + "import math\n" + rf.test_import("pkg.m", ["mean_of", "h"])
+    assert rf.tested_module(text + "\n", "mean_of") == "pkg.m" == rf.tested_module(text, "h")
+    assert rf.tested_module(text, "median_of") is None
     assert rf.module_header("mean_of", "summarize.mean_of").startswith('"""`mean_of`, written')
     run = rf.new_run_id()
     assert rf.is_run_id(run) and rf.run_started(run) is not None

@@ -10,7 +10,7 @@ from soa_git import pycode
 from soa_git.commands.run import run
 from soa_git.errors import TargetError
 from soa_git.gitrepo import GitRepo
-from soa_git.organizer import find_targets
+from soa_git.targets import find_targets
 
 from .helpers.repos import git, make_repo, snapshot
 

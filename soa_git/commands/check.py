@@ -31,7 +31,6 @@ from ..testing import TestResult, run_tests
 MARKER = "soa-git: fill"
 _MARKER_COMMENT = re.compile(r"^\s*#\s*soa-git:\s*fill\b")
 _MARKER_DOC = re.compile(r"^\s*soa-git:\s*fill\s*$", re.MULTILINE)
-_IMPORT = re.compile(r"^from\s+([\w.]+)\s+import\s+([\w, ]+)$", re.MULTILINE)
 # Directories never searched for an agent's module.
 _SKIP_DIRS = {".git", ".hg", ".tox", ".venv", "venv", "node_modules", "__pycache__", "build",
               "dist"}
@@ -117,10 +116,9 @@ def recorded_agents(root: Path) -> list[AgentTests]:
         function = runformat.tested_function(text)
         if function is None:
             continue
-        modules = [m.group(1) for m in _IMPORT.finditer(text)
-                   if function in (n.strip() for n in m.group(2).split(","))]
-        if modules:
-            agents.append(AgentTests(function, modules[-1], path.relative_to(root).as_posix()))
+        module = runformat.tested_module(text, function)
+        if module:
+            agents.append(AgentTests(function, module, path.relative_to(root).as_posix()))
     return agents
 
 

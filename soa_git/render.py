@@ -1,4 +1,8 @@
-"""Renders a run: the agent tree as text lines, the summary, and the same as JSON."""
+"""What every command returns, rendered for people and machines: text lines, Markdown and JSON.
+
+The CLI prints them; nothing here reads git or prints. (`commands/report.py` builds a run's
+review for `soa-git report`; its rendering is here too.)
+"""
 
 from __future__ import annotations
 
