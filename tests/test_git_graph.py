@@ -32,7 +32,7 @@ EXPECTED = """\
 | * skeleton: area from area_report [child, generate, 0]
 |/
 * generate: split area_report into area, fmt [mother, generate, 0]
-* start: run RUN on shapes/report.py::area_report [child, start, 0]
+* start: run RUN on shapes/report.py::area_report [mother, start, 0]
 * initial (main)
 """
 
