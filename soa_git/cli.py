@@ -227,35 +227,20 @@ UNSANDBOXED = ("WARNING: the sandbox is off (--no-sandbox or sandbox = \"off\"):
 
 
 def model_options(command: Callable) -> Callable:
-    options = [
-        click.option("--model", help="Model name, e.g. gpt-4o-mini; `local` (or local:NAME, "
-                     "local:/path/to/model.gguf) runs one on this machine."),
-        click.option("--base-url",
-                     help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1."),
-        click.option("--api-key-env", help="Name of the environment variable that holds the key."),
-        click.option("--max-depth", type=int,
-                     help="Levels in the agent tree (1: a single agent; "
-                          "2: a Mother over Children)."),
-        click.option("--max-children", type=int, help="Most sub-functions one Mother may spawn."),
-        click.option("--repair-rounds", type=int, help="Repair rounds per agent."),
-        click.option("--jobs", "-j", type=int, help="Agents working (model calls, tests) at once."),
-        click.option("--test-timeout", type=float, help="Seconds one agent's test run may take."),
-        click.option("--executor", type=click.Choice(["local", "ray"]),
-                     help="Where agents' tests run: here, or on a Ray cluster (docs/ray.md)."),
-        click.option("--ray-address", help="The Ray cluster: host:port, ray://host:port or auto "
-                                           "(default: RAY_ADDRESS, else auto)."),
-        click.option("--parallel-runs", type=int, help="Runs at once when there are many targets."),
-        click.option("--no-sandbox", "sandbox", flag_value="off", default=None,
-                     help="DANGEROUS: run generated code without the sandbox."),
-    ]
-    for option in reversed(options):
+    """The settings that are flags (config.FLAG_SETTINGS), as options of `command`."""
+    kinds = {"int": int, "float": float, "str": None}
+    for setting in reversed(config.FLAG_SETTINGS):
+        if setting.switch is not None:
+            option = click.option(*setting.flags, setting.name, flag_value=setting.switch,
+                                  default=None, help=setting.help)
+        else:
+            kind = click.Choice(setting.choices) if setting.choices else kinds[setting.kind]
+            option = click.option(*setting.flags, type=kind, help=setting.help)
         command = option(command)
     return command
 
 
-FLAG_NAMES = ("model", "base_url", "api_key_env", "max_depth", "max_children", "repair_rounds",
-              "jobs", "test_timeout", "executor", "ray_address", "parallel_runs",
-              "sandbox")
+FLAG_NAMES = tuple(setting.name for setting in config.FLAG_SETTINGS)
 
 
 @click.group()

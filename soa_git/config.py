@@ -18,7 +18,7 @@ import json
 import math
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,34 +31,64 @@ USER_FILE = "config.toml"
 TRUST_FILE = "trusted.json"
 
 
+def _setting(default: Any, help: str, *, flag: bool = False, short: str = "",
+             choices: tuple[str, ...] = (), switch: tuple[str, str] | None = None) -> Any:
+    """One setting: its default, the sentence both `--help` and docs/configuration.md show, and
+    whether it is also a flag of the commands that run agents (`short`: its one-letter form;
+    `switch`: a flag without a value that sets one, e.g. ("--no-sandbox", "off"))."""
+    return field(default=default, metadata={"help": help, "flag": flag or bool(switch),
+                                            "short": short, "choices": choices,
+                                            "switch": switch})
+
+
 @dataclass(frozen=True)
 class Settings:
-    model: str = "gpt-4o-mini"
-    base_url: str = "https://api.openai.com/v1"
-    api_key_env: str = "OPENAI_API_KEY"
-    max_depth: int = 2          # levels in the agent tree: 2 is a Mother over Children
-    max_children: int = 5
-    repair_rounds: int = 3
-    jobs: int = 4
-    test_timeout: float = 60.0
-    test_memory_mb: int = 1024
-    run_token_budget: int = 400_000
-    agent_token_budget: int = 60_000
-    request_timeout: float = 120.0
-    temperature: float = 0.2
-    executor: str = "local"     # where agents' tests run: local | ray (docs/ray.md)
-    ray_address: str = ""       # the Ray cluster (executor = "ray"); empty: RAY_ADDRESS or auto
-    parallel_runs: int = 1      # runs at once when one command has many targets
+    """Every setting, once: config files, the environment, the CLI's flags and the docs' table
+    are all read from these fields (see SETTINGS)."""
+
+    model: str = _setting(
+        "gpt-4o-mini", "Model name, e.g. gpt-4o-mini; `local` (or local:NAME, "
+        "local:/path/to/model.gguf) runs one on this machine.", flag=True)
+    base_url: str = _setting(
+        "https://api.openai.com/v1", "OpenAI-compatible endpoint, e.g. http://localhost:11434/v1.",
+        flag=True)
+    api_key_env: str = _setting(
+        "OPENAI_API_KEY", "Name of the environment variable that holds the key (never the key).",
+        flag=True)
+    max_depth: int = _setting(
+        2, "Levels in the agent tree (1: a single agent; 2: a Mother over Children, as in the "
+        "paper).", flag=True)
+    max_children: int = _setting(5, "Most sub-functions one Mother may spawn.", flag=True)
+    repair_rounds: int = _setting(
+        3, "Repair rounds per agent (self-repair, and a Mother's revisions).", flag=True)
+    jobs: int = _setting(4, "Agents working (model calls, tests) at once.", flag=True, short="-j")
+    test_timeout: float = _setting(60.0, "Seconds one agent's test run may take.", flag=True)
+    test_memory_mb: int = _setting(1024, "Memory one agent's test run may use, in MB.")
+    run_token_budget: int = _setting(
+        400_000, "Tokens a run may spend; then it stops cleanly (resume it with more).")
+    agent_token_budget: int = _setting(60_000, "Tokens one agent may spend.")
+    request_timeout: float = _setting(120.0, "Seconds one model call may take.")
+    temperature: float = _setting(0.2, "The model's sampling temperature.")
+    executor: str = _setting(
+        "local", "Where agents' tests run: here, or on a Ray cluster (docs/ray.md).", flag=True,
+        choices=("local", "ray"))
+    ray_address: str = _setting(
+        "", "The Ray cluster: host:port, ray://host:port or auto (default: RAY_ADDRESS, else "
+        "auto).", flag=True)
+    parallel_runs: int = _setting(1, "Runs at once when there are many targets.", flag=True)
     # Sent with every request: a local server generates until its context is full otherwise.
     # A Mother writes her function, her children's skeletons and all their tests in one answer.
-    mother_max_tokens: int = 3072
-    child_max_tokens: int = 1536
+    mother_max_tokens: int = _setting(3072, "Most tokens of a Mother's answer (max_tokens).")
+    child_max_tokens: int = _setting(1536, "Most tokens of a child's answer (max_tokens).")
     # "off" runs generated code without the sandbox: only the user may choose that (never a
     # repository's file), and the command line says so loudly on every run.
-    sandbox: str = "on"
-    # Names of more environment variables whose values are masked in test output, e.g.
-    # "AWS_SECRET_ACCESS_KEY,DATABASE_URL" (the key's variable and GitHub's tokens always are).
-    secret_env: str = ""
+    sandbox: str = _setting(
+        "on", "DANGEROUS: `off` runs generated code without the sandbox; only you may choose "
+        "it, never a repository's file.",
+        switch=("--no-sandbox", "off"))
+    # E.g. "AWS_SECRET_ACCESS_KEY,DATABASE_URL" (the key's variable and GitHub's tokens always are).
+    secret_env: str = _setting(
+        "", "More environment variables whose values are masked in test output, comma-separated.")
 
     @property
     def sandboxed(self) -> bool:
@@ -82,6 +112,53 @@ ENV_ALIASES = {
     "model": ("OPENAI_MODEL",),
     "ray_address": ("RAY_ADDRESS",),
 }
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A setting as the CLI and the docs show it."""
+
+    name: str                   # the field of Settings
+    key: str                    # in a config file
+    kind: str                   # int | float | str
+    default: Any
+    help: str
+    flags: tuple[str, ...]      # e.g. ("--jobs", "-j"); none when only files and the environment
+    choices: tuple[str, ...]
+    switch: str | None          # the value a flag without a value sets
+    environment: tuple[str, ...]    # later names win
+
+
+def _flags(name: str, metadata: Mapping[str, Any]) -> tuple[str, ...]:
+    if metadata["switch"]:
+        return (metadata["switch"][0],)
+    if not metadata["flag"]:
+        return ()
+    return (f"--{name.replace('_', '-')}", *([metadata["short"]] if metadata["short"] else []))
+
+
+SETTINGS = tuple(
+    Setting(name=f.name, key=f.name.replace("_", "-"), kind=str(f.type), default=f.default,
+            help=f.metadata["help"], flags=_flags(f.name, f.metadata),
+            choices=f.metadata["choices"],
+            switch=f.metadata["switch"][1] if f.metadata["switch"] else None,
+            environment=(*ENV_ALIASES.get(f.name, ()), f"SOA_GIT_{f.name.upper()}"))
+    for f in fields(Settings))
+FLAG_SETTINGS = tuple(s for s in SETTINGS if s.flags)
+
+
+def docs_table() -> str:
+    """The settings table of docs/configuration.md (tests/test_config.py keeps the two equal)."""
+    def code(items) -> str:
+        return ", ".join(f"`{item}`" for item in items)
+
+    rows = ["| setting (file key) | flag | environment | default | what it sets |",
+            "| --- | --- | --- | --- | --- |"]
+    for setting in SETTINGS:
+        default = (f"`{setting.default}`" if setting.default != "" else "empty")
+        rows.append(f"| `{setting.key}` | {code(setting.flags)} | {code(setting.environment)} "
+                    f"| {default} | {setting.help} |")
+    return "\n".join(rows) + "\n"
 
 
 # Zero is meaningful only for temperature (deterministic answers); other numbers must be positive.
@@ -239,11 +316,12 @@ def _check_trust(root: Path, from_file: Mapping[str, Any], mine: Mapping[str, An
 
 def env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
     found = {}
-    for f in fields(Settings):
-        for var in (*ENV_ALIASES.get(f.name, ()), f"SOA_GIT_{f.name.upper()}"):
+    for setting in SETTINGS:
+        for var in setting.environment:
             if environ.get(var):
-                found[f.name] = _coerce(f.name, f"environment variable {var} ({f.name})",
-                                        environ[var])
+                found[setting.name] = _coerce(setting.name,
+                                              f"environment variable {var} ({setting.name})",
+                                              environ[var])
     return found
 
 

@@ -12,6 +12,8 @@ from soa_git import config
 from soa_git.config import Settings
 from soa_git.errors import ConfigError
 
+from .helpers.repos import ROOT
+
 # key, the key as written in TOML, a file value, env vars that set it, an env value, a flag value,
 # and what each of those resolves to.
 LEVELS = [
@@ -438,3 +440,25 @@ def test_secret_values_are_the_keys_and_the_marked_variables():
     settings = Settings(api_key_env="MY_KEY", secret_env="DB, SHORT")
     assert settings.secret_values(environ) == ("ghp-three-789", "postgres://x:y@z", "sk-one-123",
                                                "sk-two-456")
+
+
+
+
+# ---- one table: Settings, the CLI's flags and the docs ---------------------------------------
+
+
+def test_the_docs_table_is_the_settings_table():
+    """docs/configuration.md shows config.docs_table(); after a change to Settings, paste it."""
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert config.docs_table() in text
+
+
+def test_every_setting_with_a_flag_is_an_option_of_the_commands_that_run_agents():
+    from soa_git.cli import main
+
+    for command in ("run", "resume", "fill", "init"):
+        options = {o for p in main.commands[command].params for o in p.opts}
+        assert {f for s in config.FLAG_SETTINGS for f in s.flags} <= options, command
+    assert {s.name for s in config.SETTINGS} == {f.name for f in fields(Settings)}
+    assert all(s.help and s.environment[-1] == f"SOA_GIT_{s.name.upper()}"
+               for s in config.SETTINGS)
