@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from .helpers.processes import running
 from .helpers.repos import git, make_repo, snapshot
 from .helpers.shapes import AREA_RIGHT, FMT_RIGHT, SHAPES_SKELETON
 
@@ -142,18 +143,6 @@ def test_area_report():
 '''
 
 
-def _running(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -224,9 +213,9 @@ def test_a_hostile_model_is_contained(tmp_path: Path, serve) -> None:
     assert not list(Path("/tmp").glob(f"{MARK}*"))
     assert not reached
     deadline = time.monotonic() + 5
-    while any(_running(s) for s in SLEEPS) and time.monotonic() < deadline:
+    while any(running(s) for s in SLEEPS) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [s for s in SLEEPS if _running(s)], "a process outlived the run"
+    assert not [s for s in SLEEPS if running(s)], "a process outlived the run"
 
     run_id = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/soa/").split("/")[3]
     transcript = subprocess.run([sys.executable, "-c", "from soa_git.cli import main; main()",

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from soa_git import testing
 from soa_git.testing import TestCase, TestResult, run_tests
+
+from .helpers.processes import running
 
 
 def _write(root: Path, files: dict[str, str]) -> None:
@@ -30,15 +31,6 @@ def _run(worktree: Path, test_files: list[str], **kwargs: object) -> TestResult:
     result = run_tests(worktree, test_files, **kwargs)  # type: ignore[arg-type]
     assert _listing(worktree) == before
     return result
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    # A zombie is dead already; whether someone reaps it is not ours to decide.
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture
@@ -115,22 +107,9 @@ def test_collection_errors_are_kept_and_do_not_hide_other_files(worktree: Path) 
     assert "SyntaxError" in feedback
 
 
-def _running(marker: str) -> list[int]:
-    """The processes on this machine whose command line holds `marker`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and _alive(int(entry.name)):
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def _wait_none_running(marker: str, within_s: float = 3.0) -> bool:
     deadline = time.monotonic() + within_s
-    while _running(marker):
+    while running(marker):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
