@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
-    from .organizer import AgentView, RunSummary
+    from .summary import AgentView, RunSummary
     from .weights import Progress
 
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .commands.report import RunReport
     from .github import PullRequest
     from .history import AgentLog, AgentRecord, Attempt, RunRecord
-    from .organizer import AgentView, RunSummary
+    from .summary import AgentView, RunSummary
 
 
 def _depth(path: str) -> int:

@@ -11,7 +11,7 @@ from rich.console import Console
 from soa_git.cli import LiveView
 from soa_git.commands.run import run
 from soa_git.llm import Notice
-from soa_git.organizer import AgentView
+from soa_git.summary import AgentView
 
 from .helpers.shapes import KEY, shapes_script
 

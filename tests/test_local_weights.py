@@ -202,7 +202,7 @@ def test_the_live_tree_shows_elapsed_time_and_token_rate_and_keeps_ticking():
     from rich.console import Console
 
     from soa_git.cli import LiveView
-    from soa_git.organizer import AgentView
+    from soa_git.summary import AgentView
 
     screen = io.StringIO()
     live = LiveView(Console(file=screen, force_terminal=True, width=100, height=20))

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 from ..errors import ConfigError
 from ..gitrepo import GitRepo
-from ..organizer import AgentView, RunSummary
+from ..summary import AgentView, RunSummary
 from ..scripted import Script, ScriptedServer
 from ..weights import ProgressCallback, quiet
 from .run import run

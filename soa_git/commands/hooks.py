@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .. import config
 from ..errors import RepositoryError, TargetError
 from ..gitrepo import GitRepo
-from ..organizer import AgentView, RunSummary
+from ..summary import AgentView, RunSummary
 from ..targets import find_targets
 from ..weights import ProgressCallback, quiet
 from .check import repo_relative, marked_skeletons, staged_python_files

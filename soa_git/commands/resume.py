@@ -11,7 +11,8 @@ from ..errors import RepositoryError
 from ..executor import open_executor
 from ..gitrepo import GitRepo
 from ..llm import Notice, Usage
-from ..organizer import AgentView, Organizer, Recording, RunSummary
+from ..organizer import Organizer, Recording
+from ..summary import AgentView, RunSummary
 from ..targets import Target
 from ..weights import ProgressCallback, quiet
 from .run import budgeted_model

@@ -15,7 +15,8 @@ from ..errors import ConfigError, TargetError
 from ..executor import Executor, open_executor
 from ..gitrepo import GitRepo
 from ..llm import ChatModel, Metered, Notice, ReplayModel, TokenLedger
-from ..organizer import AgentView, Organizer, RunSummary
+from ..organizer import Organizer
+from ..summary import AgentView, RunSummary
 from ..targets import Target, committed_source, find_targets
 from ..weights import ProgressCallback, quiet
 
