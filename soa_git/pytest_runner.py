@@ -8,8 +8,9 @@ line on stdin and forks a session for each: what `python -m pytest` would do, wi
 an interpreter and pytest's imports on every run (about 30-60 ms of CPU per run instead of 300).
 
 A sandboxed session (see `_enter_sandbox`) is PID 1 of its own PID namespace, with its own mount,
-network, IPC and UTS namespaces, under a root that holds only the read-only system, the Python
-installation, the workspace, the run's scratch folder and a private /tmp; it drops every
+network, IPC and UTS namespaces, under a root that holds only the read-only system (of /etc,
+the entries soa_git.sandbox lists, and passwd and group written anew), the Python installation,
+the workspace, the run's scratch folder, a private /tmp and a read-only /proc; it drops every
 capability before it forks the process that runs pytest. When it exits, the kernel kills
 whatever the tests left behind. The runner itself only forks, reaps and reports exit codes; it
 never runs generated code. When soa-git goes away (stdin closes), it kills every session and exits.
@@ -115,14 +116,17 @@ def _enter_sandbox(request, config):
     taken = [workspace, *request["scratch"]]
     for path in config["system"]:
         if os.path.islink(path):
+            os.makedirs(os.path.dirname(root + path), exist_ok=True)
             os.symlink(os.readlink(path), root + path)
         elif os.path.exists(path):
             mounts.append((path, "ro", None))
             taken.append(path)
+    hidden = [workspace, *config["private"]]
     for path in (*config["python"], *request["path"]):
-        # Never a folder that holds the workspace (it would show the user's repository), nor
-        # one inside something already mounted.
-        if os.path.exists(path) and not _nested(workspace, [path]) and not _nested(path, taken):
+        # Never a folder that holds the workspace (it would show the user's repository) or a
+        # home, nor one inside something already mounted.
+        if os.path.exists(path) and not any(_nested(h, [path]) for h in hidden) \
+                and not _nested(path, taken):
             mounts.append((path, "ro", None))
             taken.append(path)
     # Parents before children: a workspace under /tmp goes on top of the private /tmp.
@@ -134,10 +138,16 @@ def _enter_sandbox(request, config):
         elif kind == "dev":
             _make_dev(target)
         elif kind == "proc":
+            # Read-only: as root, /proc/sys (kernel.core_pattern: a program the kernel runs
+            # as root) and /proc/sysrq-trigger are writable without any capability.
             os.makedirs(target, exist_ok=True)
-            _mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            _mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
         else:
             _bind(path, target, kind == "rw")
+    os.makedirs(root + "/etc", exist_ok=True)
+    for name, text in config["accounts"].items():
+        with open(f"{root}/etc/{name}", "w") as f:
+            f.write(text)
     if request["cgroup"]:
         with open(os.path.join(request["cgroup"], "cgroup.procs"), "w") as f:
             f.write("0")

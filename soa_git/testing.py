@@ -64,8 +64,9 @@ class _Runner:
         home = Path(self._home)
         root = home / "root"
         root.mkdir()
-        config = {"sandbox": sandboxed, "root": str(root), "system": sandbox.SYSTEM_PATHS,
-                  "python": sandbox.python_paths(), "cgroup": box.cgroup if box else "",
+        config = {"sandbox": sandboxed, "root": str(root), "system": sandbox.system_paths(),
+                  "python": sandbox.python_paths(), "private": sandbox.private_paths(),
+                  "accounts": sandbox.accounts(), "cgroup": box.cgroup if box else "",
                   "nproc": sandbox.PROCESS_LIMIT}
         python = [sys.executable, str(_RUNNER_SCRIPT), json.dumps(_warm_up_args(home)),
                   json.dumps(config)]

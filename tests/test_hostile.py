@@ -60,6 +60,17 @@ def test_area_escapes():
     attempt("read a home's files", lambda: open("/root/.gitconfig").read())
     attempt("read a home's files", lambda: open("/root/.bashrc").read())
     attempt("write the system", lambda: open("/usr/{mark}", "w"))
+    attempt("read the password hashes", lambda: open("/etc/shadow").read())
+    attempt("read the password hashes", lambda: open("/etc/gshadow").read())
+    attempt("list the ssh host keys", lambda: os.listdir("/etc/ssh"))
+    attempt("read the TLS private keys", lambda: os.listdir("/etc/ssl/private"))
+    attempt("read the system's credentials", lambda: open("/etc/pip.conf").read())
+    attempt("read the system's credentials", lambda: open("/etc/gitconfig").read())
+    # Opened, never written: kernel.core_pattern names a program the kernel runs as root.
+    attempt("open a kernel setting for writing", lambda: os.close(os.open(
+        "/proc/sys/kernel/core_pattern", os.O_WRONLY)))
+    attempt("open the sysrq trigger for writing", lambda: os.close(os.open(
+        "/proc/sysrq-trigger", os.O_WRONLY)))
     # This /tmp is the sandbox's own; the host's is checked from outside.
     pathlib.Path("/tmp/{mark}").write_text("x")
 

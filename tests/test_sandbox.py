@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import textwrap
 import threading
@@ -62,6 +63,65 @@ def test_nothing_outside_the_workspace_is_visible_or_writable(
     assert user_file.read_text() == "KEEP = 1\n"
     assert not outside.exists() and not (workspace.parent / "sibling.txt").exists()
     assert (workspace / "made_by_test.txt").exists()
+
+
+def test_the_hosts_secrets_are_hidden(workspace: Path) -> None:
+    shown = {pattern.split("/")[0].rstrip("*") for pattern in sandbox.ETC_SHOWN}
+    if not Path("/etc/shadow").exists():
+        pytest.skip("no /etc/shadow on this host to hide")
+    result = _run(workspace, f"""
+        import os, pytest
+
+        def test_etc_holds_only_what_programs_need():
+            for name in os.listdir("/etc"):
+                assert name in ("passwd", "group") or name.startswith(tuple({sorted(shown)!r})), name
+            for secret in ("shadow", "gshadow", "ssh", "ssl/private", "sudoers", "machine-id",
+                           "pip.conf", "gitconfig", "npmrc"):
+                assert not os.path.lexists("/etc/" + secret), secret
+
+        def test_no_other_account():
+            users = [line.split(":")[0] for line in open("/etc/passwd")]
+            assert set(users) <= {{"root", "nobody", {os.environ.get("USER", "root")!r}}}, users
+
+        def test_homes_hold_nothing_but_python():
+            python = {sandbox.python_paths()!r}
+            for top in ("/root", "/home"):
+                for folder, dirs, files in os.walk(top):
+                    inside = any(folder == p or folder.startswith(p + "/") for p in python)
+                    assert inside or not files, (folder, files)
+                    dirs[:] = [d for d in dirs if not inside]
+
+        def test_kernel_settings_cannot_be_opened_for_writing():
+            # Opened only, never written: on failure this must not change the host.
+            for path in ("/proc/sys/kernel/core_pattern", "/proc/sys/vm/drop_caches",
+                         "/proc/sysrq-trigger"):
+                with pytest.raises(OSError):
+                    os.close(os.open(path, os.O_WRONLY))
+    """)
+    assert result.ok, result.feedback()
+
+
+def test_a_python_path_holding_a_home_is_not_shown(
+        workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    (home / "lib").mkdir(parents=True)
+    (home / ".netrc").write_text("machine example.com password planted\n")
+    (home / "lib" / "helper.py").write_text("X = 1\n")
+    monkeypatch.setenv("HOME", str(home))
+    testing.stop_runner()  # the runner reads the home when it starts
+    try:
+        result = _run(workspace, f"""
+            import os
+
+            def test_the_home_is_not_there():
+                assert not os.path.exists({str(home / ".netrc")!r})
+
+            def test_what_it_holds_may_be():
+                assert os.path.exists({str(home / "lib" / "helper.py")!r})
+        """, python_path=[home, home / "lib"])
+    finally:
+        testing.stop_runner()
+    assert result.ok, result.feedback()
 
 
 def test_a_read_only_workspace_cannot_be_written(workspace: Path) -> None:
