@@ -49,6 +49,7 @@ init_command = _lazy("init", "init")
 list_runs = _lazy("list", "list_runs")
 log_command = _lazy("log", "log")
 pr_command = _lazy("pr", "pr")
+pr_head_command = _lazy("pr_head", "pr_head")
 push_command = _lazy("push", "push")
 build_report = _lazy("report", "build")
 resume_command = _lazy("resume", "resume")
@@ -485,6 +486,21 @@ def pr(run_id: str, github_repo: str | None, base: str | None, remote: str,
     done = pr_command(built, cwd=Path.cwd(), body=render.run_markdown, repo=github_repo,
                       base=base)
     _print(as_json, lambda: render.pull_json(done), lambda: render.pull_lines(done))
+
+
+@main.command("pr-head")
+@click.argument("number", type=int)
+@click.option("--repo", "github_repo", metavar="OWNER/NAME", required=True,
+              help="The GitHub repository of the pull request.")
+@click.option("--at", "at", metavar="TIME", required=True,
+              help="When the comment was written, as GitHub gives it (2026-12-02T14:00:00Z).")
+@click.option("--json", "as_json", is_flag=True, help="Print the head as JSON.")
+@error_boundary
+def pr_head(number: int, github_repo: str, at: str, as_json: bool) -> None:
+    """The head of pull request NUMBER as it was at TIME; refused if it moved since (the
+    `/soa run` workflow pins the reviewed commit with it; token: GITHUB_TOKEN)."""
+    done = pr_head_command(github_repo, number, at)
+    _print(as_json, lambda: render.pr_head_json(done), lambda: render.pr_head_lines(done))
 
 
 # ---- hooks: the commit gate and the manual-stage fill ---------------------------------------

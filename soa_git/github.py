@@ -1,5 +1,5 @@
 """A tiny client of GitHub's REST API (https://docs.github.com/rest): only what `soa-git pr`
-needs, over the standard library. The token is sent in one header to the API's own origin and
+and `soa-git pr-head` need, over the standard library. The token is sent in one header to the API's own origin and
 nowhere else: a redirect elsewhere is followed without it; never printed, never written, never
 part of an error message. Rate limits and server errors are retried, honouring Retry-After."""
 
@@ -118,6 +118,20 @@ class GitHub:
         if wait is None:
             wait = self._backoff_s * 2 ** attempt
         return wait if wait <= MAX_WAIT_S else None
+
+    def pull(self, owner: str, repo: str, number: int) -> dict:
+        found = self.request("GET", f"/repos/{owner}/{repo}/pulls/{number}")
+        return found if isinstance(found, dict) else {}
+
+    def last_change(self, owner: str, repo: str, branch: str) -> dict | None:
+        """The newest change of `branch` (a push, force push, creation, deletion or merge) as
+        GitHub recorded it, with its own `timestamp` and the `after` commit (the repository
+        activity API); None if it recorded none."""
+        found = self.request("GET", f"/repos/{owner}/{repo}/activity",
+                             query={"ref": f"refs/heads/{branch}", "direction": "desc",
+                                    "per_page": "1"})
+        return found[0] if isinstance(found, list) and found and isinstance(found[0], dict) \
+            else None
 
     def open_pull(self, owner: str, repo: str, head: str) -> dict | None:
         """The open pull request whose head is `head` (`owner:branch`), if any."""

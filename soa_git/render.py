@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .commands.accept import Accepted
     from .commands.check import CheckResult
     from .commands.clean import CleanPlan
+    from .commands.pr_head import ReviewedHead
     from .commands.push import Pushed
     from .commands.report import RunReport
     from .github import PullRequest
@@ -532,6 +533,17 @@ def pull_lines(done: PullRequest) -> list[str]:
 def pull_json(done: PullRequest) -> dict:
     return {"action": "created" if done.created else "updated", "number": done.number,
             "url": done.url, "head": done.head, "base": done.base}
+
+
+def pr_head_lines(head: ReviewedHead) -> list[str]:
+    origin = " (a fork)" if head.fork else ""
+    return [f"pull request #{head.number}: {head.sha}, the head of {head.repo}:{head.branch}"
+            f"{origin}, unchanged since the comment"]
+
+
+def pr_head_json(head: ReviewedHead) -> dict:
+    return {"number": head.number, "sha": head.sha, "repo": head.repo, "branch": head.branch,
+            "fork": head.fork}
 
 
 def check_lines(result: CheckResult) -> list[str]:

@@ -410,6 +410,81 @@ def test_repository_names_from_remote_urls():
         parse_repo("octo")
 
 
+# ---- pr-head: the commit a `/soa run` comment reviewed, against the same stand-in ----------
+
+COMMENTED = "2026-12-02T14:00:00Z"
+HEAD, EARLIER = "a" * 40, "b" * 40
+
+
+def _pull(head_repo: str | None = "octo/shapes") -> dict:
+    return {"number": 5, "head": {"sha": HEAD, "ref": "feature",
+                                  "repo": {"full_name": head_repo} if head_repo else None},
+            "base": {"ref": "main", "repo": {"full_name": "octo/shapes"}}}
+
+
+def _change(after: str, at: str, kind: str = "push") -> dict:
+    """One item of GitHub's repository activity API."""
+    return {"id": 1, "node_id": "RA_1", "before": EARLIER, "after": after,
+            "ref": "refs/heads/feature", "timestamp": at, "activity_type": kind,
+            "actor": {"login": "someone"}}
+
+
+def test_pr_head_pins_the_head_that_was_reviewed(cli, github, tmp_path):
+    fake = github((200, _pull()), (200, [_change(HEAD, "2026-12-02T13:58:30Z")]))
+    out = cli(tmp_path, "pr-head", "5", "--repo", "octo/shapes", "--at", COMMENTED, "--json")
+    assert json.loads(out) == {"number": 5, "sha": HEAD, "repo": "octo/shapes",
+                               "branch": "feature", "fork": False}
+    pull, activity = fake.requests
+    _as_github_wants(pull, "GET", "/repos/octo/shapes/pulls/5")
+    _as_github_wants(activity, "GET", "/repos/octo/shapes/activity")
+    assert activity["query"] == {"ref": ["refs/heads/feature"], "direction": ["desc"],
+                                 "per_page": ["1"]}
+
+
+def test_pr_head_of_a_fork_reads_the_forks_activity(cli, github, tmp_path):
+    fake = github((200, _pull("forker/shapes")), (200, [_change(HEAD, "2026-12-01T09:00:00Z")]))
+    out = cli(tmp_path, "pr-head", "5", "--repo", "octo/shapes", "--at", COMMENTED)
+    assert out == (f"pull request #5: {HEAD}, the head of forker/shapes:feature (a fork), "
+                   "unchanged since the comment\n")
+    assert fake.requests[1]["path"] == "/repos/forker/shapes/activity"
+
+
+@pytest.mark.parametrize("pull, changes, said", [
+    # Pushed after the comment: the pushed commit may carry any date it likes (a back-dated
+    # one passed the old check); GitHub's own record of the push is what counts.
+    (_pull(), [_change(HEAD, "2026-12-02T14:00:31Z")], "moved after the comment (a push to "
+     "octo/shapes:feature at 2026-12-02T14:00:31Z; the comment is of 2026-12-02T14:00:00Z)"),
+    (_pull(), [_change(HEAD, "2026-12-02T14:05:00Z", "force_push")], "(a force_push to"),
+    # Within the comment's second: it may have come after it.
+    (_pull(), [_change(HEAD, "2026-12-02T14:00:00.400Z")], "moved after the comment"),
+    # GitHub's record lags behind the head: not known to be what was reviewed.
+    (_pull(), [_change(EARLIER, "2026-12-02T13:00:00Z")],
+     f"is {HEAD[:12]}, but GitHub's activity says octo/shapes:feature was last left at "
+     f"{EARLIER[:12]}"),
+    (_pull(), [], "shows no push, so the reviewed head is not known"),
+    (_pull(head_repo=None), [], "has no head branch any more"),
+])
+def test_pr_head_refuses_a_head_not_known_to_be_the_reviewed_one(cli, github, tmp_path, pull,
+                                                                 changes, said):
+    fake = github((200, pull), (200, changes))
+    out = cli(tmp_path, "pr-head", "5", "--repo", "octo/shapes", "--at", COMMENTED, ok=False)
+    assert out.startswith("Error: ") and said in out and len(out.strip().splitlines()) == 1
+    # Only GitHub's records are asked, never the commits (whose dates the pusher chooses).
+    assert [r["path"] for r in fake.requests] == ["/repos/octo/shapes/pulls/5", *(
+        ["/repos/octo/shapes/activity"] if pull["head"]["repo"] else [])]
+
+
+def test_pr_head_errors_are_one_sentence(cli, github, tmp_path, monkeypatch):
+    assert cli(tmp_path, "pr-head", "5", "--repo", "octo/shapes", "--at", "yesterday",
+               ok=False) == "Error: --at 'yesterday' is not a time like 2026-12-02T14:00:00Z\n"
+    github((404, {"message": "Not Found"}))
+    out = cli(tmp_path, "pr-head", "5", "--repo", "octo/shapes", "--at", COMMENTED, ok=False)
+    assert out.startswith("Error: GitHub found nothing at /repos/octo/shapes/pulls/5 (404")
+    monkeypatch.delenv("GITHUB_TOKEN")
+    assert "no GitHub token" in cli(tmp_path, "pr-head", "5", "--repo", "octo/shapes", "--at",
+                                    COMMENTED, ok=False)
+
+
 # ---- the workflow and the composite action ---------------------------------------------------
 
 HOOKS = ROOT / "hooks" / "github"
@@ -424,6 +499,14 @@ def _yaml(name: str) -> dict:
 
 def _runs(step: dict) -> str:
     return step.get("run", "")
+
+
+def soa_action(flow: dict) -> str:
+    """The one soa-git action every job uses: a pinned ref, never a local path."""
+    [uses] = {s["uses"] for job in flow["jobs"].values() for s in job["steps"]
+              if "soa-git/hooks/github" in s.get("uses", "")}
+    assert not uses.startswith(".") and "@" in uses
+    return uses
 
 
 def test_the_workflow_has_what_github_requires_and_splits_the_permissions():
@@ -451,10 +534,20 @@ def test_the_workflow_has_what_github_requires_and_splits_the_permissions():
     permission = _runs(check["steps"][1])
     assert "collaborators/$COMMENTER/permission" in permission
     assert "admin|maintain|write" in permission
-    # The reviewed commit is pinned; a head that moved after the comment is refused.
-    pin = next(s for s in check["steps"] if s.get("id") == "pin")
-    assert ".head.sha" in _runs(pin) and "COMMENTED_AT" in _runs(pin) and "exit 1" in _runs(pin)
-    assert check["env"]["COMMENTED_AT"] == "${{ github.event.comment.created_at }}"
+    # The reviewed commit is pinned: a pull request's head by `soa-git pr-head` (refused if it
+    # moved after the comment), from soa-git's action, never the pull request's code.
+    pin = next(s for s in check["steps"] if s.get("id") == "pull")
+    assert pin["if"] == "github.event.issue.pull_request != null"
+    assert not pin["uses"].startswith(".") and pin["uses"] == soa_action(flow)
+    assert pin["with"]["command"] == "pin"
+    assert pin["with"]["commented-at"] == "${{ github.event.comment.created_at }}"
+    assert pin["with"]["issue"] == "${{ github.event.issue.number }}"
+    branch = next(s for s in check["steps"] if s.get("id") == "branch")
+    assert branch["if"] == "github.event.issue.pull_request == null"
+    assert check["outputs"]["sha"] == ("${{ steps.pull.outputs.sha || "
+                                       "steps.branch.outputs.sha }}")
+    assert check["outputs"]["fork"] == "${{ steps.pull.outputs.fork || 'false' }}"
+    assert not any(s.get("uses", "").startswith("actions/checkout") for s in check["steps"])
 
     # The job that executes generated code checks out exactly that commit and can only read.
     assert agents["needs"] == "check"
@@ -463,7 +556,7 @@ def test_the_workflow_has_what_github_requires_and_splits_the_permissions():
     assert checkout["with"]["ref"] == "${{ needs.check.outputs.sha }}"
     assert checkout["with"]["persist-credentials"] is False
     soa = next(s for s in agents["steps"] if s.get("id") == "soa")
-    assert not soa["uses"].startswith(".")          # never the pull request's own copy
+    assert soa["uses"] == soa_action(flow)          # never the pull request's own copy
     assert soa["with"]["api-key"] == "${{ secrets.SOA_GIT_API_KEY }}"
     assert soa["with"]["base-url"] == "${{ secrets.SOA_GIT_BASE_URL }}"
     assert any(s.get("uses", "").startswith("actions/upload-artifact") for s in agents["steps"])
@@ -518,5 +611,10 @@ def test_the_composite_action_is_valid():
     run_step = next(s for s in steps if s.get("id") == "run")
     assert "--base-url" in run_step["run"] and "--api-key-env SOA_GIT_API_KEY" in run_step["run"]
     assert "git bundle create" in run_step["run"]
+    pin_step = next(s for s in steps if s.get("id") == "pin")
+    assert pin_step["if"] == "inputs.command == 'pin'"
+    assert 'soa-git pr-head "$SOA_ISSUE" --repo "$GITHUB_REPOSITORY" --at "$SOA_COMMENTED_AT"' \
+        in pin_step["run"]
+    assert {"sha", "fork"} <= set(action["outputs"])
     publish_step = next(s for s in steps if s.get("id") == "publish")
     assert "soa-git push" in publish_step["run"] and "soa-git report" in publish_step["run"]
