@@ -154,6 +154,57 @@ def test_area_report():
 '''
 
 
+# Without the sandbox (the user's opt-out) a test can read soa-git's /proc/PID/environ: what it
+# steals reaches the test's output, and must be masked before it goes anywhere. The code names
+# only the secrets' first part; the whole values never enter the repository through it.
+STEAL = '''
+def test_area_steals():
+    import os
+    wanted = (b"OPENAI_API_KEY=sk-planted-hostile-", b"GITHUB_TOKEN=ghp-planted-hostile-",
+              b"MY_DATABASE_URL=planted-marked-secret-")
+    stolen = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                environ = open(f"/proc/{pid}/environ", "rb").read().split(bytes(1))
+            except OSError:
+                continue
+            stolen.update(e.decode() for e in environ if e.startswith(wanted))
+    assert not stolen, "stolen: " + " ".join(sorted(stolen))
+    assert area(2, 3) == 6
+'''
+
+PLANTED_ENV = {"OPENAI_API_KEY": PLANTED_KEY, "GITHUB_TOKEN": PLANTED_TOKEN,
+               "MY_DATABASE_URL": PLANTED_MARKED, "SOA_GIT_SECRET_ENV": "MY_DATABASE_URL"}
+
+
+def _soa_git(repo: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """The real CLI in `repo`, with the planted secrets in its environment."""
+    return subprocess.run([sys.executable, "-c", "from soa_git.cli import main; main()", *args],
+                          cwd=repo, env={**os.environ, **PLANTED_ENV}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _assert_no_secret_written(repo: Path, run: subprocess.CompletedProcess) -> None:
+    """No planted secret in any object, note, transcript, file under .git, or output."""
+    run_id = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/soa/").split("/")[3]
+    transcript = _soa_git(repo, "transcript", f"{run_id}/area_report.area", timeout=60)
+    objects = subprocess.run(["git", "-C", str(repo), "cat-file", "--batch-all-objects",
+                              "--batch"], capture_output=True, check=True).stdout
+    assert b"test_area_" in objects, "the hostile tests should be in the history"
+    written = [objects, run.stdout.encode(), run.stderr.encode(), transcript.stdout.encode(),
+               git(repo, "notes", "--ref=soa", "list").encode()]
+    written += [p.read_bytes() for p in (repo / ".git").rglob("*") if p.is_file()]
+    for secret in (PLANTED_KEY, PLANTED_TOKEN, PLANTED_MARKED):
+        assert not any(secret.encode() in blob for blob in written), secret
+
+
+def _shapes(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "shapes", {"shapes/__init__.py": "",
+                                           "shapes/report.py": SHAPES_SKELETON,
+                                           "README.md": "shapes\n"})
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -163,9 +214,7 @@ def _free_port() -> int:
 def test_a_hostile_model_is_contained(tmp_path: Path, serve) -> None:
     outside = tmp_path / "outside.txt"
     outside.write_text("keep\n")
-    repo = make_repo(tmp_path / "shapes", {"shapes/__init__.py": "",
-                                           "shapes/report.py": SHAPES_SKELETON,
-                                           "README.md": "shapes\n"})
+    repo = _shapes(tmp_path)
     before = snapshot(repo)
     config = (repo / ".git" / "config").read_bytes()
     hooks = sorted(p.name for p in (repo / ".git" / "hooks").iterdir())
@@ -200,13 +249,9 @@ def test_a_hostile_model_is_contained(tmp_path: Path, serve) -> None:
                "implement area_report.fmt": FMT_RIGHT}
     server = serve(lambda request: answers[
         request["messages"][-1]["content"].splitlines()[0].removeprefix("soa-git task: ")])
-    env = {**os.environ, "OPENAI_API_KEY": PLANTED_KEY, "GITHUB_TOKEN": PLANTED_TOKEN,
-           "MY_DATABASE_URL": PLANTED_MARKED, "SOA_GIT_SECRET_ENV": "MY_DATABASE_URL"}
     try:
-        run = subprocess.run([sys.executable, "-c", "from soa_git.cli import main; main()", "run",
-                              "shapes/report.py::area_report", "--base-url", server.base_url,
-                              "--json"], cwd=repo, env=env, capture_output=True, text=True,
-                             timeout=240)
+        run = _soa_git(repo, "run", "shapes/report.py::area_report", "--base-url",
+                       server.base_url, "--json")
     finally:
         done.set()
         watcher.join(5)
@@ -228,15 +273,24 @@ def test_a_hostile_model_is_contained(tmp_path: Path, serve) -> None:
         time.sleep(0.1)
     assert not [s for s in SLEEPS if running(s)], "a process outlived the run"
 
-    run_id = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/soa/").split("/")[3]
-    transcript = subprocess.run([sys.executable, "-c", "from soa_git.cli import main; main()",
-                                 "transcript", f"{run_id}/area_report.area"], cwd=repo, env=env,
-                                capture_output=True, text=True, timeout=60)
-    objects = subprocess.run(["git", "-C", str(repo), "cat-file", "--batch-all-objects",
-                              "--batch"], capture_output=True, check=True).stdout
-    assert b"test_area_escapes" in objects, "the hostile tests should be in the history"
-    written = [objects, run.stdout.encode(), run.stderr.encode(), transcript.stdout.encode(),
-               git(repo, "notes", "--ref=soa", "list").encode()]
-    written += [p.read_bytes() for p in (repo / ".git").rglob("*") if p.is_file()]
-    for secret in (PLANTED_KEY, PLANTED_TOKEN, PLANTED_MARKED):
-        assert not any(secret.encode() in blob for blob in written), secret
+    _assert_no_secret_written(repo, run)
+
+
+def test_without_the_sandbox_a_stolen_secret_is_masked(tmp_path: Path, serve) -> None:
+    """The user's opt-out, loudly: the stolen values reach the test's output, and are masked
+    there before the repair prompt, the notes, the transcripts and the report."""
+    repo = _shapes(tmp_path)
+    answers = {"decompose area_report": DECOMPOSE.format(escapes=STEAL),
+               "implement area_report.fmt": FMT_RIGHT}
+    server = serve(lambda request: answers.get(
+        request["messages"][-1]["content"].splitlines()[0].removeprefix("soa-git task: "),
+        f"Multiply.\n\n{AREA_RIGHT}"))
+    run = _soa_git(repo, "run", "shapes/report.py::area_report", "--base-url", server.base_url,
+                   "--json", "--no-sandbox")
+    assert "WARNING: the sandbox is off" in run.stderr
+    asked = "\n".join(m["content"] for r in server.requests for m in r["body"]["messages"])
+    # The theft happened, and what it found reached the model masked.
+    for name in ("OPENAI_API_KEY", "GITHUB_TOKEN", "MY_DATABASE_URL"):
+        assert f"{name}=[secret]" in asked, name
+    assert not any(secret in asked for secret in (PLANTED_KEY, PLANTED_TOKEN, PLANTED_MARKED))
+    _assert_no_secret_written(repo, run)
