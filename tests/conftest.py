@@ -11,7 +11,8 @@ import pytest
 
 from soa_git.scripted import Script, ScriptedServer
 
-from .helpers.repos import SAMPLES, make_repo
+from .helpers.github import FakeGitHub
+from .helpers.repos import SAMPLES, isolate, make_repo
 from .helpers.shapes import shapes_repo
 
 
@@ -49,11 +50,23 @@ def serve():
         server.stop()
 
 
+@pytest.fixture
+def fake_github():
+    """fake_github(*answers) -> a started FakeGitHub (tests/helpers/github.py), closed after the
+    test."""
+    fakes = []
+
+    def start(*answers) -> FakeGitHub:
+        fake = FakeGitHub(*answers)
+        fakes.append(fake)
+        return fake
+
+    yield start
+    for fake in fakes:
+        fake.close()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     """No developer's git config or key leaks into a test, and nothing reaches a real endpoint."""
-    home = tmp_path_factory.mktemp("home")
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_BASE", "OPENAI_MODEL"):
-        monkeypatch.delenv(var, raising=False)
+    isolate(monkeypatch, tmp_path_factory.mktemp("home"))

@@ -10,8 +10,9 @@ import pytest
 from soa_git.commands.resume import resume
 from soa_git.commands.run import run
 
+from .helpers import shapes
 from .helpers.repos import file_at, git, make_repo
-from .helpers.shapes import AREA_RIGHT, DECOMPOSE, FMT_RIGHT, KEY, shapes_repo
+from .helpers.shapes import KEY
 
 DOUBLE = '''"""Numbers."""
 
@@ -40,6 +41,23 @@ def fill(repo: Path, server, **flags):
                flags={"base_url": server.base_url, "max_depth": 1, **flags}, environ=KEY)
 
 
+def filled(repo: Path, serve, reply: str):
+    """A run of `double` whose one answer is `reply`; it ends done."""
+    server = serve([{"when": "^soa-git task: implement double$", "replies": [reply]}])
+    [summary] = fill(repo, server)
+    assert summary.state == "done", summary.message
+    return summary
+
+
+def shapes_filled(tmp_path: Path, serve, area: str = shapes.AREA_RIGHT):
+    """The shapes scenario with `area` as area's answer; it ends done. (repo, server, summary)"""
+    repo = shapes.shapes_repo(tmp_path / "shapes", readme=False)
+    server = serve(shapes.shapes_script(area_first=area))
+    [summary] = shapes.fill(repo, server)
+    assert summary.state == "done", summary.message
+    return repo, server, summary
+
+
 def notes(repo: Path, branch: str) -> list[dict]:
     """Every note record on the branch's commits, newest commit first."""
     listed = dict(line.split()[::-1] for line in git(repo, "notes", "--ref=soa", "list").splitlines())
@@ -51,10 +69,7 @@ def test_root_helpers_sit_beside_the_function_where_its_tests_reach_them(numbers
     helper = ('\n\ndef _twice(value: int) -> int:\n    """Twice a value.\n\n'
               '    Kept as its own function.\n    """\n    return value + value\n\n\n'
               'def test_twice():\n    assert _twice(5) == 10\n')
-    server = serve([{"when": "^soa-git task: implement double$",
-                     "replies": [answer("return _twice(x)", helper)]}])
-    [summary] = fill(numbers, server)
-    assert summary.state == "done", summary.message
+    summary = filled(numbers, serve, answer("return _twice(x)", helper))
     source = file_at(numbers, summary.branch, "doubling.py")
     # At module level, its docstring as written.
     assert '\n\ndef _twice(value: int) -> int:\n    """Twice a value.\n\n    Kept as its own' in source
@@ -64,28 +79,19 @@ def test_root_helpers_sit_beside_the_function_where_its_tests_reach_them(numbers
 
 
 def test_a_child_keeps_its_helpers_reachable_by_its_tests(tmp_path, serve):
-    shapes = shapes_repo(tmp_path / "shapes", readme=False)
     area = ("Here it is.\n\n```python\ndef area(width: float, height: float) -> float:\n"
             "    return mul(width, height)\n\n\ndef mul(a, b):\n    return a * b\n\n\n"
             "def test_mul():\n    assert mul(2, 5) == 10\n```\n")
-    server = serve([{"when": "^soa-git task: decompose area_report$", "replies": [DECOMPOSE]},
-                    {"when": "^soa-git task: implement area_report[.]area$", "replies": [area]},
-                    {"when": "^soa-git task: implement area_report[.]fmt$", "replies": [FMT_RIGHT]}])
-    [summary] = run("shapes/report.py::area_report", cwd=shapes,
-                    flags={"base_url": server.base_url}, environ=KEY)
-    assert summary.state == "done", summary.message
+    repo, _, summary = shapes_filled(tmp_path, serve, area)
     view = next(a for a in summary.agents if a.path == "area_report.area")
     assert view.tests == "3 passed"      # the Mother's, the docstring's example, its own
-    assert "import area, mul" in file_at(shapes, summary.branch, "tests/soa/test_area_report__area.py")
+    assert "import area, mul" in file_at(repo, summary.branch, "tests/soa/test_area_report__area.py")
 
 
 def test_examples_stand_in_for_missing_tests_and_overrule_wrong_ones(numbers, serve):
     wrong = ("\n\ndef test_wrong():\n    assert double(2) == 5\n\n\n"
              "def test_undefined():\n    assert triple(2) == 6\n")
-    server = serve([{"when": "^soa-git task: implement double$",
-                     "replies": [answer("return 2 * x", wrong)]}])
-    [summary] = fill(numbers, server)
-    assert summary.state == "done", summary.message
+    summary = filled(numbers, serve, answer("return 2 * x", wrong))
     tests = file_at(numbers, summary.branch, "tests/soa/test_double.py")
     assert "test_wrong" not in tests and "test_undefined" not in tests
     assert "test_docstring_example_1" in tests
@@ -117,13 +123,7 @@ def test_a_worse_rewrite_never_replaces_a_better_attempt_and_resume_knows(number
 
 
 def test_a_child_is_shown_the_mothers_code_that_calls_it(tmp_path, serve):
-    shapes = shapes_repo(tmp_path / "shapes", readme=False)
-    server = serve([{"when": "^soa-git task: decompose area_report$", "replies": [DECOMPOSE]},
-                    {"when": "^soa-git task: implement area_report[.]area$", "replies": [AREA_RIGHT]},
-                    {"when": "^soa-git task: implement area_report[.]fmt$", "replies": [FMT_RIGHT]}])
-    [summary] = run("shapes/report.py::area_report", cwd=shapes,
-                    flags={"base_url": server.base_url}, environ=KEY)
-    assert summary.state == "done", summary.message
+    _, server, _ = shapes_filled(tmp_path, serve)
     prompt = next(r["body"]["messages"][-1]["content"] for r in server.requests
                   if "implement area_report.fmt" in r["body"]["messages"][-1]["content"])
     assert 'return "area: " + fmt(area(width, height))' in prompt

@@ -18,10 +18,9 @@ from soa_git import history
 from soa_git.cli import main
 from soa_git.errors import TargetError
 from soa_git.gitrepo import GitRepo, metrics
-from soa_git.scripted import Script, ScriptedServer
 
-from .helpers.repos import git, make_repo
-from .helpers.shapes import (AREA_RIGHT, AREA_WRONG, FMT_LOOSE, FMT_RIGHT, REVISE, fill,
+from .helpers.repos import git, isolated, make_repo
+from .helpers.shapes import (AREA_RIGHT, AREA_WRONG, FMT_LOOSE, FMT_RIGHT, REVISE, fill_scripted,
                              shapes_repo, shapes_script)
 
 FETCH = ("+refs/heads/soa/*:refs/heads/soa/*", "+refs/notes/soa:refs/notes/soa")
@@ -37,9 +36,7 @@ class Runs:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Runs:
     """One repository, two runs: the second (newest) one fails. Built once: runs take seconds."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("HOME", str(tmp_path_factory.mktemp("home")))
-        env.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    with isolated(tmp_path_factory):
         repo = shapes_repo(tmp_path_factory.mktemp("history") / "shapes")
         rich = shapes_script(area_first=AREA_WRONG, fmt_first=FMT_LOOSE, extra=[
             {"when": r"^soa-git task: repair area_report[.]area$",
@@ -47,8 +44,7 @@ def runs(tmp_path_factory) -> Runs:
             {"when": r"^soa-git task: revise area_report$", "replies": [REVISE]},
             {"when": r"^soa-git task: repair area_report[.]fmt$",
              "replies": [f"Two decimals now.\n\n{FMT_RIGHT}"]}])
-        with ScriptedServer(Script.from_json(rich)) as server:
-            [done] = fill(repo, server)
+        [done] = fill_scripted(repo, rich)
         # Run ids start with the second they began: make sure the second run is later.
         while datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") <= done.run[:15]:
             time.sleep(0.05)
@@ -56,8 +52,7 @@ def runs(tmp_path_factory) -> Runs:
             {"when": r"^soa-git task: revise area_report$", "replies": [REVISE]},
             {"when": r"^soa-git task: repair area_report[.]fmt$",
              "replies": [f"Still plain.\n\n{FMT_LOOSE}"]}])
-        with ScriptedServer(Script.from_json(never)) as server:
-            [failed] = fill(repo, server, repair_rounds=1)
+        [failed] = fill_scripted(repo, never, repair_rounds=1)
     assert (done.state, failed.state) == ("done", "failed"), (done.message, failed.message)
     return Runs(repo, done.run, failed.run)
 

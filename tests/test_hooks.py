@@ -20,10 +20,9 @@ from soa_git.commands.check import check, is_marked
 from soa_git.commands.hooks import fill, hook_text
 from soa_git.commands.run import run
 from soa_git import pycode
-from soa_git.scripted import Script, ScriptedServer
 
-from .helpers.repos import GIT_ENV, ROOT, git, make_repo, snapshot
-from .helpers.shapes import KEY, SHAPES_SKELETON, shapes_repo, shapes_script
+from .helpers.repos import GIT_ENV, ROOT, git, isolated, make_repo, snapshot
+from .helpers.shapes import KEY, SHAPES_SKELETON, fill_scripted, shapes_repo, shapes_script
 
 MARKED = '''"""Geometry."""
 
@@ -54,12 +53,10 @@ def break_area(repo: Path) -> None:
 @pytest.fixture(scope="module")
 def accepted_template(tmp_path_factory) -> Path:
     """A repository where a run filled shapes/report.py::area_report and was accepted."""
-    repo = shapes_repo(tmp_path_factory.mktemp("accepted") / "shapes", readme=False)
-    with ScriptedServer(Script.from_json(shapes_script())) as server:
-        [summary] = run("shapes/report.py::area_report", cwd=repo,
-                        flags={"base_url": server.base_url}, environ=KEY)
-    assert summary.state == "done", summary.message
-    with pytest.MonkeyPatch.context() as mp:
+    with isolated(tmp_path_factory), pytest.MonkeyPatch.context() as mp:
+        repo = shapes_repo(tmp_path_factory.mktemp("accepted") / "shapes", readme=False)
+        [summary] = fill_scripted(repo, shapes_script())
+        assert summary.state == "done", summary.message
         for key, value in GIT_ENV.items():     # `accept` commits as the user
             mp.setenv(key, value)
         accept(summary.run, cwd=repo)

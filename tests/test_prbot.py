@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from click.testing import CliRunner
@@ -20,10 +17,9 @@ from soa_git.cli import main
 from soa_git.commands.report import build
 from soa_git.github import GitHubError, parse_repo, repo_from_url
 from soa_git.gitrepo import GitRepo
-from soa_git.scripted import Script, ScriptedServer
 
-from .helpers.repos import ROOT, git
-from .helpers.shapes import AREA_RIGHT, AREA_WRONG, fill, shapes_repo, shapes_script
+from .helpers.repos import ROOT, git, isolated
+from .helpers.shapes import AREA_RIGHT, AREA_WRONG, fill_scripted, shapes_repo, shapes_script
 
 TOKEN = "ghp_test-token-never-shown"
 REFLECTION = "I added ```instead``` of <b>multiplying</b>."
@@ -35,10 +31,6 @@ class Published:
     run: str
 
 
-def _shapes(path: Path) -> Path:
-    return shapes_repo(path)
-
-
 def _script(**kwargs) -> list[dict]:
     return shapes_script(area_first=AREA_WRONG, extra=[
         {"when": r"^soa-git task: repair area_report[.]area$",
@@ -48,12 +40,9 @@ def _script(**kwargs) -> list[dict]:
 @pytest.fixture(scope="module")
 def published(tmp_path_factory) -> Published:
     """One repository with one finished run (area repaired once). Built once: runs take seconds."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("HOME", str(tmp_path_factory.mktemp("home")))
-        env.setenv("GIT_CONFIG_NOSYSTEM", "1")
-        repo = _shapes(tmp_path_factory.mktemp("prbot") / "shapes")
-        with ScriptedServer(Script.from_json(_script())) as server:
-            [done] = fill(repo, server)
+    with isolated(tmp_path_factory):
+        repo = shapes_repo(tmp_path_factory.mktemp("prbot") / "shapes")
+        [done] = fill_scripted(repo, _script())
     assert done.state == "done", done.message
     return Published(repo, done.run)
 
@@ -218,8 +207,7 @@ def test_push_merges_notes_that_diverged_on_the_remote(published, copy, cli, tmp
     git(other, "notes", "--ref=soa", "add", "-m", '{"by": "reviewer"}', main_sha)
     git(other, "push", "-q", "origin", "refs/notes/soa")
     GitRepo.open(copy).append_note(main_sha, '{"by": "author"}\n')
-    with ScriptedServer(Script.from_json(_script())) as server:
-        [second] = fill(copy, server)
+    [second] = fill_scripted(copy, _script())
     assert second.state == "done" and second.run != run
 
     out = json.loads(cli(copy, "push", second.run, "--json"))
@@ -261,60 +249,16 @@ def test_push_errors_are_one_sentence(published, copy, cli, tmp_path):
 # ---- pr: against a loopback stand-in for GitHub's REST API -----------------------------------
 
 
-class FakeGitHub:
-    """Answers each request with the next scripted (status, JSON) and records what it got."""
-
-    def __init__(self, answers: list[tuple[int, object]]):
-        self.answers = list(answers)
-        self.requests: list[dict] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                url = urlsplit(self.path)
-                fake.requests.append({
-                    "method": self.command, "path": url.path, "query": parse_qs(url.query),
-                    "headers": {k.lower(): v for k, v in self.headers.items()},
-                    "body": json.loads(raw) if raw else None})
-                status, data = fake.answers.pop(0) if fake.answers else (500, {"message": "?"})
-                payload = json.dumps(data).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PATCH = _answer
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def github(monkeypatch):
-    fakes = []
-
-    def start(*answers) -> FakeGitHub:
-        fake = FakeGitHub(list(answers))
-        fakes.append(fake)
+def github(fake_github, monkeypatch):
+    """github(*answers) -> a FakeGitHub that `soa-git pr` talks to, with a token."""
+    def start(*answers):
+        fake = fake_github(*answers)
         monkeypatch.setenv("GITHUB_API_URL", fake.url)
         monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
         return fake
 
-    yield start
-    for fake in fakes:
-        fake.close()
+    return start
 
 
 def _as_github_wants(request: dict, method: str, path: str) -> None:

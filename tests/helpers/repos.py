@@ -6,12 +6,32 @@ import hashlib
 import os
 import socket
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "soa_git" / "demo"
 GIT_ENV = {"GIT_AUTHOR_NAME": "Test User", "GIT_AUTHOR_EMAIL": "user@example.com",
            "GIT_COMMITTER_NAME": "Test User", "GIT_COMMITTER_EMAIL": "user@example.com"}
+
+
+def isolate(env: pytest.MonkeyPatch, home: Path) -> None:
+    """No developer's git config or key leaks into a test, and nothing reaches a real endpoint."""
+    env.setenv("HOME", str(home))
+    env.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_BASE", "OPENAI_MODEL"):
+        env.delenv(var, raising=False)
+
+
+@contextmanager
+def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """`isolate` for a fixture broader than one test: conftest's, for each test, comes later."""
+    with pytest.MonkeyPatch.context() as env:
+        isolate(env, tmp_path_factory.mktemp("home"))
+        yield
 
 
 def git(repo: Path, *args: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from soa_git.commands.run import run
+from soa_git.scripted import Script, ScriptedServer
 
 from .repos import git, make_repo
 
@@ -122,6 +123,12 @@ def shapes_repo(path: Path, *, readme: bool = True) -> Path:
 def fill(repo: Path, server, target: str = TARGET, **flags):
     """`soa-git run` of the scenario's target against `server`."""
     return run(target, cwd=repo, flags={"base_url": server.base_url, **flags}, environ=KEY)
+
+
+def fill_scripted(repo: Path, rules: list[dict], target: str = TARGET, **flags):
+    """`fill` against a scripted server that answers by `rules` and lives as long as the run."""
+    with ScriptedServer(Script.from_json(rules)) as server:
+        return fill(repo, server, target, **flags)
 
 
 AGENT_FILES = ("shapes/report.py", "shapes/area_report__area.py", "shapes/area_report__fmt.py",
