@@ -340,12 +340,8 @@ def serve(model: str, jobs: int, port: int, as_json: bool) -> None:
     """Serve the local model alone until Ctrl-C, so several commands share one loaded model."""
 
     def ready(endpoint) -> None:
-        if as_json:
-            click.echo(json.dumps({"base_url": endpoint.base_url, "api_key": endpoint.api_key,
-                                   "model": endpoint.model, "slots": endpoint.slots,
-                                   "source": endpoint.weights.source}))
-        else:
-            click.echo(render.serve_lines(endpoint))
+        click.echo(json.dumps(render.serve_json(endpoint)) if as_json
+                   else "\n".join(render.serve_lines(endpoint)))
         sys.stdout.flush()
 
     serve_command(model if ":" in model or model == "local" else f"local:{model}", slots=jobs,

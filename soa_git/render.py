@@ -6,9 +6,10 @@ review for `soa-git report`; its rendering is here too.)
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 # Types only: rendering imports none of what it renders, so a command imports only its own code.
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from .commands.report import RunReport
     from .github import PullRequest
     from .history import AgentLog, AgentRecord, Attempt, RunRecord
+    from .local_model import LocalEndpoint
     from .summary import AgentView, RunSummary
 
 
@@ -27,9 +29,29 @@ def _depth(path: str) -> int:
     return path.count(".")
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _table(rows: list[list[str]], right: Iterable[int] = ()) -> list[str]:
+    """Columns padded to their widest cell; `right` columns (numbers) aligned right."""
+    right = set(right)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
+
+
+def _indent(text: str, spaces: int) -> list[str]:
+    pad = " " * spaces
+    return [pad + line if line.strip() else "" for line in text.rstrip("\n").splitlines()]
+
+
 def _ordered(views: Iterable[AgentView]) -> list[AgentView]:
     """Depth-first order from dotted paths: a parent before its children, siblings by name."""
     return sorted(views, key=lambda v: v.path.split("."))
+
+
+# ---- a run as it works and as it ends: run, resume, demo, fill -----------------------------
 
 
 FINAL_STATES = ("passed", "failed", "stopped")
@@ -82,19 +104,22 @@ def summary_lines(summary: RunSummary) -> list[str]:
     lines = [f"run {summary.run}: {summary.state}: {summary.message}", ""]
     lines += tree_lines(summary.agents)
     lines += why_lines(_ordered(summary.agents))
-    per_agent = summary.lines / max(len(summary.agents), 1)
-    estimated = " (estimated)" if summary.usage.estimated else ""
-    lines += [
-        "",
-        f"agents: {len(summary.agents)}, depth: {summary.depth}",
-        f"lines of code: {summary.lines} in total, {per_agent:.1f} per agent",
-        f"tests passed: {summary.tests_passed}",
-        f"tokens: {summary.usage.total:,} ({summary.usage.prompt_tokens:,} prompt, "
-        f"{summary.usage.completion_tokens:,} completion){estimated}",
-        f"wall time: {summary.seconds:.1f} s",
-        f"review: git log --graph {summary.branch}",
-    ]
-    return lines
+    usage = summary.usage
+    estimated = " (estimated)" if usage.estimated else ""
+    return [*lines, "", *_totals(
+        len(summary.agents), summary.depth, summary.lines, summary.tests_passed,
+        f"{usage.total:,} ({usage.prompt_tokens:,} prompt, {usage.completion_tokens:,} "
+        f"completion){estimated}", summary.branch, seconds=summary.seconds)]
+
+
+def _totals(agents: int, depth: int, lines: int, tests_passed: int, tokens: str, branch: str,
+            seconds: float | None = None) -> list[str]:
+    """The closing lines of a run's summary, as it ends and as `show` reads it back."""
+    return [f"agents: {agents}, depth: {depth}",
+            f"lines of code: {lines} in total, {lines / max(agents, 1):.1f} per agent",
+            f"tests passed: {tests_passed}", f"tokens: {tokens}",
+            *([f"wall time: {seconds:.1f} s"] if seconds is not None else []),
+            f"review: git log --graph {branch}"]
 
 
 def summaries_json(summaries: Iterable[RunSummary]) -> dict:
@@ -111,23 +136,6 @@ def summary_json(summary: RunSummary) -> dict:
 
 
 # ---- reviewing a run read back from git: list, tree, log, show, transcript -----------------
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
-def _table(rows: list[list[str]], right: Iterable[int] = ()) -> list[str]:
-    """Columns padded to their widest cell; `right` columns (numbers) aligned right."""
-    right = set(right)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.rjust(w) if i in right else cell.ljust(w)
-                      for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
-
-
-def _indent(text: str, spaces: int) -> list[str]:
-    pad = " " * spaces
-    return [pad + line if line.strip() else "" for line in text.rstrip("\n").splitlines()]
 
 
 def _age(started: str, now: datetime) -> str:
@@ -147,7 +155,7 @@ def _root_tests(run: RunRecord) -> str | None:
 
 
 def _agent_row(agent: AgentRecord) -> list[str]:
-    return ["  " * agent.path.count(".") + agent.function, agent.role, agent.state,
+    return ["  " * _depth(agent.path) + agent.function, agent.role, agent.state,
             agent.tests or "-", str(agent.rounds), str(agent.lines), f"{agent.tokens:,}",
             agent.file or "?", agent.branch]
 
@@ -174,18 +182,13 @@ def runs_lines(runs: Iterable[RunRecord], now: datetime | None = None) -> list[s
 
 def run_summary_lines(run: RunRecord) -> list[str]:
     """`soa-git show RUN`: the outcome, the tree and the totals."""
-    lines = sum(a.lines for a in run.agents)
-    per_agent = lines / max(len(run.agents), 1)
     return [
         f"run {run.run}: {run.state}: {run.message}",
         f"target {run.target or '?'}, from {run.base[:7] or '?'}; started {run.started}, "
         f"last commit {run.updated}",
         "", *run_tree_lines(run)[2:], "",
-        f"agents: {len(run.agents)}, depth: {run.depth}",
-        f"lines of code: {lines} in total, {per_agent:.1f} per agent",
-        f"tests passed: {run.tests_passed}",
-        f"tokens: {run.tokens:,}{_tokens_note(run)}",
-        f"review: git log --graph {run.branch}",
+        *_totals(len(run.agents), run.depth, sum(a.lines for a in run.agents), run.tests_passed,
+                 f"{run.tokens:,}{_tokens_note(run)}", run.branch),
     ]
 
 
@@ -215,15 +218,20 @@ def agent_log_lines(log: AgentLog) -> list[str]:
                   "   " + ", ".join(facts)]
         if attempt.merged:
             lines.append(f"   merged {attempt.merged} (its tests: {attempt.child_tests or '?'})")
-        if attempt.reflection:
-            lines += ["   reflection:", *_indent(attempt.reflection, 5)]
-        if attempt.comment:
-            lines += ["   comment from the Mother:", *_indent(attempt.comment, 5)]
-        for name, comment in attempt.comments_sent.items():
-            lines += [f"   comment to {name}:", *_indent(comment, 5)]
+        for label, text in _words(attempt, lambda name: name):
+            lines += [f"   {label}:", *_indent(text, 5)]
         if attempt.diff.strip():
             lines += ["   diff:", *_indent(attempt.diff, 5)]
     return lines
+
+
+def _words(attempt: Attempt, name: Callable[[str], str]) -> list[tuple[str, str]]:
+    """What the model and the Mother said in an attempt, labelled, in the order shown;
+    `name` writes a child's name in a label."""
+    return [*([("reflection", attempt.reflection)] if attempt.reflection else []),
+            *([("comment from the Mother", attempt.comment)] if attempt.comment else []),
+            *((f"comment to {name(child)}", comment)
+              for child, comment in attempt.comments_sent.items())]
 
 
 def agent_show_lines(log: AgentLog) -> list[str]:
@@ -307,41 +315,6 @@ def transcript_json(run: RunRecord, agent: AgentRecord, steps: list[dict]) -> di
     return {"run": run.run, "agent": agent.path, "steps": steps}
 
 
-def accept_lines(done: Accepted) -> list[str]:
-    how = "squashed" if done.squash else "merged"
-    return [f"accepted run {done.run} ({done.target}) into {done.into}: {done.commit}",
-            f"{how} {done.branch}, {_plural(len(done.files), 'file')} changed"]
-
-
-def clean_json(plan: CleanPlan) -> dict:
-    return {"dry_run": plan.dry_run,
-            "runs": [{"run": r.run, "branches": list(r.branches), "workspaces": list(r.workspaces),
-                      "notes": len(r.notes), "lock": r.lock} for r in plan.runs],
-            "orphan_notes": len(plan.orphan_notes), "pending_refs": list(plan.pending_refs),
-            "kept": [{"run": run, "reason": why} for run, why in plan.kept]}
-
-
-def clean_lines(plan: CleanPlan) -> list[str]:
-    verb = "would remove" if plan.dry_run else "removed"
-    if plan.empty:
-        return ["nothing to remove"]
-    lines = []
-    for run in plan.runs:
-        lines.append(f"{verb} run {run.run}:")
-        lines += [f"  branch    {b}" for b in run.branches]
-        lines += [f"  workspace {w}" for w in run.workspaces]
-        if run.notes:
-            lines.append(f"  notes     on {_plural(len(run.notes), 'commit')}")
-        if run.lock:
-            lines.append(f"  lock      {run.lock}")
-    if plan.orphan_notes:
-        lines.append(f"{verb} notes on {len(plan.orphan_notes)} commits no branch reaches")
-    if plan.pending_refs:
-        lines.append(f"{verb} {_plural(len(plan.pending_refs), 'scratch notes ref')} "
-                     "(refs/notes/soa-pending/)")
-    return lines
-
-
 # ---- `soa-git report`: the review of one run, as Markdown for a PR comment, text or JSON ------
 
 
@@ -403,7 +376,7 @@ def _markdown(rep: RunReport, *, attempts: bool) -> list[str]:
            "| agent | role | state | tests | rounds | lines | tokens |",
            "| :-- | :-- | :-- | :-- | --: | --: | --: |"]
     for agent in run.agents:
-        indent = "&emsp;" * agent.path.count(".")
+        indent = "&emsp;" * _depth(agent.path)
         out.append(f"| {indent}`{agent.function}` | {agent.role} | "
                    f"{_MARK.get(agent.state, '')} {agent.state} | {agent.tests or '-'} | "
                    f"{agent.rounds} | {agent.lines} | {agent.tokens:,} |")
@@ -462,12 +435,8 @@ def _agent_details(log: AgentLog, web: _Web) -> list[str]:
         if attempt.merged:
             out += ["", f"merged `{attempt.merged}` (its tests: "
                         f"{_md_text(attempt.child_tests or '?')})"]
-        if attempt.reflection:
-            out += ["", "reflection:", *_fenced(attempt.reflection)]
-        if attempt.comment:
-            out += ["", "comment from the Mother:", *_fenced(attempt.comment)]
-        for name, comment in attempt.comments_sent.items():
-            out += ["", f"comment to `{name}`:", *_fenced(comment)]
+        for label, text in _words(attempt, lambda name: f"`{name}`"):
+            out += ["", f"{label}:", *_fenced(text)]
     return out + ["", "</details>"]
 
 
@@ -493,20 +462,47 @@ def _md_text(text: str) -> str:
 
 def _fenced(text: str, info: str = "text") -> list[str]:
     """`text` verbatim in a fence longer than any run of backticks inside it."""
-    longest = max((len(run) for run in text.split("\n") for run in _backtick_runs(run)), default=0)
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
     return [fence + info, *text.rstrip("\n").splitlines(), fence]
 
 
-def _backtick_runs(line: str) -> list[str]:
-    runs, current = [], ""
-    for char in line:
-        if char == "`":
-            current += char
-        elif current:
-            runs.append(current)
-            current = ""
-    return runs + ([current] if current else [])
+# ---- the other commands: accept, clean, push, pr, pr-head, check, serve -------------------
+
+
+def accept_lines(done: Accepted) -> list[str]:
+    how = "squashed" if done.squash else "merged"
+    return [f"accepted run {done.run} ({done.target}) into {done.into}: {done.commit}",
+            f"{how} {done.branch}, {_plural(len(done.files), 'file')} changed"]
+
+
+def clean_json(plan: CleanPlan) -> dict:
+    return {"dry_run": plan.dry_run,
+            "runs": [{"run": r.run, "branches": list(r.branches), "workspaces": list(r.workspaces),
+                      "notes": len(r.notes), "lock": r.lock} for r in plan.runs],
+            "orphan_notes": len(plan.orphan_notes), "pending_refs": list(plan.pending_refs),
+            "kept": [{"run": run, "reason": why} for run, why in plan.kept]}
+
+
+def clean_lines(plan: CleanPlan) -> list[str]:
+    verb = "would remove" if plan.dry_run else "removed"
+    if plan.empty:
+        return ["nothing to remove"]
+    lines = []
+    for run in plan.runs:
+        lines.append(f"{verb} run {run.run}:")
+        lines += [f"  branch    {b}" for b in run.branches]
+        lines += [f"  workspace {w}" for w in run.workspaces]
+        if run.notes:
+            lines.append(f"  notes     on {_plural(len(run.notes), 'commit')}")
+        if run.lock:
+            lines.append(f"  lock      {run.lock}")
+    if plan.orphan_notes:
+        lines.append(f"{verb} notes on {len(plan.orphan_notes)} commits no branch reaches")
+    if plan.pending_refs:
+        lines.append(f"{verb} {_plural(len(plan.pending_refs), 'scratch notes ref')} "
+                     "(refs/notes/soa-pending/)")
+    return lines
 
 
 def push_lines(done: Pushed) -> list[str]:
@@ -563,13 +559,16 @@ def check_json(result: CheckResult) -> dict:
             "notes": list(result.notes)}
 
 
-def serve_lines(endpoint) -> str:
+def serve_lines(endpoint: LocalEndpoint) -> list[str]:
     """How to reach a `soa-git serve` model from other commands."""
-    return "\n".join([
-        f"serving {endpoint.model} on {endpoint.base_url} ({endpoint.slots} slots); "
-        "Ctrl-C stops it",
-        f"model file: {endpoint.weights.source}",
-        "use it from another shell with:",
-        f"  export OPENAI_BASE_URL={endpoint.base_url} OPENAI_MODEL={endpoint.model} "
-        f"OPENAI_API_KEY={endpoint.api_key}",
-    ])
+    return [f"serving {endpoint.model} on {endpoint.base_url} ({endpoint.slots} slots); "
+            "Ctrl-C stops it",
+            f"model file: {endpoint.weights.source}",
+            "use it from another shell with:",
+            f"  export OPENAI_BASE_URL={endpoint.base_url} OPENAI_MODEL={endpoint.model} "
+            f"OPENAI_API_KEY={endpoint.api_key}"]
+
+
+def serve_json(endpoint: LocalEndpoint) -> dict:
+    return {"base_url": endpoint.base_url, "api_key": endpoint.api_key, "model": endpoint.model,
+            "slots": endpoint.slots, "source": endpoint.weights.source}
