@@ -1,7 +1,8 @@
 """A tiny client of GitHub's REST API (https://docs.github.com/rest): only what `soa-git pr`
-and `soa-git pr-head` need, over the standard library. The token is sent in one header to the API's own origin and
-nowhere else: a redirect elsewhere is followed without it; never printed, never written, never
-part of an error message. Rate limits and server errors are retried, honouring Retry-After."""
+and `soa-git pr-head` need, over the standard library. The token is sent in one header to the
+API's own origin and nowhere else: a redirect elsewhere is followed without it; never printed,
+never written, never part of an error message. Rate limits and server errors are retried,
+honouring Retry-After."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from . import __version__
-from .errors import SoaError
+from .errors import ConfigError, SoaError
 
 DEFAULT_API_URL = "https://api.github.com"
+TOKEN_ENV = "GITHUB_TOKEN"
+API_URL_ENV = "GITHUB_API_URL"     # GitHub Actions sets it; GitHub Enterprise has its own
 API_VERSION = "2022-11-28"
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 ATTEMPTS = 4
@@ -59,6 +62,15 @@ def repo_from_url(url: str) -> tuple[str, str] | None:
 
 class GitHub:
     """`request` does one call; the other methods are the few endpoints soa-git uses."""
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], needs: str) -> GitHub:
+        """The client of GITHUB_API_URL with GITHUB_TOKEN; `needs` says what the token must
+        allow, for the error when there is none."""
+        token = environ.get(TOKEN_ENV, "")
+        if not token:
+            raise ConfigError(f"no GitHub token: set {TOKEN_ENV} to a token that may {needs}")
+        return cls(token, environ.get(API_URL_ENV) or DEFAULT_API_URL)
 
     def __init__(self, token: str, api_url: str = DEFAULT_API_URL, *, timeout: float = 30.0,
                  backoff_s: float = 1.0):

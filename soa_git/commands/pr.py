@@ -13,12 +13,9 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ..errors import ConfigError, RepositoryError
-from ..github import DEFAULT_API_URL, GitHub, PullRequest, parse_repo, repo_from_url
+from ..github import GitHub, PullRequest, parse_repo, repo_from_url
 from ..gitrepo import GitRepo
 from .report import RunReport
-
-TOKEN_ENV = "GITHUB_TOKEN"
-API_URL_ENV = "GITHUB_API_URL"
 
 
 def pr(report: RunReport, *, cwd: Path, body: str | Callable[[RunReport], str],
@@ -35,11 +32,7 @@ def pr(report: RunReport, *, cwd: Path, body: str | Callable[[RunReport], str],
     if not base:
         raise ConfigError("HEAD is detached, so the branch to merge into is not known; "
                           "give it with --base BRANCH")
-    token = environ.get(TOKEN_ENV, "")
-    if not token:
-        raise ConfigError(f"no GitHub token: set {TOKEN_ENV} to a token that may write pull "
-                          "requests")
-    github = GitHub(token, environ.get(API_URL_ENV) or DEFAULT_API_URL)
+    github = GitHub.from_environ(environ, "write pull requests")
     text = body(report) if callable(body) else body
     return github.upsert_pull(owner, name,
                               title=f"soa-git: {run.target or run.root} (run {run.run})",

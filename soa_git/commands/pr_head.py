@@ -20,8 +20,7 @@ from datetime import datetime, timezone
 from typing import Mapping
 
 from ..errors import ConfigError
-from ..github import DEFAULT_API_URL, GitHub, GitHubError, parse_repo
-from .pr import API_URL_ENV, TOKEN_ENV
+from ..github import GitHub, GitHubError, parse_repo
 
 
 @dataclass(frozen=True)
@@ -38,11 +37,7 @@ def pr_head(repo: str, number: int, at: str, *,
     environ = os.environ if environ is None else environ
     owner, name = parse_repo(repo)
     commented = _moment(at, "--at")
-    token = environ.get(TOKEN_ENV, "")
-    if not token:
-        raise ConfigError(f"no GitHub token: set {TOKEN_ENV} to a token that may read the "
-                          "pull request")
-    github = GitHub(token, environ.get(API_URL_ENV) or DEFAULT_API_URL)
+    github = GitHub.from_environ(environ, "read the pull request")
     pull = github.pull(owner, name, number)
     head = pull.get("head") or {}
     sha, branch = str(head.get("sha") or ""), str(head.get("ref") or "")
