@@ -15,8 +15,9 @@ It records, per configuration:
   the best any schedule can do when at most `jobs` model calls are in flight;
 - `overhead_ms_per_agent` = (wall - floor_jobs) / agents: what soa-git itself costs per agent
   (git, workspaces, the test harness, bookkeeping); at latency 0 that is simply wall / agents;
-  `cpu_ms_per_agent` is the CPU behind it (soa-git, git and pytest processes), which a busy
-  machine does not inflate, split into `test_sessions_cpu_ms_per_agent` (the forked pytest
+  `cpu_ms_per_agent` is the CPU behind it (soa-git, git and pytest processes, as a cgroup of
+  the worker's own counts them when run as root: `tree_cpu_s`), which a busy machine does not
+  inflate much, split into `test_sessions_cpu_ms_per_agent` (the forked pytest
   sessions that run each agent's tests) and `machinery_cpu_ms_per_agent` (all the rest);
 - `before_first_call_s` and `after_last_call_s`: the wall time before the first model call and
   after the last one ends (start-up, and the final merges and tests);
@@ -58,6 +59,7 @@ from pathlib import Path
 from soa_git.scripted import ScriptedServer
 
 from . import scale_shape
+from .cpu_group import CpuGroup
 from .scale_plot import plot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,17 +120,20 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
     # The clone's files (and the last run's) written back now, not while this run is measured.
     os.sync()
     responder = scale_shape.Responder(shape, config["latency_s"])
+    # The worker's whole process tree, test runner and sessions included (root only).
+    group = CpuGroup.new(f"soa-scale-{os.getpid()}-{time.monotonic_ns()}")
     try:
         with ScriptedServer(responder) as server:
             spec = {"repo": str(repo), "base_url": server.base_url, "depth": config["depth"],
                     "max_children": shape.max_children, "jobs": jobs,
                     "target": scale_shape.TARGET, "function": scale_shape.ROOT_FUNCTION,
                     "profile": profile, "executor": config.get("executor", "local"),
-                    "ray_address": ray_address}
+                    "ray_address": ray_address, "cpu_group": group and str(group.path)}
             proc = subprocess.Popen([sys.executable, "-m", "benchmarks.scale_worker",
                                      json.dumps(spec)],
                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    start_new_session=True, text=True)
+                                    start_new_session=True, text=True,
+                                    preexec_fn=group.join if group else None)
             try:
                 out, err = proc.communicate(timeout=limit_s)
             except subprocess.TimeoutExpired:
@@ -142,6 +147,8 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
                                          f"{err.strip().splitlines()[-1:] or proc.returncode}"}
         result = json.loads(out.strip().splitlines()[-1])
     finally:
+        if group:
+            group.remove()
         shutil.rmtree(repo.parent, ignore_errors=True)
     n = config["agents"]
     result.update(_timeline(responder.spans, result.pop("started_at"), result["wall_s"]))
@@ -172,8 +179,12 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
 
 def _cpu_s(result: dict) -> float:
     """The run's CPU: the engine, its children (git, the local test runner and its sessions), and
-    on Ray the nodes' test sessions and actors, which are no children of the engine."""
-    cpu = result["soa_cpu_s"] + result["children_cpu_s"]
+    on Ray the nodes' test sessions and actors, which are no children of the engine. Without a
+    cgroup (not root), the engine and the children it reaped: the sandboxed runner and its
+    sessions are missing then."""
+    cpu = result.get("tree_cpu_s")
+    if cpu is None:
+        cpu = result["soa_cpu_s"] + result["children_cpu_s"]
     if result.get("executor") == "ray":
         cpu += result["seconds"].get("test_sessions_cpu", 0) + result["node_actor_cpu_s"]
     return cpu

@@ -22,6 +22,8 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from .cpu_group import CpuGroup
+
 
 class Meter:
     def __init__(self) -> None:
@@ -102,6 +104,10 @@ def measure(spec: dict) -> dict:
              # The budgets are a user's brake, not part of what is measured.
              "run_token_budget": 10 ** 12, "agent_token_budget": 10 ** 12}
     profile = cProfile.Profile() if spec.get("profile") else None
+    # The parent put this process in a cgroup of its own (when it could): every process of the
+    # tree is counted there, however it ends.
+    group = CpuGroup(spec["cpu_group"]) if spec.get("cpu_group") else None
+    tree_start = group.cpu_s() if group else 0.0
     started_at = time.time()
     start = time.perf_counter()
     cpu_start = time.process_time()
@@ -123,6 +129,7 @@ def measure(spec: dict) -> dict:
     from soa_git import testing
     if hasattr(testing, "stop_runner"):
         testing.stop_runner()
+    tree_cpu = round(group.cpu_s() - tree_start, 3) if group else None
     self_usage = resource.getrusage(resource.RUSAGE_SELF)
     children_usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = {
@@ -136,6 +143,7 @@ def measure(spec: dict) -> dict:
         "started_at": started_at,
         "soa_cpu_s": round(cpu, 3),
         "children_cpu_s": round(children_usage.ru_utime + children_usage.ru_stime, 3),
+        "tree_cpu_s": tree_cpu,
         "peak_rss_mb": round(self_usage.ru_maxrss / 1024, 1),
         "peak_child_rss_mb": round(children_usage.ru_maxrss / 1024, 1),
         # Every workspace is a new folder filled once, and stays until the run ends.
