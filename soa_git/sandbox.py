@@ -21,6 +21,7 @@ import glob
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -145,6 +146,22 @@ def private_paths() -> list[str]:
     """Folders the sandbox never shows whole, even when a Python path or PYTHONPATH entry is
     one of them or holds one (sys.path can hold the current folder, say the home)."""
     return [*PRIVATE, str(Path.home().resolve())]
+
+
+def clear_set_id(folder: Path) -> None:
+    """Clear the set-uid and set-gid bits of every file under `folder`, a workspace a test run
+    wrote. The sandbox mounts it `nosuid`, but on the host such a file would run with its
+    owner's rights (as root: root's) for anyone who can reach it. Called once the run's PID
+    namespace is gone, so nothing can set a bit again behind the walk."""
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(parent, name)
+            try:
+                mode = os.lstat(path).st_mode
+                if stat.S_ISREG(mode) and mode & (stat.S_ISUID | stat.S_ISGID):
+                    os.chmod(path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
+            except OSError:
+                continue
 
 
 def _process_cgroup() -> str:

@@ -357,6 +357,8 @@ def run_tests(
             if not run.done.is_set():
                 runner.kill(run)
             run.done.wait()
+        if sandboxed and writable:
+            sandbox.clear_set_id(workspace)
         returncode = run.returncode if run.returncode is not None else -signal.SIGKILL
         # The CPU limit fires as SIGXCPU; to the caller that is a timeout too.
         timed_out = timed_out or returncode == -signal.SIGXCPU

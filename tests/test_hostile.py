@@ -27,7 +27,7 @@ SLEEPS = ("600.901", "600.902", "600.903", "600.904", "600.905")
 
 ESCAPES = '''
 def test_area_escapes():
-    import os, pathlib, socket, subprocess, time
+    import os, pathlib, shutil, socket, subprocess, time
     escaped = []
 
     def attempt(what, action):
@@ -60,6 +60,8 @@ def test_area_escapes():
     attempt("read a home's files", lambda: open("/root/.gitconfig").read())
     attempt("read a home's files", lambda: open("/root/.bashrc").read())
     attempt("write the system", lambda: open("/usr/{mark}", "w"))
+    # A set-uid copy of a shell in the workspace: checked from outside.
+    quietly(lambda: (shutil.copy("/bin/sh", "planted-shell"), os.chmod("planted-shell", 0o6755)))
     attempt("read the password hashes", lambda: open("/etc/shadow").read())
     attempt("read the password hashes", lambda: open("/etc/gshadow").read())
     attempt("list the ssh host keys", lambda: os.listdir("/etc/ssh"))
@@ -267,6 +269,8 @@ def test_a_hostile_model_is_contained(tmp_path: Path, serve) -> None:
     assert "planted" not in git(repo, "for-each-ref")
     assert outside.read_text() == "keep\n"
     assert not list(Path("/tmp").glob(f"{MARK}*"))
+    assert not [p for p in repo.rglob("*") if p.is_file() and not p.is_symlink()
+                and p.stat().st_mode & 0o6000], "a set-uid file was left on the host"
     assert not reached
     deadline = time.monotonic() + 5
     while any(running(s) for s in SLEEPS) and time.monotonic() < deadline:

@@ -124,6 +124,22 @@ def test_a_python_path_holding_a_home_is_not_shown(
     assert result.ok, result.feedback()
 
 
+def test_no_set_uid_file_is_left_on_the_host(workspace: Path) -> None:
+    result = _run(workspace, """
+        import os, shutil
+
+        def test_plant():
+            for name, mode in (("suid", 0o4755), ("sgid", 0o2755)):
+                shutil.copy("/bin/true", name)
+                os.chmod(name, mode)
+                assert os.stat(name).st_mode & 0o7777 == mode
+    """)
+    assert result.ok, result.feedback()
+    # Inside, the mount is nosuid; outside, the bits are gone.
+    for name in ("suid", "sgid"):
+        assert (workspace / name).stat().st_mode & 0o7777 == 0o755, name
+
+
 def test_a_read_only_workspace_cannot_be_written(workspace: Path) -> None:
     result = _run(workspace, """
         import pytest
