@@ -8,7 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from soa_git.cli import main
 from soa_git.scripted import Script, ScriptedServer
 
 from .helpers.github import FakeGitHub
@@ -48,6 +50,21 @@ def serve():
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """cli(cwd, *args, ok=True) -> the output of `soa-git ARGS` run in cwd; asserts it exited 0
+    (or, with ok=False, that it did not)."""
+    runner = CliRunner()
+
+    def invoke(cwd: Path, *args: str, ok: bool = True) -> str:
+        monkeypatch.chdir(cwd)
+        result = runner.invoke(main, list(args), catch_exceptions=False)
+        assert (result.exit_code == 0) == ok, result.output
+        return result.output
+
+    return invoke
 
 
 @pytest.fixture

@@ -12,10 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from soa_git import history
-from soa_git.cli import main
 from soa_git.errors import TargetError
 from soa_git.gitrepo import GitRepo, metrics
 
@@ -58,17 +56,13 @@ def runs(tmp_path_factory) -> Runs:
 
 
 @pytest.fixture
-def cli(runs, monkeypatch):
-    """cli(*args) -> the output of `soa-git ARGS` in the runs' repository; asserts success."""
+def cli(runs, cli, monkeypatch):
+    """cli(*args, ok=True, cwd=None) -> the output of `soa-git ARGS`, in the runs' repository
+    unless `cwd` is given."""
     monkeypatch.chdir(runs.repo)
-    runner = CliRunner()
 
     def invoke(*args: str, ok: bool = True, cwd: Path | None = None):
-        if cwd is not None:
-            monkeypatch.chdir(cwd)
-        result = runner.invoke(main, list(args), catch_exceptions=False)
-        assert (result.exit_code == 0) == ok, result.output
-        return result.output
+        return cli(cwd or runs.repo, *args, ok=ok)
 
     return invoke
 

@@ -10,10 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from soa_git import render
-from soa_git.cli import main
 from soa_git.commands.report import build
 from soa_git.github import GitHubError, parse_repo, repo_from_url
 from soa_git.gitrepo import GitRepo
@@ -53,20 +51,6 @@ def copy(published, tmp_path) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(published.repo, target)
     return target
-
-
-@pytest.fixture
-def cli(monkeypatch):
-    """cli(cwd, *args, ok=True) -> the output of `soa-git ARGS` run in cwd."""
-    runner = CliRunner()
-
-    def invoke(cwd: Path, *args: str, ok: bool = True) -> str:
-        monkeypatch.chdir(cwd)
-        result = runner.invoke(main, list(args), catch_exceptions=False)
-        assert (result.exit_code == 0) == ok, result.output
-        return result.output
-
-    return invoke
 
 
 def _remote(repo: Path, tmp_path: Path, name: str = "remote.git") -> Path:
