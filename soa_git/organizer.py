@@ -496,8 +496,11 @@ class Organizer:
                 memory_mb=self.settings.test_memory_mb).masked(self._secrets)
         self._set(node, "tested")
 
-    def _commit(self, node: Node, step: Step, **how) -> None:
-        node.workspace.held = self.record.step(node, step, **how)
+    def _commit(self, node: Node, step: Step, *, phase: str, subject: str, body: str = "",
+                tested: bool = True, record: dict | None = None) -> None:
+        """The step's commit of the files as last written; the workspace now holds it."""
+        node.workspace.held = self.record.step(node, step, phase=phase, subject=subject,
+                                               body=body, tested=tested, record=record)
 
     def _retire(self, node: Node) -> None:
         """A child whose work is done gives its workspace back for the next agent to take (a
