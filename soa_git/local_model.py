@@ -79,7 +79,10 @@ def serving(model: str, *, slots: int = 1, port: int = 0, environ: Mapping[str, 
             on_progress(Progress("ready", endpoint.base_url))
             yield endpoint
         finally:
-            # The binding stops the HTTP server and joins its threads when the object goes.
+            # The binding stops the HTTP server and joins its threads when the object goes. A
+            # request still generating would hold that join forever: llama.cpp's server cancels
+            # a request only when its connection closes, so close them first.
+            _drop_connections(server.listening_address)
             del server
 
 
@@ -102,6 +105,39 @@ def _params(runtime: ModuleType, weights: LocalWeights, *, slots: int, port: int
     params.cpuparams.n_threads = threads or 1
     params.cpuparams_batch.n_threads = threads or 1
     return params
+
+
+def _drop_connections(address: str) -> None:
+    """Shut down every connection this process holds to `address` (http://host:port).
+
+    The clients are the command's own (the organizer's threads, a benchmark's); a thread blocked
+    reading an answer gets an error at once, which the command is already unwinding past.
+    Linux lists a process's sockets in /proc; elsewhere nothing is dropped.
+    """
+    host, _, port = address.rpartition("//")[2].rpartition(":")
+    peer = (host, int(port))
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in descriptors:
+        # A duplicate: closing it leaves the client's own descriptor alone, while shutdown()
+        # acts on the connection both share.
+        try:
+            duplicate = os.dup(int(name))
+        except OSError:
+            continue    # already gone
+        try:
+            connection = socket.socket(fileno=duplicate)
+        except OSError:
+            os.close(duplicate)     # not a socket
+            continue
+        with connection:
+            try:
+                if connection.family == socket.AF_INET and connection.getpeername() == peer:
+                    connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                continue    # not connected
 
 
 def _available_memory() -> int | None:

@@ -200,6 +200,37 @@ def test_a_server_that_dies_mid_run_fails_the_run_in_one_sentence(model_cache, t
                         r"\(connection refused\)", err.splitlines()[-1]), err
 
 
+# Leaves `serving` while an answer is streaming; llama.cpp's server, torn down with a request
+# in flight, used to wait for it forever.
+STOP_WHILE_GENERATING = """
+import sys, threading, openai
+from soa_git.local_model import serving
+streaming, ended = threading.Event(), []
+def ask(endpoint):
+    client = openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=0)
+    try:
+        for _ in client.chat.completions.create(
+                model=endpoint.model, messages=[{"role": "user", "content": "Count to 5000."}],
+                max_tokens=4000, stream=True, extra_body={"ignore_eos": True}):
+            streaming.set()
+    except openai.APIConnectionError:
+        ended.append("cut")
+with serving("local", slots=1) as endpoint:
+    asking = threading.Thread(target=ask, args=(endpoint,))
+    asking.start()
+    assert streaming.wait(600)
+asking.join(60)
+print("stopped", ended)
+"""
+
+
+def test_leaving_serving_while_the_model_generates_stops_it(model_cache):
+    done = subprocess.run([sys.executable, "-c", STOP_WHILE_GENERATING], env=cli_env(model_cache),
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["stopped", "['cut']"]
+
+
 def test_a_truncated_model_file_is_refused_in_one_sentence(model_cache, tmp_path):
     whole = model_cache / "models" / "qwen2.5-coder-0.5b-instruct.gguf"
     cut = tmp_path / "cut.gguf"
