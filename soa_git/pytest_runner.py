@@ -112,7 +112,9 @@ def _enter_sandbox(request, config):
     size = f"size={request['tmp_mb']}m,mode=1777"
     mounts = [("/tmp", "tmpfs", size), ("/dev", "dev", None), ("/proc", "proc", None),
               (workspace, "rw" if request["writable"] else "ro", None),
-              *((path, "rw", None) for path in request["scratch"])]
+              *((path, "rw", None) for path in request["scratch"]),
+              # Inside the workspace, what the tests must not read (a repository's .git).
+              *((path, "mask", None) for path in request.get("masked", ()))]
     taken = [workspace, *request["scratch"]]
     for path in config["system"]:
         if os.path.islink(path):
@@ -137,6 +139,11 @@ def _enter_sandbox(request, config):
             _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, data)
         elif kind == "dev":
             _make_dev(target)
+        elif kind == "mask":
+            if os.path.isdir(target):
+                _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=0")
+            else:
+                _bind("/dev/null", target, False)
         elif kind == "proc":
             # Read-only: as root, /proc/sys (kernel.core_pattern: a program the kernel runs
             # as root) and /proc/sysrq-trigger are writable without any capability.

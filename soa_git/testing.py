@@ -336,7 +336,11 @@ def run_tests(
         env = _sandbox_env(home, python_path)
         # Output goes to a file, not a pipe: a straggler holding a pipe open would
         # otherwise keep us waiting after pytest itself has exited.
+        # A repository as the workspace (`soa-git check`): its .git may hold credentials (a
+        # token in a remote's URL), hooks and soa-git's files; tests never need it.
+        masked = [str(workspace / ".git")] if (workspace / ".git").exists() else []
         request = {"cwd": str(workspace), "writable": writable, "scratch": [str(scratch)],
+                   "masked": masked,
                    "tmp_mb": memory_mb, "limits": _limits(timeout_s, memory_mb),
                    "args": _pytest_args(files, xml=xml_path, rootdir=workspace, ini=ini),
                    "log": str(log_path), "env": env,

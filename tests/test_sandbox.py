@@ -124,6 +124,22 @@ def test_a_python_path_holding_a_home_is_not_shown(
     assert result.ok, result.feedback()
 
 
+def test_a_repositorys_git_folder_is_not_shown(tmp_path: Path) -> None:
+    """`soa-git check` runs tests with the repository as the workspace, read-only."""
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / ".git" / "config").write_text(f"[remote]\n\turl = https://x:{PLANTED}@example.com\n")
+    result = _run(repo, f"""
+        import os
+
+        def test_git_is_empty():
+            assert os.listdir(".git") == []
+            assert os.path.exists("test_escape.py")
+    """, writable=False)
+    assert result.ok, result.feedback()
+    assert PLANTED not in result.output
+
+
 def test_no_set_uid_file_is_left_on_the_host(workspace: Path) -> None:
     result = _run(workspace, """
         import os, shutil
