@@ -13,16 +13,19 @@ CPU time (user + system):
   model, which both commits share, the engine, git, the test runner and every test session), as
   a cgroup counts it (`cpu_group`): the same measure for both commits, whatever either's own
   accounting misses;
-- `engine_cpu_s`: the engine's own process during the run (`soa_cpu_s` of the result).
+- `engine_cpu_s`: the engine's own process during the run (`soa_cpu_s` of the result);
+- `sessions_cpu_s`: the test sessions, as the test runner reports them (pytest in its sandbox).
 
 The summary gives, per shape, each commit's median and range, and the median of the paired
-ratios after/before (each pair ran back to back) with their quartiles. Needs root for the cgroup.
+ratios after/before (each pair ran back to back) with a 95% interval for it (order statistics,
+no assumption about the distribution) and its quartiles. Needs root for the cgroup.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -66,13 +69,14 @@ def run_one(checkout: Path, shape: dict, jobs: int, scratch: Path,
     if "skipped" in result or result["state"] != "done":
         raise RuntimeError(f"the run did not finish in {checkout}: {result}")
     return {"cpu_s": round(cpu, 3), "engine_cpu_s": result["soa_cpu_s"],
+            "sessions_cpu_s": result["seconds"].get("test_sessions_cpu", 0.0),
             "wall_s": result["wall_s"]}
 
 
 def summarize(runs: list[dict]) -> dict:
     """Per commit: median and range of each measure; the paired after/before ratios."""
     out: dict = {}
-    for key in ("cpu_s", "engine_cpu_s", "wall_s"):
+    for key in runs[0]["before"]:
         entry: dict = {}
         for side in ("before", "after"):
             values = [r[side][key] for r in runs]
@@ -80,11 +84,23 @@ def summarize(runs: list[dict]) -> dict:
                            "min": min(values), "max": max(values)}
         ratios = sorted(r["after"][key] / r["before"][key] for r in runs)
         quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        low, high = median_interval(len(ratios))
         entry["ratio_median"] = round(statistics.median(ratios), 3)
+        entry["ratio_median_95"] = [round(ratios[low], 3), round(ratios[high], 3)]
         entry["ratio_quartiles"] = [round(quartiles[0], 3), round(quartiles[2], 3)]
         entry["ratio_range"] = [round(ratios[0], 3), round(ratios[-1], 3)]
         out[key] = entry
     return out
+
+
+def median_interval(n: int) -> tuple[int, int]:
+    """Indexes into n sorted values that bound their median with at least 95% confidence,
+    whatever their distribution (order statistics: the count below the median is binomial)."""
+    below, k = 0.0, 0
+    while k < n // 2 and below + math.comb(n, k) / 2 ** n <= 0.025:
+        below += math.comb(n, k) / 2 ** n
+        k += 1
+    return max(k - 1, 0), min(n - k, n - 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     for name, summary in _write(Path(args.out), args, revs, results).items():
         print(f"{name}: " + "; ".join(
-            f"{key} after/before {s['ratio_median']:.3f} (quartiles {s['ratio_quartiles'][0]:.3f}"
-            f"-{s['ratio_quartiles'][1]:.3f})" for key, s in summary.items()))
+            f"{key} after/before {s['ratio_median']:.3f} (95% {s['ratio_median_95'][0]:.3f}"
+            f"-{s['ratio_median_95'][1]:.3f})" for key, s in summary.items()))
     return 0
 
 
