@@ -158,6 +158,45 @@ def test_open_refuses_what_is_not_a_usable_repository(tmp_path: Path) -> None:
         GitRepo.open(bare)
 
 
+def test_open_finds_the_repository_from_the_path_alone(repo_path: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """git finds the repository (GitPython did, imported at every commit for that alone): a
+    linked worktree keeps its own HEAD and index, and a hook's GIT_DIR and GIT_WORK_TREE, here
+    another repository's, steer nothing."""
+    other = make_repo(tmp_path / "other")
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(other))
+    opened = GitRepo.open(repo_path / "pkg")
+    assert (opened.root, opened.git_dir) == (repo_path.resolve(), (repo_path / ".git").resolve())
+    monkeypatch.delenv("GIT_DIR")
+    monkeypatch.delenv("GIT_WORK_TREE")
+
+    linked = tmp_path / "linked"
+    git(repo_path, "worktree", "add", "-q", "-b", "side", str(linked))
+    opened = GitRepo.open(linked)
+    assert opened.root == linked.resolve()
+    assert opened.git_dir == (repo_path / ".git").resolve()
+    assert opened.head_branch() == "side"
+    assert opened.user_status() == []
+
+    with pytest.raises(RepositoryError, match="run soa-git in a working tree"):
+        GitRepo.open(repo_path / ".git")
+
+
+def test_a_sha256_repository_is_read_and_written(tmp_path: Path) -> None:
+    path = tmp_path / "sha256"
+    git(tmp_path, "init", "-q", "-b", "main", "--object-format=sha256", str(path))
+    (path / "a.py").write_text("A = 1\n")
+    git(path, "add", "a.py")
+    git(path, "-c", "user.name=u", "-c", "user.email=u@u", "commit", "-q", "-m", "one")
+    repo = GitRepo.open(path)
+    assert len(repo.head()) == 64
+    start(repo, "soa/r1/solve")
+    commit_file(repo, "soa/r1/solve", "a.py", "A = 2\n")
+    assert repo.read_file("soa/r1/solve", "a.py") == "A = 2\n"
+    assert git(path, "fsck", "--strict").strip() == ""
+
+
 def test_head_branch_is_none_when_detached(repo: GitRepo, repo_path: Path) -> None:
     git(repo_path, "checkout", "-q", "--detach")
     assert repo.head_branch() is None

@@ -1,8 +1,8 @@
 """Every git operation soa-git performs: agent branches, workspaces, commits, merges, notes.
 
-This package is the only code that runs git. It hands out plain values (shas, paths,
-dataclasses), never live GitPython objects. `GitRepo` is its one facade; each concern is a room
-of it, a module small enough to read in one sitting:
+This package is the only code that runs git, as plain `git` processes (the repository itself is
+found by `git rev-parse`). It hands out plain values (shas, paths, dataclasses). `GitRepo` is
+its one facade; each concern is a room of it, a module small enough to read in one sitting:
 
 - `core`: opening a repository and running git against it, pinned to it (GIT_DIR,
   GIT_WORK_TREE and GIT_INDEX_FILE set outright, so an environment inherited from a git hook

@@ -10,14 +10,12 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping, NamedTuple, Self
-
-import git
 
 from ..errors import RepositoryError
 from . import metrics
@@ -29,6 +27,12 @@ _MIN_GIT = (2, 38)
 _LOCK_BUSY = re.compile(r"\.lock'?: File exists")
 LOCK_ATTEMPTS = 12
 _FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# What makes git look somewhere other than the directory it runs in (a hook's GIT_DIR, say).
+LOCATION_VARS = frozenset({
+    "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_PREFIX", "GIT_QUARANTINE_PATH"})
+# git's messages in English whatever the user's locale: some errors are told apart by their words.
+_ENGLISH = {"LANGUAGE": "C", "LC_ALL": "C"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,16 @@ class Author:
 
 # Who commits every commit soa-git writes, and authors its own (start, notes).
 SOA_GIT = Author("soa-git", "soa-git@localhost")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a repository is, as git found it."""
+
+    root: Path
+    git_dir: Path          # this working tree's own (a linked worktree has its own HEAD, index)
+    common_dir: Path       # the repository's, shared by its linked worktrees
+    object_format: str     # sha1 or sha256
 
 
 class Result(NamedTuple):
@@ -54,12 +68,12 @@ class Result(NamedTuple):
 class Core:
     """One repository, opened from any path inside its working tree."""
 
-    def __init__(self, repo: git.Repo) -> None:
-        self._repo = repo
-        self.root = Path(repo.working_tree_dir).resolve()
-        self.git_dir = Path(repo.common_dir).resolve()
+    def __init__(self, location: Location) -> None:
+        self.root = location.root.resolve()
+        self.git_dir = location.common_dir.resolve()
         # The user's own checkout may itself be a linked worktree with its own HEAD and index.
-        self._own_git_dir = Path(repo.git_dir).resolve()
+        self._own_git_dir = location.git_dir.resolve()
+        self._object_format = location.object_format
         self._soa_dir = self.git_dir / "soa"
         self._workspaces_root = self._soa_dir / "work"
         self._hooks_dir = self._soa_dir / "no-hooks"
@@ -70,23 +84,28 @@ class Core:
     def open(cls, path: Path, *, allow_empty: bool = False) -> Self:
         """The repository containing `path`; `allow_empty` accepts one with no commits yet."""
         path = Path(path)
-        try:
-            repo = git.Repo(path.parent if path.is_file() else path, search_parent_directories=True)
-        except git.NoSuchPathError:
-            raise RepositoryError(f"{path} does not exist") from None
-        except git.InvalidGitRepositoryError:
-            raise RepositoryError(f"{path} is not inside a git repository") from None
-        if repo.bare or repo.working_tree_dir is None:
-            raise RepositoryError(f"{repo.git_dir} is a bare repository; "
-                                  "run soa-git in a working tree")
-        try:
-            version = repo.git.version_info
-        except git.GitCommandNotFound:
-            raise RepositoryError("git is not installed or not on PATH") from None
+        if not path.exists():
+            raise RepositoryError(f"{path} does not exist")
+        start = path.parent if path.is_file() else path
+        version = _git_version()
         if version[:2] < _MIN_GIT:
             raise RepositoryError(f"soa-git needs git {_MIN_GIT[0]}.{_MIN_GIT[1]} or newer, "
                                   f"but this is git {'.'.join(map(str, version))}")
-        opened = cls(repo)
+        # git finds the repository from the path alone, as git itself would run there.
+        found = run_git(["rev-parse", "--path-format=absolute", "--is-bare-repository",
+                         "--git-dir", "--git-common-dir", "--show-object-format",
+                         "--show-toplevel"], cwd=start, env=env_without_location())
+        lines = os.fsdecode(found.out).splitlines()
+        if len(lines) < 4:
+            if "not a git repository" in found.err:
+                raise RepositoryError(f"{path} is not inside a git repository")
+            raise RepositoryError(f"git cannot open the repository at {path}: {reason(found.err)}")
+        bare, git_dir, common_dir, object_format = lines[:4]
+        if bare == "true" or len(lines) < 5:
+            raise RepositoryError(f"{git_dir} is a bare repository; run soa-git in a working tree"
+                                  if bare == "true" else
+                                  f"{path} is inside {git_dir}; run soa-git in a working tree")
+        opened = cls(Location(Path(lines[4]), Path(git_dir), Path(common_dir), object_format))
         opened._hooks_dir.mkdir(parents=True, exist_ok=True)
         if not allow_empty and opened._head_sha() is None:
             raise RepositoryError("the repository has no commits yet; commit something first")
@@ -98,7 +117,10 @@ class Core:
         path = Path(path)
         if (path / ".git").exists():
             raise RepositoryError(f"{path} is already a git repository")
-        git.Repo.init(path, initial_branch="main")
+        created = run_git(["init", "-q", "--initial-branch=main", str(path)], cwd=None,
+                          env=env_without_location())
+        if created.status != 0:
+            raise RepositoryError(f"git init failed: {reason(created.err)}")
         opened = cls.open(path, allow_empty=True)
         index = {"GIT_INDEX_FILE": str(opened._own_git_dir / "index")}
         opened._git("add", "-A", env=index)
@@ -135,43 +157,22 @@ class Core:
 
     def _git(self, *args: str, env: Mapping[str, str] | None = None, stdin: bytes | None = None,
              check: bool = True, retry: bool = False) -> Result:
-        """Run one git command against the repository.
-
-        Calls `execute` with the whole command line because `repo.git(c=..., C=...)` keeps
-        options on the shared Git object, which is not safe across threads.
-        """
-        command = [*self._git_command(), *args]
-        full_env = {**self._location_env(), **(env or {})}
+        """Run one git command against the repository."""
+        command = [*self._git_options(), *args]
+        full_env = {**os.environ, **_ENGLISH, **self._location_env(), **(env or {})}
         for attempt in range(LOCK_ATTEMPTS if retry else 1):
             if attempt:
                 backoff(attempt)
             with metrics.measure("git:" + args[0]):
-                status, out, err = self._execute(command, full_env, stdin)
-            if status == 0 or not _LOCK_BUSY.search(err):
+                r = run_git(command, cwd=self.root, env=full_env, stdin=stdin)
+            if r.status == 0 or not _LOCK_BUSY.search(r.err):
                 break
-        if check and status != 0:
-            raise RepositoryError(f"git {args[0]} failed: {reason(err)}")
-        return Result(status, out, err)
+        if check and r.status != 0:
+            raise RepositoryError(f"git {args[0]} failed: {reason(r.err)}")
+        return r
 
-    def _execute(self, command: list[str], env: dict[str, str], stdin: bytes | None
-                 ) -> tuple[int, bytes, str]:
-        try:
-            if stdin is None:
-                return self._repo.git.execute(command, env=env, with_extended_output=True,
-                                              with_exceptions=False, stdout_as_string=False,
-                                              strip_newline_in_stdout=False)
-            with tempfile.TemporaryFile() as stream:
-                stream.write(stdin)
-                stream.seek(0)
-                return self._repo.git.execute(command, istream=stream, env=env,
-                                              with_extended_output=True, with_exceptions=False,
-                                              stdout_as_string=False, strip_newline_in_stdout=False)
-        except git.GitCommandNotFound:
-            raise RepositoryError("git is not installed or not on PATH") from None
-
-    def _git_command(self) -> list[str]:
-        return [git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git",
-                "-c", f"core.hooksPath={self._hooks_dir}", "-c", "core.fsmonitor=false"]
+    def _git_options(self) -> list[str]:
+        return ["-c", f"core.hooksPath={self._hooks_dir}", "-c", "core.fsmonitor=false"]
 
     def _location_env(self) -> dict[str, str]:
         """Where a command runs, stated outright rather than inherited from our environment.
@@ -185,11 +186,10 @@ class Core:
     def _store(self) -> ObjectStore:
         with self._objects_lock:
             if self._objects is None:
-                reader = self._repo.config_reader()
-                object_format = reader.get_value("extensions", "objectformat", "sha1")
-                self._objects = ObjectStore(self.git_dir / "objects", self._git_command(),
+                self._objects = ObjectStore(self.git_dir / "objects",
+                                            ["git", *self._git_options()],
                                             {**os.environ, **self._location_env()},
-                                            object_format=str(object_format).lower())
+                                            object_format=self._object_format)
             return self._objects
 
     def _head_sha(self) -> str | None:
@@ -217,6 +217,28 @@ class Core:
         return self._store.write_commit(tree, parents, message,
                                         author=f"{author.name} <{author.email}> {when}",
                                         committer=f"{SOA_GIT.name} <{SOA_GIT.email}> {when}")
+
+
+def run_git(args: list[str], *, cwd: Path | None, env: Mapping[str, str] | None = None,
+            stdin: bytes | None = None) -> Result:
+    """One git process, its output kept; nothing of the caller's terminal reaches it."""
+    feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, **feed)
+    except FileNotFoundError:
+        raise RepositoryError("git is not installed or not on PATH") from None
+    return Result(done.returncode, done.stdout, os.fsdecode(done.stderr))
+
+
+def env_without_location() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in LOCATION_VARS}
+
+
+def _git_version() -> tuple[int, ...]:
+    """(2, 39, 5) for `git version 2.39.5`."""
+    words = run_git(["version"], cwd=None).text.split()
+    numbers = words[2] if len(words) > 2 else ""
+    return tuple(int(n) for n in numbers.split(".")[:4] if n.isdigit())
 
 
 HOOK_ALLOW_ENV = "SOA_GIT_ALLOW_IN_HOOK"

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Mapping
 from ..errors import RepositoryError
 from ..runformat import NOTES_REF
 from . import metrics
-from .core import SOA_GIT, Core, backoff, checked_rev, reason
+from .core import SOA_GIT, Core, Location, backoff, checked_rev, reason
 from .objects import FILE_MODE, Entry
 
 
@@ -68,8 +68,8 @@ class BranchMoved(RefRefused):
 class Refs(Core):
     """Reading and moving refs; the notes under NOTES_REF."""
 
-    def __init__(self, repo) -> None:
-        super().__init__(repo)
+    def __init__(self, location: Location) -> None:
+        super().__init__(location)
         # Tips of the refs this object moved itself (its run's branches, the notes ref): a
         # run's branches are moved by nobody else while it holds the run's lock, and every
         # move is a compare-and-swap that drops a tip found stale.

@@ -8,26 +8,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Iterable
 
-import git
-
 from .. import runformat
 from ..errors import RepositoryError
 from .branches import Branches, MergeConflict
-from .core import SOA_GIT, Author, Result, guard_hook, join_names, reason, split_z
+from .core import (SOA_GIT, Author, Result, env_without_location, guard_hook, join_names,
+                   reason, run_git, split_z)
 
 
 class UserSide(Branches):
     """Reading and changing the user's own checkout."""
-
-    # What makes git look somewhere other than the working tree it runs in.
-    _USER_LOCATION_VARS = frozenset({
-        "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY",
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_PREFIX", "GIT_QUARANTINE_PATH"})
 
     @staticmethod
     def _few(paths: list[str], shown: int = 3) -> str:
@@ -159,14 +152,7 @@ class UserSide(Branches):
         """git as the user runs it in their own working tree: their index, their hooks, their
         configuration. No location inherited from our environment (a hook's GIT_DIR, say)
         steers it, and none of ours leaks into their hooks."""
-        env = {k: v for k, v in os.environ.items() if k not in self._USER_LOCATION_VARS}
-        try:
-            done = subprocess.run([git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git", *args],
-                                  cwd=self.root, env=env, stdin=subprocess.DEVNULL,
-                                  capture_output=True)
-        except FileNotFoundError:
-            raise RepositoryError("git is not installed or not on PATH") from None
-        return Result(done.returncode, done.stdout, os.fsdecode(done.stderr))
+        return run_git(list(args), cwd=self.root, env=env_without_location())
 
     @staticmethod
     def _last_words(r: Result) -> str:

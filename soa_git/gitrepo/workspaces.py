@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 
 from ..errors import RepositoryError
 from . import metrics
-from .core import Core, checked_rev, posix, split_z
+from .core import Core, Location, checked_rev, posix, split_z
 from .objects import Entry, ObjectStore, Selection
 
 # Longer than a file system timestamp's tick (at most 10 ms on Linux) and the lag of the
@@ -153,8 +153,8 @@ class WorkspaceFiles:
 class Workspaces(Core):
     """Agents' workspaces, and what git tells about the folders they need."""
 
-    def __init__(self, repo) -> None:
-        super().__init__(repo)
+    def __init__(self, location: Location) -> None:
+        super().__init__(location)
         self._workspace_files = WorkspaceFiles()
 
     def workspace(self, run: str, name: str) -> Path:
