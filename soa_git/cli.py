@@ -7,10 +7,8 @@ import importlib
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
-import traceback
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -20,12 +18,12 @@ import click
 
 from . import config, entry, render
 from .errors import SoaError
-from .llm import Notice
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
+    from .llm import Notice
     from .summary import AgentView, RunSummary
     from .weights import Progress
 
@@ -75,6 +73,9 @@ def error_boundary(command: Callable) -> Callable:
         except KeyboardInterrupt:
             raise click.ClickException("interrupted") from None
         except Exception as exc:  # noqa: BLE001 - the boundary catches what we did not foresee
+            import tempfile  # here, not at start-up: `soa-git check` runs at every commit
+            import traceback
+
             with tempfile.NamedTemporaryFile("w", prefix="soa-git-error-", suffix=".log",
                                              delete=False) as log:
                 traceback.print_exc(file=log)
@@ -109,6 +110,8 @@ class LiveView:
                              redirect_stderr=False, vertical_overflow="ellipsis")
 
     def __call__(self, event: AgentView | Notice) -> None:
+        from .llm import Notice  # only commands that draw a live view need the model layer
+
         with self.lock:
             if isinstance(event, Notice):
                 self.notices[event.agent] = event.text

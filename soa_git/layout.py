@@ -1,8 +1,8 @@
-"""Where each agent's code and tests live, and how their text is written out.
+"""Where each agent's code and tests live (their text: `codegen`).
 
-The root agent owns one function inside the user's file: only that function's body is ever
-replaced, so its imports go inside the body. Every other agent owns a whole module next to the
-target (`<target dir>/<agent path with . as __>.py`) and a test file under `tests/soa/`.
+The root agent owns one function inside the user's file. Every other agent owns a whole module
+next to the target (`<target dir>/<agent path with . as __>.py`) and a test file under
+`tests/soa/`.
 """
 
 from __future__ import annotations
@@ -10,12 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Callable, Iterable
-
-from . import answers, pycode, runformat
+from typing import Callable
 
 TEST_DIR = "tests/soa"
-FUTURE = "from __future__ import annotations"
 # A line that starts an import: `from x...` or `import x, y.z as w`.
 _IMPORTED = re.compile(r"^\s*(?:from\s+([A-Za-z_]\w*)|import\s+(.+))")
 
@@ -50,52 +47,6 @@ def files_for(agent_path: str, target: str, root: str, *, is_root: bool) -> Agen
     module = module.removeprefix("./")
     return AgentFiles(module=module, tests=f"{TEST_DIR}/test_{_stem(agent_path)}.py",
                       import_name=_dotted(module, root), import_root=root)
-
-
-def _ordered_imports(imports: Iterable[str]) -> list[str]:
-    unique = list(dict.fromkeys(i.strip() for i in imports if i.strip()))
-    return [FUTURE] + [i for i in unique if i != FUTURE]
-
-
-def child_imports(children: Iterable[tuple[str, AgentFiles]]) -> list[str]:
-    return [f"from {files.import_name} import {name}" for name, files in children]
-
-
-def root_source(original: str, function: str, body: str, imports: Iterable[str],
-                extra: Iterable[str] = ()) -> str:
-    """The user's file with `function`'s body replaced; its imports go inside the body.
-
-    Code the agent keeps beside its function (helpers, constants) goes right after the
-    function at module level, with the imports it needs, where the agent's tests can import it;
-    a name the file already defines keeps the user's definition.
-    """
-    local = [i for i in dict.fromkeys(imports) if i.strip() and not i.startswith("from __future__")]
-    source = pycode.replace_body(original, function, "\n".join(local + [body]) if local else body)
-    taken = set(answers.defined_names([original]))
-    kept = [s.strip("\n") for s in extra if not taken & set(answers.defined_names([s]))]
-    if not kept:
-        return source
-    end = pycode.find_function(source, function).end
-    after = (["\n".join(local)] if local else []) + kept
-    return source[:end] + "\n\n\n" + "\n\n\n".join(after) + source[end:]
-
-
-def module_source(agent_path: str, skeleton: pycode.Function, body: str, imports: Iterable[str],
-                  extra: Iterable[str] = ()) -> str:
-    """A whole module for a non-root agent: its imports, kept helpers, and its function."""
-    header = runformat.module_header(skeleton.name, agent_path)
-    sections = ["\n".join(_ordered_imports(imports)), *extra, skeleton.source]
-    text = header + "\n\n\n".join(s.strip("\n") for s in sections) + "\n"
-    return pycode.replace_body(text, skeleton.name, body) if body else text
-
-
-def test_source(function: str, files: AgentFiles, tests: Iterable[str],
-                imports: Iterable[str], helpers: Iterable[str] = ()) -> str:
-    """The agent's test file: its tests can call its function and every helper it keeps."""
-    header = runformat.test_header(function)
-    own = runformat.test_import(files.import_name, dict.fromkeys([function, *helpers]))
-    lines = _ordered_imports([*imports, own])
-    return header + "\n".join(lines) + "\n\n\n" + "\n\n\n".join(t.strip("\n") for t in tests) + "\n"
 
 
 def workspace_folders(target: str, import_root: str, available: set[str],

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import answers, failures, layout, pycode
+from . import answers, codegen, failures, layout, pycode
 from .agents import Agent, Plan
 from .testing import TestResult
 
@@ -137,15 +137,15 @@ class Node:
         key = (tuple(code.imports), tuple(code.extra), code.body, len(self.children))
         if self._sources is None or self._sources[0] != key:
             imports = [*code.imports,
-                       *layout.child_imports((c.name, c.files) for c in self.children)]
+                       *codegen.child_imports((c.name, c.files) for c in self.children)]
             if self.parent is None:
-                source = layout.root_source(original, self.name, code.body or "...", imports,
-                                            code.extra)
+                source = codegen.root_source(original, self.name, code.body or "...", imports,
+                                             code.extra)
                 own = pycode.find_function(source, self.name).source
                 text = "\n\n\n".join([own, *(e.strip("\n") for e in code.extra)])
             else:
-                source = text = layout.module_source(self.path, self.skeleton, code.body,
-                                                     imports, code.extra)
+                source = text = codegen.module_source(self.path, self.skeleton, code.body,
+                                                      imports, code.extra)
             self._sources = (key, source, text)
         return self._sources[1], self._sources[2]
 
@@ -159,7 +159,7 @@ class Node:
         pycode.check_parses(source, self.files.module)
         texts = {self.files.module: source}
         if self.code.tests:
-            texts[self.files.tests] = layout.test_source(
+            texts[self.files.tests] = codegen.test_source(
                 self.name, self.files, self.code.tests, self.code.test_imports,
                 answers.defined_names(self.code.extra))
         return texts

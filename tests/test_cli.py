@@ -50,17 +50,23 @@ def test_commands_that_call_no_model_do_not_import_openai():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-def test_the_commit_gate_imports_only_its_own_command(tmp_path):
+def test_the_commit_gate_imports_only_what_it_needs(tmp_path):
     """Every command was imported at start-up: `soa-git check` paid for the organizer, the
-    agents, the history reader, rich... (benchmarks/startup.py measures it)."""
+    agents, the history reader, rich...; then GitPython, only to find the repository, and
+    tree-sitter and the test runner with nothing to parse or test (benchmarks/startup.py
+    measures it)."""
     git(tmp_path, "init", "-q")
-    code = ("import sys; from soa_git.cli import main; sys.argv = ['soa-git', 'check']\n"
+    (tmp_path / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    git(tmp_path, "add", "calc.py")
+    code = ("import sys; from soa_git.entry import main; sys.argv = ['soa-git', 'check']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "heavy = [m for m in ('soa_git.organizer', 'soa_git.history', 'soa_git.agents', "
-            "'soa_git.commands.run', 'rich', 'openai') if m in sys.modules]\n"
+            "'soa_git.commands.run', 'rich', 'openai', 'git', 'tree_sitter', 'soa_git.pycode', "
+            "'soa_git.testing', 'soa_git.llm') if m in sys.modules]\n"
             "print(heavy)")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True)
+    assert "1 Python file(s) checked" in done.stdout, done.stdout + done.stderr
     assert done.stdout.splitlines()[-1] == "[]", done.stdout + done.stderr
 
 

@@ -12,23 +12,30 @@ soa-git writes ("Unit tests of `fn`, kept by soa-git.") and import `fn` from the
 The tests run as the agents ran them (soa_git.testing: a sandboxed pytest subprocess). Files
 are checked as they are on disk: under the pre-commit framework that is the staged content,
 because pre-commit stashes unstaged changes while hooks run.
+
+It runs at every commit, so it imports what it needs when it needs it: tree-sitter only for a
+file that holds the marker's words, the test runner only when some agent's tests are to run.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-from .. import config, failures, layout, pycode, runformat
+from .. import config, layout, runformat
 from ..errors import RepositoryError, SoaError, TargetError
 from ..gitrepo import GitRepo
-from ..testing import TestResult, run_tests
+
+if TYPE_CHECKING:
+    from .. import pycode
+    from ..testing import TestResult
 
 MARKER = "soa-git: fill"
+# Both markers hold these words: a file without them has no marked skeleton.
+_MARKER_WORDS = re.compile(r"soa-git:\s*fill")
 _MARKER_COMMENT = re.compile(r"^\s*#\s*soa-git:\s*fill\b")
 _MARKER_DOC = re.compile(r"^\s*soa-git:\s*fill\s*$", re.MULTILINE)
 # Directories never searched for an agent's module.
@@ -97,6 +104,10 @@ def is_marked(source: str, fn: pycode.Function) -> bool:
 
 def marked_skeletons(source: str) -> list[pycode.Function]:
     """The skeletons of `source` marked for soa-git; none when the source does not parse."""
+    if not _MARKER_WORDS.search(source):
+        return []
+    from .. import pycode
+
     try:
         found = pycode.functions(source)
     except SoaError:
@@ -149,17 +160,18 @@ def find_module(root: Path, module: str) -> str | None:
     return None
 
 
-def staged_python_files(repo: GitRepo) -> list[str]:
-    """Python files added, copied, modified or renamed in the index (not deleted)."""
-    return sorted(path for code, path in repo.user_status()
-                  if code[0] in "AMRCT" and path.endswith(".py"))
+def staged_python_files(status: list[tuple[str, str]]) -> list[str]:
+    """Python files added, copied, modified or renamed in the index (not deleted), from the
+    repository's `user_status()`."""
+    return sorted(path for code, path in status if code[0] in "AMRCT" and path.endswith(".py"))
 
 
 def check(files: Sequence[str] | None, *, cwd: Path) -> CheckResult:
     repo = GitRepo.open(cwd, allow_empty=True)
     root = repo.root
+    status = repo.user_status()
     if files is None:
-        relative = staged_python_files(repo)
+        relative = staged_python_files(status)
     else:
         relative = [repo_relative(root, cwd, f) for f in files]
     relative = [f for f in dict.fromkeys(relative) if f.endswith(".py") and (root / f).is_file()]
@@ -190,7 +202,7 @@ def check(files: Sequence[str] | None, *, cwd: Path) -> CheckResult:
                                     f"fail: {entry.result}{missing}", entry.tests,
                                     entry.result))
     problems.sort(key=lambda p: (p.file, p.function, p.kind))
-    notes = _unstaged_notes(repo, relative + [t.tests for t in tested])
+    notes = _unstaged_notes(status, relative + [t.tests for t in tested])
     return CheckResult(files=tuple(relative), tested=tuple(tested), problems=tuple(problems),
                        notes=tuple(notes))
 
@@ -239,6 +251,10 @@ def _run(root: Path, wanted: dict[tuple[str, str, str], str],
         groups.setdefault(base, set()).add(tests)
     if not groups:
         return []
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .. import failures
+    from ..testing import run_tests
 
     secrets = settings.secret_values()
 
@@ -260,12 +276,11 @@ def _run(root: Path, wanted: dict[tuple[str, str, str], str],
 
 def _only(result: TestResult, tests: str) -> TestResult:
     cases = tuple(c for c in result.cases if c.name == tests or c.name.startswith(tests + "::"))
-    return TestResult(cases=cases, timed_out=result.timed_out, output=result.output,
-                      timeout_s=result.timeout_s)
+    return replace(result, cases=cases)
 
 
-def _unstaged_notes(repo: GitRepo, files: Iterable[str]) -> list[str]:
+def _unstaged_notes(status: list[tuple[str, str]], files: Iterable[str]) -> list[str]:
     """The plain git hook checks the working tree: say so when it differs from the index."""
     wanted = set(files)
     return [f"checked the working-tree version of {path}, which has unstaged changes"
-            for code, path in repo.user_status() if path in wanted and code[1] not in " ?"]
+            for code, path in status if path in wanted and code[1] not in " ?"]

@@ -71,7 +71,7 @@ def fill(files: Sequence[str] | None, *, cwd: Path, flags: Mapping[str, Any],
     environ = os.environ if environ is None else environ
     repo = StagedRepo.open(cwd)
     root = repo.root
-    relative = (staged_python_files(repo) if files is None
+    relative = (staged_python_files(repo.user_status()) if files is None
                 else [repo_relative(root, cwd, f) for f in files])
     # The files on disk name the candidates; the snapshot is only made when there are some.
     marked = {}
