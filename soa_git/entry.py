@@ -7,8 +7,8 @@ their model call or test run, and what a run leaves when it stops anywhere is wh
 is built for (its branches hold every committed step; its lock's holder is gone).
 """
 
-from __future__ import annotations
-
+# Nothing but these two before the handler is installed: not even `from __future__ import ...`,
+# which imports a module too.
 import os
 import signal
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import soa_git
 from soa_git import history
 from soa_git.gitrepo import GitRepo
 
@@ -44,6 +45,21 @@ def test_ctrl_c_while_starting_up(tmp_path):
     process = started(["list"], tmp_path, {"SOA_GIT_KILL_AT": "startup:1:INT"})
     out, err = process.communicate(timeout=30)
     assert (process.returncode, out, err) == (130, "", "interrupted\n")
+
+
+def test_the_handler_is_installed_before_anything_else_is_imported():
+    """Before soa-git's handler, a Ctrl-C shows Python's traceback: what runs before it is
+    Python's own start-up, the console script's `import re, sys`, and soa_git.entry, which
+    loads nothing but `signal` (its `from __future__` import loaded one more module)."""
+    code = ("import os, re, sys\n"
+            "sys.path.insert(0, sys.argv[1])\n"
+            "before = set(sys.modules)\n"
+            "import soa_git.entry\n"
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    package_parent = Path(soa_git.__file__).parent.parent
+    done = subprocess.run([sys.executable, "-S", "-c", code, str(package_parent)],
+                          capture_output=True, text=True, check=True)
+    assert set(done.stdout.split()) <= {"soa_git", "soa_git.entry", "signal"}, done.stdout
 
 
 @pytest.mark.skipif(not SCRIPT.exists(), reason="the console script is not installed")
