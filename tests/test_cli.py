@@ -359,6 +359,22 @@ def test_version(runner):
     assert re.search(r"version \d+\.\d+", result.stdout), result.stdout
 
 
+def test_every_released_version_has_its_tag():
+    """`rev: v0.1.0` in a pre-commit config and the workflow's `@v0.1.0` resolved to nothing:
+    the documented tag had never reached the repository."""
+    project = Path(__file__).resolve().parent.parent
+    if not (project / ".git").exists() or \
+            git(project, "rev-parse", "--is-shallow-repository").strip() != "false":
+        pytest.skip("not a full clone of soa-git")
+    released = re.findall(r"^## (\d+\.\d+\.\d+)$", (project / "CHANGELOG.md").read_text(),
+                          re.MULTILINE)
+    tags = set(git(project, "tag", "--list", "v*").split())
+    assert released and {f"v{v}" for v in released} <= tags, (released, tags)
+    for version in released:
+        pyproject = git(project, "show", f"v{version}:pyproject.toml")
+        assert f'\nversion = "{version}"\n' in pyproject, version
+
+
 # ---- the real console script -----------------------------------------------------------------
 
 def console_script() -> list[str]:
