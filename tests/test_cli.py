@@ -245,6 +245,16 @@ def test_run_against_a_model_that_answers_nonsense(runner, repo, monkeypatch, se
     assert server.requests, "the model was never asked"
     listed = runner.invoke(main, ["list"])
     assert " failed " in listed.stdout.splitlines()[1]
+    # The run is there for every command that reads runs, the model's answers included.
+    run = result.stdout.split()[1].rstrip(":")
+    for command, words in ((["show", run], "failed"), (["report", run], "failed"),
+                           (["transcript", f"{run}/area_report"], ": error (generate")):
+        shown = runner.invoke(main, command)
+        assert shown.exit_code == 0 and words in shown.stdout, (command, shown.output)
+    steps = json.loads(runner.invoke(main, ["transcript", f"{run}/area_report", "--json"]).stdout)
+    answers = [m["content"] for step in steps["steps"] for m in step["messages"]
+               if m["role"] == "assistant"]
+    assert answers == ["no code here"] * 3
 
 
 # ---- run: success ----------------------------------------------------------------------------
