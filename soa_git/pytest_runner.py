@@ -77,7 +77,7 @@ def _bind(source, target, writable):
     """Bind `source` at `target` (created), read-only unless `writable`, never set-uid."""
     if os.path.isdir(source):
         os.makedirs(target, exist_ok=True)
-    else:
+    elif not os.path.lexists(target):
         os.makedirs(os.path.dirname(target), exist_ok=True)
         open(target, "a").close()
     _mount(source, target, None, MS_BIND)

@@ -124,16 +124,26 @@ def test_a_python_path_holding_a_home_is_not_shown(
     assert result.ok, result.feedback()
 
 
-def test_a_repositorys_git_folder_is_not_shown(tmp_path: Path) -> None:
-    """`soa-git check` runs tests with the repository as the workspace, read-only."""
+@pytest.mark.parametrize("worktree", [False, True])
+def test_a_repositorys_git_is_not_shown(tmp_path: Path, worktree: bool) -> None:
+    """`soa-git check` runs tests with the repository as the workspace, read-only; in a linked
+    worktree .git is a file naming the real one."""
     repo = tmp_path / "repo"
-    (repo / ".git").mkdir(parents=True)
-    (repo / ".git" / "config").write_text(f"[remote]\n\turl = https://x:{PLANTED}@example.com\n")
+    repo.mkdir()
+    config = f"[remote]\n\turl = https://x:{PLANTED}@example.com\n"
+    if worktree:
+        (repo / ".git").write_text(f"gitdir: {config}")
+    else:
+        (repo / ".git").mkdir()
+        (repo / ".git" / "config").write_text(config)
     result = _run(repo, f"""
         import os
 
         def test_git_is_empty():
-            assert os.listdir(".git") == []
+            if {worktree}:
+                assert open(".git").read() == ""
+            else:
+                assert os.listdir(".git") == []
             assert os.path.exists("test_escape.py")
     """, writable=False)
     assert result.ok, result.feedback()
