@@ -26,9 +26,10 @@ OBJECT_STORE_BYTES = 100 * 1024 * 1024
 
 
 class LocalCluster:
-    """A head and `workers` more nodes, `cpus` logical CPUs each."""
+    """A head and `workers` more nodes, `cpus` logical CPUs each (the head `head_cpus`, if
+    given: with 0 it runs no tests, so losing the workers loses every node that does)."""
 
-    def __init__(self, workers: int = 1, cpus: int = 1) -> None:
+    def __init__(self, workers: int = 1, cpus: int = 1, head_cpus: int | None = None) -> None:
         # Short: Ray's socket paths live under it and a socket path has at most 107 bytes.
         self.tmp = tempfile.mkdtemp(prefix="soaray-", dir="/tmp")
         self._saved = {key: os.environ.get(key) for key in (*ENV, "RAY_TMPDIR")}
@@ -37,7 +38,9 @@ class LocalCluster:
         from ray.cluster_utils import Cluster
         self.cpus = cpus
         self._cluster = Cluster(initialize_head=True, shutdown_at_exit=True,
-                                head_node_args=self._node_args())
+                                head_node_args={**self._node_args(),
+                                                "num_cpus": cpus if head_cpus is None
+                                                else head_cpus})
         self.workers: list[Any] = []
         try:
             for _ in range(workers):

@@ -36,8 +36,11 @@ the benchmark starts a Ray cluster of `--ray-nodes` nodes on this machine (`ray_
 uses the running one at `--ray-address`, and the engine connects to it before its clock starts
 (`executor_connect_s`). The test sessions then run in the nodes' processes, which are not the
 engine's children: their CPU comes back with each test result (`test_sessions_cpu`), the nodes'
-actors' own CPU is `node_actor_cpu_s`, and both are in `cpu_ms_per_agent`. `runs_by_node`,
-`retried` and `bytes_shipped` say where the tests ran.
+actors' own CPU is `node_actor_cpu_s` (with the model calls they made), and both are in
+`cpu_ms_per_agent`. `runs_by_node`, `retried` and `bytes_shipped` say where the tests ran,
+`placements` the node the run was placed on and `calls_by_node` where its model calls went out
+from. `ray-here` is the ray executor with the model calls made by the engine itself
+(`model_calls = "here"`), to measure what sending them from the nodes changes.
 """
 
 from __future__ import annotations
@@ -95,9 +98,20 @@ def configurations(agents: list[int], depths: list[int], files: list[int],
                     if key not in seen:
                         seen.add(key)
                         out.extend({"files": f, "agents": n, "depth": d, "latency_s": lat,
-                                    **({"executor": e} if e != "local" else {})}
-                                   for e in executors)
+                                    **_executor(e)} for e in executors)
     return out
+
+
+def _executor(name: str) -> dict:
+    """A configuration's executor: `local`, `ray` (model calls made from the nodes) or `ray-here`
+    (the ray executor with its model calls made here, `model_calls = "here"`)."""
+    if name == "local":
+        return {}
+    if name == "ray-here":
+        return {"executor": "ray", "model_calls": "here"}
+    if name == "ray":
+        return {"executor": "ray", "model_calls": "nodes"}
+    raise SystemExit(f"unknown executor {name!r}: local, ray or ray-here")
 
 
 def floors(levels: list[int], latency: float, jobs: int) -> tuple[float, float]:
@@ -128,6 +142,7 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
                     "max_children": shape.max_children, "jobs": jobs,
                     "target": scale_shape.TARGET, "function": scale_shape.ROOT_FUNCTION,
                     "profile": profile, "executor": config.get("executor", "local"),
+                    "model_calls": config.get("model_calls", "nodes"),
                     "ray_address": ray_address, "cpu_group": group and str(group.path)}
             proc = subprocess.Popen([sys.executable, "-m", "benchmarks.scale_worker",
                                      json.dumps(spec)],
@@ -215,7 +230,8 @@ def _timeline(spans: list[tuple[float, float]], started_at: float, wall: float) 
 
 
 def _line(r: dict) -> str:
-    head = (f"{r.get('executor', 'local'):>5} files={r['files']:>5} agents={r['agents']:>4} "
+    where = r.get("executor", "local") + ("-here" if r.get("model_calls") == "here" else "")
+    head = (f"{where:>8} files={r['files']:>5} agents={r['agents']:>4} "
             f"depth={r['depth']} latency={r['latency_s']:g}s")
     if "skipped" in r:
         return f"{head}: skipped: {r['skipped']}"
@@ -247,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="add a cProfile top list (main thread)")
     parser.add_argument("--executor", default="local",
-                        help="local, ray or local,ray: where agents' tests run")
+                        help="local, ray, ray-here, or several (local,ray,ray-here): where "
+                        "agents' tests run and model calls go out from (ray-here: tests on the "
+                        "cluster, model calls from the engine)")
     parser.add_argument("--ray-nodes", type=int, default=2,
                         help="nodes of the Ray cluster started on this machine (head included)")
     parser.add_argument("--ray-address",
@@ -265,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="soa-scale-"))
         ray_address = args.ray_address
-        if "ray" in executors and ray_address is None:
+        if any(e.startswith("ray") for e in executors) and ray_address is None:
             from .ray_cluster import LocalCluster
             # Its drivers (the workers) find it through the environment it sets.
             ray_address = stack.enter_context(LocalCluster(workers=args.ray_nodes - 1)).address

@@ -22,7 +22,9 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 
 def _executor(r: dict) -> str:
     """Lines of the local executor keep their old names; others are named by their executor."""
-    return f"{r['executor']}: " if r.get("executor", "local") != "local" else ""
+    if r.get("executor", "local") == "local":
+        return ""
+    return f"{r['executor']}" + (" (calls here)" if r.get("model_calls") == "here" else "") + ": "
 
 
 def series(results: list[dict]) -> dict[str, list[dict]]:

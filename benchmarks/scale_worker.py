@@ -57,7 +57,8 @@ def instrument(meter: Meter, ray: bool = False) -> None:
     executors = [executor.LocalExecutor]
     if ray:
         from soa_git import ray_executor
-        executors.append(ray_executor.RayExecutor)
+        # A run's organizer calls its PlacedRun, which hands each test run to its executor.
+        executors.append(ray_executor.PlacedRun)
     for cls in executors:
         run_tests = meter.timed("tests", cls.run_tests)
 
@@ -101,6 +102,7 @@ def measure(spec: dict) -> dict:
     flags = {"base_url": spec["base_url"], "max_depth": spec["depth"],
              "max_children": spec["max_children"], "jobs": spec["jobs"],
              "request_timeout": 600, "test_timeout": 120,
+             "model_calls": spec.get("model_calls", "nodes"),
              # The budgets are a user's brake, not part of what is measured.
              "run_token_budget": 10 ** 12, "agent_token_budget": 10 ** 12}
     profile = cProfile.Profile() if spec.get("profile") else None
@@ -123,7 +125,8 @@ def measure(spec: dict) -> dict:
     if on_ray:
         run_module.open_executor = opened
         nodes = {"runs_by_node": dict(executor.runs_by_node), "retried": executor.retried,
-                 "bytes_shipped": executor.bytes_sent,
+                 "bytes_shipped": executor.bytes_sent, "placements": executor.placements,
+                 "calls_by_node": dict(executor.calls_by_node),
                  "node_actor_cpu_s": round(node_cpu[-1] - node_cpu[0], 3)}
     # The test runner's children are counted in RUSAGE_CHILDREN once the runner is reaped.
     from soa_git import testing

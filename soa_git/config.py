@@ -70,12 +70,16 @@ class Settings:
     request_timeout: float = _setting(120.0, "Seconds one model call may take.")
     temperature: float = _setting(0.2, "The model's sampling temperature.")
     executor: str = _setting(
-        "local", "Where agents' tests run: here, or on a Ray cluster (docs/ray.md).", flag=True,
+        "local", "Where runs do their work (agents' tests and model calls): here, or on a Ray "
+        "cluster (docs/ray.md).", flag=True,
         choices=("local", "ray"))
     ray_address: str = _setting(
         "", "The Ray cluster: host:port, ray://host:port or auto (default: RAY_ADDRESS, else "
         "auto).", flag=True)
     parallel_runs: int = _setting(1, "Runs at once when there are many targets.", flag=True)
+    model_calls: str = _setting(
+        "nodes", "With the ray executor, where model calls go out from: the node each run is "
+        "placed on, or here (docs/ray.md).", flag=True, choices=("nodes", "here"))
     # Sent with every request: a local server generates until its context is full otherwise.
     # A Mother writes her function, her children's skeletons and all their tests in one answer.
     mother_max_tokens: int = _setting(3072, "Most tokens of a Mother's answer (max_tokens).")

@@ -1,21 +1,27 @@
-"""Where agents' tests run: the executor seam between the organizer and the sandboxed test run.
+"""Where runs do their work: the executor seam between the organizer and the places its agents'
+test runs and model calls happen.
 
-The organizer keeps every git write and ref transaction (one writer per repository); what it hands
-an executor is one test run: a workspace folder and the test files in it. `local` runs them here
-with the forked, warmed runner of `testing`; `ray` ships the workspace's files to a node of a Ray
-cluster and runs the same `testing.run_tests` there (see ray_executor.py). Both return the same
-TestResult, so nothing above this seam knows where a test ran.
+The organizer keeps every git write and ref transaction (one writer per repository). A command
+places each run (`placed`), which gives the executor that run's organizer uses and the model its
+agents ask; what the organizer then hands the executor is one test run: a workspace folder and
+the test files in it. `local` runs them here with the forked, warmed runner of `testing`, and
+leaves the model as it is; `ray` places the run on a node of a Ray cluster, makes its model calls
+from there, and ships each test run's files to a node to run the same `testing.run_tests` (see
+ray_executor.py). Both return the same TestResult and Reply, so nothing above this seam knows
+where a test ran or where a call went out from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 from . import testing
 from .config import Settings
 from .errors import ConfigError
+from .llm import ChatModel
 from .testing import TestResult
 
 EXECUTORS = ("local", "ray")
@@ -31,6 +37,11 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Let go of what `start` took; the executor may be started again afterwards."""
+
+    def placed(self, model: ChatModel, ship_calls: bool,
+               ) -> AbstractContextManager[tuple[Executor, ChatModel]]:
+        """One run's place for its duration: the executor its organizer uses and the model its
+        agents ask (`model`'s calls made where the run is placed, if `ship_calls`)."""
 
 
 class LocalExecutor:
@@ -48,6 +59,12 @@ class LocalExecutor:
     def close(self) -> None:
         """The runner stays up for the next run of this process; it stops when the process
         exits."""
+
+    @contextmanager
+    def placed(self, model: ChatModel, ship_calls: bool,
+               ) -> Iterator[tuple[LocalExecutor, ChatModel]]:
+        """Every run is here, and so are its model calls."""
+        yield self, model
 
 
 LOCAL = LocalExecutor()

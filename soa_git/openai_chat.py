@@ -184,7 +184,13 @@ class OpenAIChat:
         on_notice: Callable[[Notice], None] = lambda notice: None,
     ) -> None:
         self.name = model
-        self._on_notice = on_notice
+        # Public: a call made elsewhere (a Ray node, see ray_executor.py) hands its notices here.
+        self.on_notice = on_notice
+        # What it takes to open the same client elsewhere (`OpenAIChat(**endpoint, ledger=...)`).
+        self.endpoint = dict(model=model, base_url=base_url, api_key=api_key,
+                             max_concurrency=max_concurrency, max_attempts=max_attempts,
+                             backoff_s=backoff_s, timeout_s=timeout_s, temperature=temperature,
+                             max_tokens=max_tokens)
         self.base_url = base_url
         self.ledger = ledger
         self._api_key = api_key
@@ -270,8 +276,8 @@ class OpenAIChat:
             if time.monotonic() + pause > deadline - self._timeout_s:
                 break
             if attempt + 1 < self._max_attempts:
-                self._on_notice(Notice(agent, f"{self._hitch(failure)}, retry {attempt + 2}/"
-                                              f"{self._max_attempts} in {pause:.0f} s"))
+                self.on_notice(Notice(agent, f"{self._hitch(failure)}, retry {attempt + 2}/"
+                                             f"{self._max_attempts} in {pause:.0f} s"))
                 time.sleep(pause)
         assert failure is not None  # max_attempts >= 1, so the loop failed at least once
         # Raised outside any `except` so no client exception, which may quote the key, rides along.

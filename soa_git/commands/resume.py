@@ -15,7 +15,7 @@ from ..organizer import Organizer, Recording
 from ..summary import AgentView, RunSummary
 from ..targets import Target
 from ..weights import ProgressCallback, quiet
-from .run import budgeted_model
+from .run import budgeted_model, ships_calls
 
 RESUMABLE = {"interrupted", "stopped"}
 
@@ -46,7 +46,8 @@ def resume(run: str, *, cwd: Path, flags: Mapping[str, Any],
             for agent in record.agents:
                 for step in history.transcript(agent):
                     ledger.record(agent.path, Usage.from_record(step.get("usage") or {}))
-            return Organizer(repo, settings, model, ledger, on_event, executor).resume(
-                recording(record))
+            with executor.placed(model, ships_calls(settings)) as (placed, placed_model):
+                return Organizer(repo, settings, placed_model, ledger, on_event,
+                                 placed).resume(recording(record))
     finally:
         executor.close()

@@ -126,12 +126,19 @@ def budgeted_model(settings: config.Settings, environ: Mapping[str, str], repo: 
                             on_notice=on_notice)
 
 
+def ships_calls(settings: config.Settings) -> bool:
+    """Whether a run's model calls go out from where it is placed: not for soa-git's own local
+    model, which is served on this machine for this command alone."""
+    return settings.model_calls == "nodes" and not local_model.is_local(settings.model)
+
+
 def run_targets(repo: GitRepo, settings: config.Settings, targets: list[Target],
                 environ: Mapping[str, str], on_event: Callable[[AgentView | Notice], None],
                 executor: Executor | None = None,
                 on_progress: ProgressCallback = quiet) -> list[RunSummary]:
-    """One run per target, `parallel_runs` at once, sharing the model and the executor; each
-    run with budgets and a token count of its own (one ledger shared by a file's runs reported
+    """One run per target, `parallel_runs` at once, sharing the model and the executor, each
+    placed by the executor (on a Ray cluster: on a node, whose model calls it makes); each run
+    with budgets and a token count of its own (one ledger shared by a file's runs reported
     each run's tokens as the sum of all before it, and spent the budgets of all). The executor
     is opened first: a cluster that cannot be reached stops the command before any branch is
     written."""
@@ -144,8 +151,9 @@ def run_targets(repo: GitRepo, settings: config.Settings, targets: list[Target],
 
             def one(target: Target) -> RunSummary:
                 ledger = TokenLedger(settings.run_token_budget, settings.agent_token_budget)
-                return Organizer(repo, settings, Metered(model, ledger), ledger, on_event,
-                                 executor).run(target)
+                with executor.placed(model, ships_calls(settings)) as (placed, placed_model):
+                    return Organizer(repo, settings, Metered(placed_model, ledger), ledger,
+                                     on_event, placed).run(target)
 
             if settings.parallel_runs == 1 or len(targets) == 1:
                 return [one(target) for target in targets]
