@@ -59,11 +59,13 @@ class Step:
 
 
 class UnusableAnswers(AnswerError):
-    """A step whose every answer was unusable; `step` keeps them for the run's transcript."""
+    """A step whose every answer was unusable; `step` keeps them for the run's transcript and
+    `reason` says what the last one lacked."""
 
-    def __init__(self, message: str, step: Step) -> None:
+    def __init__(self, message: str, step: Step, reason: str) -> None:
         super().__init__(message)
         self.step = step
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,8 @@ class Agent:
                     raise UnusableAnswers(
                         f"agent {self.path}: the model's answers could not be used after {tries} "
                         f"tries: {exc}", Step(task=task, messages=tuple(messages), usage=usage,
-                                              model=reply.model, reflection="")) from None
+                                              model=reply.model, reflection=""),
+                        str(exc)) from None
                 retry = {"role": "user", "content": prompt(
                     "format_error", agent=self.path, error=exc,
                     task=user.split("\n", 1)[1].strip() if "\n" in user else user)}
@@ -259,10 +262,20 @@ class Agent:
         user = prompt("repair", agent=self.path, function=self.function, code=code,
                       summary=result.summary(), feedback=result.feedback(), comment=shown,
                       memory=self._memory_text())
-        step, plan = self._ask("repair", user, lambda text: parse_plan(
-            text, self.function, max_children=0, require_tests=False))
+        try:
+            step, plan = self._ask("repair", user, lambda text: parse_plan(
+                text, self.function, max_children=0, require_tests=False))
+        except UnusableAnswers as exc:
+            self.unusable(exc.reason)
+            raise
         self.remember(tests=result.summary(), reflection=step.reflection, received=comment)
         return step, plan
+
+    def unusable(self, reason: str) -> None:
+        """A repair round whose answers could not be used: the next round's prompt says so, so
+        it is not the same prompt again (the server's fixed seed would give the same answer)."""
+        self.memory.append(f"your answer could not be used ({reason}); this time answer with "
+                           "one ```python block holding the whole function")
 
     def revise(self, code: str, result: TestResult,
                children: tuple[ChildStatus, ...]) -> tuple[Step, Revision]:

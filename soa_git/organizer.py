@@ -24,7 +24,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 from . import examples, layout, pycode, runformat, summary
-from .agents import Agent, ChildStatus, Plan, Step, parse_plan, parse_revision, prose
+from .agents import (Agent, ChildStatus, Plan, Step, UnusableAnswers, parse_plan,
+                     parse_revision, prose)
 from .config import Settings
 from .errors import AnswerError, BudgetExhausted, ModelError
 from .executor import LOCAL, Executor
@@ -312,6 +313,10 @@ class Organizer:
                     answer, node.name, require_tests=False,
                     max_children=sys.maxsize if task == "decompose" else 0,
                     examples=node.agent.examples))
+            elif task == "repair" and "unusable" in record:
+                node.agent.unusable(record["unusable"])
+                progress.rounds = int(record.get("round", progress.rounds))
+                continue
             elif task == "repair" and "kept_round" in record:
                 node.agent.discarded(record["attempt_tests"], str(record.get("tests")))
             elif task == "repair":
@@ -353,32 +358,43 @@ class Organizer:
             if (progress.result.ok and comment is None) or self._halted(node):
                 return
             self._set(node, "repairing")
+            unusable = None
             try:
                 step, plan = node.agent.repair(self._code(node), progress.result, comment=comment)
+            except UnusableAnswers as exc:
+                # Unusable answers cost their round, not the agent: the round is committed with
+                # them, the code stays, and the next round asks again.
+                step, plan, unusable = exc.step, None, exc.reason
             except (AnswerError, ModelError, BudgetExhausted) as exc:
                 self._fail(node, exc)
                 return
             progress.rounds += 1
-            best_code, best_result = replace(node.code), progress.result
-            node.code.adopt(plan, node.name, adopt_tests=False)
-            self._write(node)
-            self._test(node)
             kept = None
             record: dict = {"comment": comment} if comment else {}
-            if comment is None and examples.score(progress.result) < examples.score(best_result):
-                # A worse rewrite is remembered (the note keeps its answer) but never replaces
-                # the better code on the branch: the commit holds the best attempt's files.
+            if plan is None:
                 kept = progress.best_round
-                record = {"kept_round": kept, "attempt_tests": progress.result.summary()}
-                node.agent.discarded(progress.result.summary(), best_result.summary())
-                node.code, progress.result = best_code, best_result
-                self._write(node)
+                record = {**record, "kept_round": kept, "unusable": unusable}
             else:
-                progress.best_round = progress.rounds
+                best_code, best_result = replace(node.code), progress.result
+                node.code.adopt(plan, node.name, adopt_tests=False)
+                self._write(node)
+                self._test(node)
+                if (comment is None
+                        and examples.score(progress.result) < examples.score(best_result)):
+                    # A worse rewrite is remembered (the note keeps its answer) but never
+                    # replaces the better code on the branch: the commit holds the best
+                    # attempt's files.
+                    kept = progress.best_round
+                    record = {"kept_round": kept, "attempt_tests": progress.result.summary()}
+                    node.agent.discarded(progress.result.summary(), best_result.summary())
+                    node.code, progress.result = best_code, best_result
+                    self._write(node)
+                else:
+                    progress.best_round = progress.rounds
             self._commit(node, step, phase="modify",
                          subject=runformat.repair_subject(node.name, progress.rounds,
                                                           answering=comment is not None,
-                                                          kept=kept),
+                                                          kept=kept, unusable=plan is None),
                          body=runformat.received_body(comment) if comment else "",
                          record=record)
             progress.pending_comment = comment = None

@@ -215,11 +215,14 @@ def implement_subject(function: str) -> str:
     return f"generate: implement {function}"
 
 
-def repair_subject(function: str, round: int, *, answering: bool, kept: int | None = None) -> str:
-    """`kept`: the earlier round whose code the commit keeps, because this one scored worse."""
+def repair_subject(function: str, round: int, *, answering: bool, kept: int | None = None,
+                   unusable: bool = False) -> str:
+    """`kept`: the earlier round whose code the commit keeps, because this one scored worse or,
+    `unusable`, gave no usable answer."""
     why = "answer a comment on" if answering else "repair"
+    worse = "the answers were unusable" if unusable else "this attempt scored worse"
     return (f"modify: {why} {function} (round {round})"
-            + (f": kept round {kept}, this attempt scored worse" if kept is not None else ""))
+            + (f": kept round {kept}, {worse}" if kept is not None else ""))
 
 
 def revise_subject(function: str, round: int, commented: Iterable[str]) -> str:

@@ -122,6 +122,31 @@ def test_a_worse_rewrite_never_replaces_a_better_attempt_and_resume_knows(number
     assert "return 2 * x\n" in file_at(numbers, summary.branch, "doubling.py")
 
 
+def test_unusable_answers_cost_a_repair_round_not_the_agent_and_resume_knows(numbers, serve):
+    tests = "\n\ndef test_big():\n    assert double(20) == 40\n"
+    prose_only = "I would compare the numbers more carefully."
+    server = serve([{"when": "^soa-git task: implement double$",
+                     "replies": [answer("return 2 * x if x < 10 else 0", tests)]},
+                    {"when": "^soa-git task: repair double$", "replies": [prose_only, {"status": 401}]},
+                    {"when": "^soa-git task: reformat double$", "replies": [prose_only] * 2}])
+    [stopped] = fill(numbers, server)
+    assert stopped.state == "stopped"
+    branch, run_id = stopped.branch, stopped.run
+    assert git(numbers, "log", "-1", "--format=%s", branch).strip() == (
+        "modify: repair double (round 1): kept round 0, the answers were unusable")
+    assert "x < 10" in file_at(numbers, branch, "doubling.py")
+    record = next(r for r in notes(numbers, branch) if r.get("task") == "repair")
+    assert record["kept_round"] == 0 and "no ```python block" in record["unusable"]
+    assert [m["content"] for m in record["messages"] if m["role"] == "assistant"] == [prose_only] * 3
+
+    server = serve([{"when": "^soa-git task: repair double$", "replies": [answer("return 2 * x")]}])
+    summary = resume(run_id, cwd=numbers, flags={"base_url": server.base_url}, environ=KEY)
+    assert summary.state == "done", summary.message
+    prompt = server.requests[-1]["body"]["messages"][-1]["content"]
+    assert "your answer could not be used (the answer has no ```python block)" in prompt
+    assert "(round 2)" in git(numbers, "log", "-1", "--format=%s", summary.branch)
+
+
 def test_a_child_is_shown_the_mothers_code_that_calls_it(tmp_path, serve):
     _, server, _ = shapes_filled(tmp_path, serve)
     prompt = next(r["body"]["messages"][-1]["content"] for r in server.requests
