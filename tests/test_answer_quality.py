@@ -97,53 +97,42 @@ def test_examples_stand_in_for_missing_tests_and_overrule_wrong_ones(numbers, se
     assert "test_docstring_example_1" in tests
 
 
-def test_a_worse_rewrite_never_replaces_a_better_attempt_and_resume_knows(numbers, serve):
-    tests = ("\n\ndef test_small():\n    assert double(3) == 6\n\n\n"
-             "def test_big():\n    assert double(20) == 40\n")
-    first = answer("return 2 * x if x < 10 else 0", tests)
-    server = serve([{"when": "^soa-git task: implement double$", "replies": [first]},
-                    {"when": "^soa-git task: repair double$",
-                     "replies": [answer("return None"), {"status": 401}]}])
+PARTLY_RIGHT = answer("return 2 * x if x < 10 else 0",
+                      "\n\ndef test_big():\n    assert double(20) == 40\n")
+PROSE_ONLY = "I would compare the numbers more carefully."
+NO_CODE = "the answer has no ```python block"
+
+
+@pytest.mark.parametrize("round_1, kept_because, record_says, prompt_says", [
+    ({"repair": [answer("return None")]},
+     "this attempt scored worse", ("attempt_tests", "2 failed"), "scored worse"),
+    ({"repair": [PROSE_ONLY], "reformat": [PROSE_ONLY] * 2},
+     "the answers were unusable", ("unusable", NO_CODE), f"could not be used ({NO_CODE})"),
+], ids=["worse", "unusable"])
+def test_a_round_with_nothing_better_keeps_the_best_code_and_resume_knows(
+        numbers, serve, round_1, kept_because, record_says, prompt_says):
+    # Round 2's request is refused, so the run stops after round 1, to be resumed.
+    server = serve([{"when": "^soa-git task: implement double$", "replies": [PARTLY_RIGHT]},
+                    *({"when": f"^soa-git task: {task} double$",
+                       "replies": replies + ([{"status": 401}] if task == "repair" else [])}
+                      for task, replies in round_1.items())])
     [stopped] = fill(numbers, server)
     assert stopped.state == "stopped"
     branch, run_id = stopped.branch, stopped.run
     assert git(numbers, "log", "-1", "--format=%s", branch).strip() == (
-        "modify: repair double (round 1): kept round 0, this attempt scored worse")
+        f"modify: repair double (round 1): kept round 0, {kept_because}")
     assert "x < 10" in file_at(numbers, branch, "doubling.py")
     record = next(r for r in notes(numbers, branch) if r.get("task") == "repair")
-    assert record["kept_round"] == 0 and record["attempt_tests"] == "3 failed"
-    assert record["tests"] == "2 passed, 1 failed"
+    key, value = record_says
+    assert record["kept_round"] == 0 and record[key] == value
+    assert record["tests"] == "1 passed, 1 failed"
 
     server = serve([{"when": "^soa-git task: repair double$", "replies": [answer("return 2 * x")]}])
     summary = resume(run_id, cwd=numbers, flags={"base_url": server.base_url}, environ=KEY)
     assert summary.state == "done", summary.message
     prompt = server.requests[-1]["body"]["messages"][-1]["content"]
-    assert "x < 10" in prompt and "scored worse" in prompt
+    assert "x < 10" in prompt and prompt_says in prompt
     assert "return 2 * x\n" in file_at(numbers, summary.branch, "doubling.py")
-
-
-def test_unusable_answers_cost_a_repair_round_not_the_agent_and_resume_knows(numbers, serve):
-    tests = "\n\ndef test_big():\n    assert double(20) == 40\n"
-    prose_only = "I would compare the numbers more carefully."
-    server = serve([{"when": "^soa-git task: implement double$",
-                     "replies": [answer("return 2 * x if x < 10 else 0", tests)]},
-                    {"when": "^soa-git task: repair double$", "replies": [prose_only, {"status": 401}]},
-                    {"when": "^soa-git task: reformat double$", "replies": [prose_only] * 2}])
-    [stopped] = fill(numbers, server)
-    assert stopped.state == "stopped"
-    branch, run_id = stopped.branch, stopped.run
-    assert git(numbers, "log", "-1", "--format=%s", branch).strip() == (
-        "modify: repair double (round 1): kept round 0, the answers were unusable")
-    assert "x < 10" in file_at(numbers, branch, "doubling.py")
-    record = next(r for r in notes(numbers, branch) if r.get("task") == "repair")
-    assert record["kept_round"] == 0 and "no ```python block" in record["unusable"]
-    assert [m["content"] for m in record["messages"] if m["role"] == "assistant"] == [prose_only] * 3
-
-    server = serve([{"when": "^soa-git task: repair double$", "replies": [answer("return 2 * x")]}])
-    summary = resume(run_id, cwd=numbers, flags={"base_url": server.base_url}, environ=KEY)
-    assert summary.state == "done", summary.message
-    prompt = server.requests[-1]["body"]["messages"][-1]["content"]
-    assert "your answer could not be used (the answer has no ```python block)" in prompt
     assert "(round 2)" in git(numbers, "log", "-1", "--format=%s", summary.branch)
 
 
