@@ -8,6 +8,7 @@ step (the `Step`) so that it can be kept as a git note.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
@@ -90,16 +91,22 @@ def _test_owner(test: pycode.Function, own: str, children: set[str]) -> str:
 
 
 def parse_plan(text: str, function: str, *, max_children: int, require_tests: bool,
-               examples: tuple[str, ...] = ()) -> Plan:
+               examples: tuple[str, ...] = (),
+               importable: Callable[[str], bool] = lambda module: True) -> Plan:
     """Read an answer that must implement `function`; skeletons in it become child agents.
 
     `max_children` of 0 means the agent may not spawn children. Tests are kept per owner; a test
     that calls a name the answer does not define, or that a docstring example contradicts
     (`examples`: the function's own example tests, and each child's from its skeleton), is
     dropped: it could only fail right code. A function whose docstring has examples needs no
-    written tests.
+    written tests. Code that imports a module `importable` denies is refused: no repair of it
+    could pass where its tests run.
     """
     code = answers.read_code(text, function)
+    missing = [m for m in answers.imported_modules(code.imports) if not importable(m)]
+    if missing:
+        raise AnswerError(", ".join(f"`{m}`" for m in missing) + " cannot be imported here: use "
+                          "only the Python standard library and this project's own modules")
     used = pycode.called_names(code.function.source)
     for helper in code.helpers:
         used |= pycode.called_names(helper.source)
@@ -129,7 +136,8 @@ def parse_plan(text: str, function: str, *, max_children: int, require_tests: bo
                 tests={k: tuple(v) for k, v in by_owner.items()})
 
 
-def parse_revision(text: str, function: str, children: set[str]) -> Revision:
+def parse_revision(text: str, function: str, children: set[str],
+                   importable: Callable[[str], bool] = lambda module: True) -> Revision:
     comments = {info.split(None, 1)[1].strip("` "): body.strip()
                 for info, body in answers.code_blocks(text)
                 if info.startswith("comment ") and len(info.split(None, 1)) == 2}
@@ -139,7 +147,8 @@ def parse_revision(text: str, function: str, children: set[str]) -> Revision:
                           + ", ".join(sorted(children)))
     blocks = answers.code_blocks(text)
     has_code = not blocks or any(info in answers.PYTHON_INFOS for info, _ in blocks)
-    plan = parse_plan(text, function, max_children=0, require_tests=False) if has_code else None
+    plan = (parse_plan(text, function, max_children=0, require_tests=False,
+                       importable=importable) if has_code else None)
     if plan is None and not comments:
         raise AnswerError("give corrected code, a ```comment NAME block, or both")
     return Revision(plan=plan, comments=comments)
@@ -150,7 +159,8 @@ class Agent:
 
     def __init__(self, path: str, skeleton: pycode.Function, model: ChatModel, *,
                  callees: tuple[str, ...] = (), caller: str = "", max_children: int = 5,
-                 answer_retries: int = 2, max_tokens: int | None = None):
+                 answer_retries: int = 2, max_tokens: int | None = None,
+                 importable: Callable[[str], bool] = lambda module: True):
         self.path = path
         self.skeleton = skeleton
         self.model = model
@@ -159,6 +169,7 @@ class Agent:
         self.max_children = max_children
         self.answer_retries = answer_retries
         self.max_tokens = max_tokens
+        self.importable = importable    # may its code import this module?
         self.memory: list[str] = []
         # The docstring's examples as tests: written by soa-git, never by a model.
         self.examples = example_tests(skeleton.name, skeleton.docstring)
@@ -240,7 +251,7 @@ class Agent:
             limit = 0
         return self._ask("decompose" if split else "implement", user, lambda text: parse_plan(
             text, self.function, max_children=limit, require_tests=not written,
-            examples=self.examples))
+            examples=self.examples, importable=self.importable))
 
     def remember(self, *, tests: str, reflection: str, received: str | None = None,
                  sent: dict[str, str] | None = None) -> None:
@@ -264,7 +275,8 @@ class Agent:
                       memory=self._memory_text())
         try:
             step, plan = self._ask("repair", user, lambda text: parse_plan(
-                text, self.function, max_children=0, require_tests=False))
+                text, self.function, max_children=0, require_tests=False,
+                importable=self.importable))
         except UnusableAnswers as exc:
             self.unusable(exc.reason)
             raise
@@ -286,6 +298,7 @@ class Agent:
                       memory=self._memory_text())
         names = {c.name for c in children}
         step, revision = self._ask("revise", user,
-                                   lambda text: parse_revision(text, self.function, names))
+                                   lambda text: parse_revision(text, self.function, names,
+                                                               self.importable))
         self.remember(tests=result.summary(), reflection=step.reflection, sent=revision.comments)
         return step, revision

@@ -130,6 +130,23 @@ def defined_names(sources: tuple[str, ...] | list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def imported_modules(imports: tuple[str, ...] | list[str]) -> list[str]:
+    """The top-level modules that import statements name (`os` for `import os.path`); relative
+    imports name none."""
+    modules: list[str] = []
+    for source in imports:
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules.extend(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.append(node.module.split(".")[0])
+    return list(dict.fromkeys(modules))
+
+
 def unknown_calls(test: str, known: set[str]) -> set[str]:
     """Names `test` calls that neither it, `known`, nor the builtins define.
 

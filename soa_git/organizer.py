@@ -15,6 +15,8 @@ sees of it `summary.py`'s.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import re
 import sys
 import threading
@@ -89,7 +91,8 @@ class Organizer:
         agent = Agent(path, skeleton, self.model, callees=callees, caller=caller,
                       max_children=self.settings.max_children,
                       max_tokens=(self.settings.mother_max_tokens if mother
-                                  else self.settings.child_max_tokens))
+                                  else self.settings.child_max_tokens),
+                      importable=self._importable)
         node = Node(path=path, skeleton=skeleton, files=files, agent=agent, parent=parent,
                     branch=Branch(runformat.branch(self.run_id, path)))
         # Asked as a Mother from the start; a child if her answer implements it herself.
@@ -159,6 +162,20 @@ class Organizer:
             target.file, import_root, self.repo.subfolders(base, import_root),
             lambda folders, files: self.repo.import_lines(base, folders, files)))
         return root
+
+    @functools.lru_cache(maxsize=None)
+    def _importable(self, module: str) -> bool:
+        """Whether generated code may import `module`: it is installed where the agents' tests
+        run (soa-git's own Python), or it is one of the project's modules beside the target."""
+        try:
+            if module in sys.stdlib_module_names or importlib.util.find_spec(module) is not None:
+                return True
+        except (ImportError, ValueError):   # a broken installed package: it cannot be imported
+            return False
+        root = self.nodes[0].files.import_root
+        folder = f"{root}/{module}" if root else module
+        return (module in self.repo.subfolders(self.base, root)
+                or self.repo.file_exists(self.base, f"{folder}.py"))
 
     def _complete(self, root: Node, work: Callable[[], None], started: float) -> RunSummary:
         try:

@@ -97,6 +97,21 @@ def test_examples_stand_in_for_missing_tests_and_overrule_wrong_ones(numbers, se
     assert "test_docstring_example_1" in tests
 
 
+def test_code_that_imports_what_is_not_installed_is_asked_again(numbers, serve):
+    missing = ("Here it is.\n\n```python\nimport fastmath\n\ndef double(x: int) -> int:\n"
+               "    return fastmath.twice(x)\n```\n")
+    server = serve([{"when": "^soa-git task: implement double$", "replies": [missing]},
+                    {"when": "^soa-git task: reformat double$",
+                     "replies": ["```python\nimport math\nfrom doubling import double as _\n\n"
+                                 "def double(x: int) -> int:\n    return 2 * x\n```\n"]}])
+    [summary] = fill(numbers, server)
+    assert summary.state == "done", summary.message
+    retry = server.requests[-1]["body"]["messages"][-1]["content"]
+    assert ("`fastmath` cannot be imported here: use only the Python standard library and this "
+            "project's own modules") in retry
+    assert "return 2 * x" in file_at(numbers, summary.branch, "doubling.py")
+
+
 PARTLY_RIGHT = answer("return 2 * x if x < 10 else 0",
                       "\n\ndef test_big():\n    assert double(20) == 40\n")
 PROSE_ONLY = "I would compare the numbers more carefully."
