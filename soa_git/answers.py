@@ -113,20 +113,26 @@ def is_definition(statement: str) -> bool:
     return not all(isinstance(node, (ast.Expr, ast.Assert)) for node in tree.body)
 
 
+def _parsed(sources: tuple[str, ...] | list[str]) -> list[ast.Module]:
+    """The statements that parse; one that does not defines and imports nothing."""
+    trees = []
+    for source in sources:
+        try:
+            trees.append(ast.parse(source))
+        except SyntaxError:
+            continue
+    return trees
+
+
 def defined_names(sources: tuple[str, ...] | list[str]) -> list[str]:
     """The module-level names a list of statements defines (functions, classes, variables)."""
     names: list[str] = []
-    for source in sources:
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:
-            continue
-        for node in tree.body:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                names.append(node.name)
-            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                names.extend(t.id for t in targets if isinstance(t, ast.Name))
+    for node in (node for tree in _parsed(sources) for node in tree.body):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.extend(t.id for t in targets if isinstance(t, ast.Name))
     return list(dict.fromkeys(names))
 
 
@@ -134,16 +140,11 @@ def imported_modules(imports: tuple[str, ...] | list[str]) -> list[str]:
     """The top-level modules that import statements name (`os` for `import os.path`); relative
     imports name none."""
     modules: list[str] = []
-    for source in imports:
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                modules.extend(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                modules.append(node.module.split(".")[0])
+    for node in (node for tree in _parsed(imports) for node in ast.walk(tree)):
+        if isinstance(node, ast.Import):
+            modules.extend(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.append(node.module.split(".")[0])
     return list(dict.fromkeys(modules))
 
 
