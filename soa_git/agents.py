@@ -226,6 +226,12 @@ class Agent:
                         reflection=prose(reply.text))
             return step, parsed
 
+    def _values(self, tests: tuple[str, ...]) -> dict[str, str]:
+        shown = (("\nIts unit tests:\n\n```python\n" + "\n\n".join(tests) + "\n```\n") if tests
+                 else "")
+        return dict(agent=self.path, function=self.function, callees=self._callees_text(),
+                    skeleton=pycode.skeleton_text(self.skeleton), tests=shown)
+
     def generate(self, *, split: bool, tests: tuple[str, ...] = ()) -> tuple[Step, Plan]:
         """A Mother (split) decomposes or implements; a Child implements.
 
@@ -233,10 +239,7 @@ class Agent:
         from its docstring's examples do not count as given.
         """
         written = tuple(t for t in tests if not is_example_test(t))
-        shown = (("\nIts unit tests:\n\n```python\n" + "\n\n".join(tests) + "\n```\n") if tests
-                 else "")
-        values = dict(agent=self.path, function=self.function, callees=self._callees_text(),
-                      skeleton=pycode.skeleton_text(self.skeleton), tests=shown)
+        values = self._values(tests)
         if split:
             own_tests = ("at least two for `" + self.function + "`") if not written else \
                 "more for `" + self.function + "` only if its tests above miss a case"
@@ -247,11 +250,26 @@ class Agent:
             write = "" if written else (
                 " After it, in the same block, write at least three unit tests as plain pytest"
                 f" functions `def test_...():` calling `{self.function}`.")
-            user = prompt("implement", write_tests=write, **values)
+            user = prompt("implement", write_tests=write, fresh="", **values)
             limit = 0
         return self._ask("decompose" if split else "implement", user, lambda text: parse_plan(
             text, self.function, max_children=limit, require_tests=not written,
             examples=self.examples, importable=self.importable))
+
+    def afresh(self, tests: tuple[str, ...], result: TestResult, attempt: int
+               ) -> tuple[Step, Plan]:
+        """A new implementation from scratch instead of a fix of the last one: small models
+        often repeat a wrong idea when shown it, and a new sample of the task may not. Its tests
+        stay those already kept."""
+        fresh = (f"\nEarlier implementations of it failed their tests (the best: {result.summary()})."
+                 f" Write a new one from scratch, with a different approach (fresh attempt "
+                 f"{attempt}).\n")
+        user = prompt("implement", write_tests="", fresh=fresh, **self._values(tests))
+        step, plan = self._ask("afresh", user, lambda text: parse_plan(
+            text, self.function, max_children=0, require_tests=False, examples=self.examples,
+            importable=self.importable))
+        self.remember(tests=result.summary(), reflection=step.reflection)
+        return step, plan
 
     def remember(self, *, tests: str, reflection: str, received: str | None = None,
                  sent: dict[str, str] | None = None) -> None:
@@ -273,19 +291,15 @@ class Agent:
         user = prompt("repair", agent=self.path, function=self.function, code=code,
                       summary=result.summary(), feedback=result.feedback(), comment=shown,
                       memory=self._memory_text())
-        try:
-            step, plan = self._ask("repair", user, lambda text: parse_plan(
-                text, self.function, max_children=0, require_tests=False,
-                importable=self.importable))
-        except UnusableAnswers as exc:
-            self.unusable(exc.reason)
-            raise
+        step, plan = self._ask("repair", user, lambda text: parse_plan(
+            text, self.function, max_children=0, require_tests=False,
+            importable=self.importable))
         self.remember(tests=result.summary(), reflection=step.reflection, received=comment)
         return step, plan
 
     def unusable(self, reason: str) -> None:
-        """A repair round whose answers could not be used: the next round's prompt says so, so
-        it is not the same prompt again (the server's fixed seed would give the same answer)."""
+        """A round whose answers could not be used: the next round's prompt says so, so it is
+        not the same prompt again (the server's fixed seed would give the same answer)."""
         self.memory.append(f"your answer could not be used ({reason}); this time answer with "
                            "one ```python block holding the whole function")
 

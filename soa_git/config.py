@@ -61,6 +61,10 @@ class Settings:
     max_children: int = _setting(5, "Most sub-functions one Mother may spawn.", flag=True)
     repair_rounds: int = _setting(
         3, "Repair rounds per agent (self-repair, and a Mother's revisions).", flag=True)
+    fresh_rounds: int = _setting(
+        0, "Of the repair rounds of an agent that implements its function itself, how many "
+        "first ask for a new implementation from scratch instead of a fix (the best-scoring "
+        "code is kept).", flag=True)
     jobs: int = _setting(4, "Agents working (model calls, tests) at once.", flag=True, short="-j")
     test_timeout: float = _setting(60.0, "Seconds one agent's test run may take.", flag=True)
     test_memory_mb: int = _setting(1024, "Memory one agent's test run may use, in MB.")

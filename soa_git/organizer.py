@@ -330,13 +330,13 @@ class Organizer:
                     answer, node.name, require_tests=False,
                     max_children=sys.maxsize if task == "decompose" else 0,
                     examples=node.agent.examples))
-            elif task == "repair" and "unusable" in record:
+            elif task in ("repair", "afresh") and "unusable" in record:
                 node.agent.unusable(record["unusable"])
                 progress.rounds = int(record.get("round", progress.rounds))
                 continue
-            elif task == "repair" and "kept_round" in record:
+            elif task in ("repair", "afresh") and "kept_round" in record:
                 node.agent.discarded(record["attempt_tests"], str(record.get("tests")))
-            elif task == "repair":
+            elif task in ("repair", "afresh"):
                 node.code.adopt(parse_plan(answer, node.name, max_children=0,
                                            require_tests=False), node.name, adopt_tests=False)
                 progress.best_round = int(record.get("round", progress.rounds))
@@ -376,12 +376,19 @@ class Organizer:
                 return
             self._set(node, "repairing")
             unusable = None
+            # The first rounds of an agent that implements its function itself may start afresh.
+            fresh = (comment is None and not node.children
+                     and progress.rounds < self.settings.fresh_rounds)
             try:
-                step, plan = node.agent.repair(self._code(node), progress.result, comment=comment)
+                step, plan = (node.agent.afresh(tuple(node.code.tests), progress.result,
+                                                progress.rounds + 1) if fresh else
+                              node.agent.repair(self._code(node), progress.result,
+                                                comment=comment))
             except UnusableAnswers as exc:
                 # Unusable answers cost their round, not the agent: the round is committed with
-                # them, the code stays, and the next round asks again.
+                # them, the code stays, and the next round asks again, knowing why.
                 step, plan, unusable = exc.step, None, exc.reason
+                node.agent.unusable(unusable)
             except (AnswerError, ModelError, BudgetExhausted) as exc:
                 self._fail(node, exc)
                 return
@@ -411,7 +418,8 @@ class Organizer:
             self._commit(node, step, phase="modify",
                          subject=runformat.repair_subject(node.name, progress.rounds,
                                                           answering=comment is not None,
-                                                          kept=kept, unusable=plan is None),
+                                                          kept=kept, unusable=plan is None,
+                                                          fresh=fresh),
                          body=runformat.received_body(comment) if comment else "",
                          record=record)
             progress.pending_comment = comment = None

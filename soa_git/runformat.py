@@ -216,12 +216,12 @@ def implement_subject(function: str) -> str:
 
 
 def repair_subject(function: str, round: int, *, answering: bool, kept: int | None = None,
-                   unusable: bool = False) -> str:
+                   unusable: bool = False, fresh: bool = False) -> str:
     """`kept`: the earlier round whose code the commit keeps, because this one scored worse or,
-    `unusable`, gave no usable answer."""
-    why = "answer a comment on" if answering else "repair"
+    `unusable`, gave no usable answer; `fresh`: the round asked for a new implementation."""
+    why = "answer a comment on" if answering else "implement" if fresh else "repair"
     worse = "the answers were unusable" if unusable else "this attempt scored worse"
-    return (f"modify: {why} {function} (round {round})"
+    return (f"modify: {why} {function}{' afresh' if fresh else ''} (round {round})"
             + (f": kept round {kept}, {worse}" if kept is not None else ""))
 
 
@@ -241,13 +241,14 @@ def merge_subject(child: str, mother: str) -> str:
 
 _KINDS = (("start:", "start"), ("skeleton:", "skeleton"),
           ("generate: split", "split"), ("generate: implement", "implement"),
-          ("modify: repair", "repair"), ("modify: answer", "answer"), ("modify: revise", "revise"),
+          ("modify: repair", "repair"), ("modify: implement", "afresh"),
+          ("modify: answer", "answer"), ("modify: revise", "revise"),
           ("modify: redo", "redo"), ("merge:", "merge"))
 
 
 def kind(subject: str, phase: str) -> str:
-    """start | skeleton | implement | split | repair | answer | revise | redo | merge, read from
-    a subject; else the commit's phase."""
+    """start | skeleton | implement | split | repair | afresh | answer | revise | redo | merge,
+    read from a subject; else the commit's phase."""
     for prefix, found in _KINDS:
         if subject.startswith(prefix):
             return found

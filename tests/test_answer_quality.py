@@ -118,26 +118,27 @@ PROSE_ONLY = "I would compare the numbers more carefully."
 NO_CODE = "the answer has no ```python block"
 
 
-@pytest.mark.parametrize("round_1, kept_because, record_says, prompt_says", [
-    ({"repair": [answer("return None")]},
-     "this attempt scored worse", ("attempt_tests", "2 failed"), "scored worse"),
-    ({"repair": [PROSE_ONLY], "reformat": [PROSE_ONLY] * 2},
-     "the answers were unusable", ("unusable", NO_CODE), f"could not be used ({NO_CODE})"),
-], ids=["worse", "unusable"])
+@pytest.mark.parametrize("round_1, fresh_rounds, subject, record_says, prompt_says", [
+    ({"repair": [answer("return None")]}, 0, "repair double (round 1): kept round 0, this "
+     "attempt scored worse", ("attempt_tests", "2 failed"), "scored worse"),
+    ({"repair": [PROSE_ONLY], "reformat": [PROSE_ONLY] * 2}, 0, "repair double (round 1): kept "
+     "round 0, the answers were unusable", ("unusable", NO_CODE), f"could not be used ({NO_CODE})"),
+    ({"implement": [answer("return None")], "repair": []}, 1, "implement double afresh (round 1): "
+     "kept round 0, this attempt scored worse", ("attempt_tests", "2 failed"), "scored worse"),
+], ids=["worse", "unusable", "afresh"])
 def test_a_round_with_nothing_better_keeps_the_best_code_and_resume_knows(
-        numbers, serve, round_1, kept_because, record_says, prompt_says):
+        numbers, serve, round_1, fresh_rounds, subject, record_says, prompt_says):
     # Round 2's request is refused, so the run stops after round 1, to be resumed.
     server = serve([{"when": "^soa-git task: implement double$", "replies": [PARTLY_RIGHT]},
                     *({"when": f"^soa-git task: {task} double$",
                        "replies": replies + ([{"status": 401}] if task == "repair" else [])}
                       for task, replies in round_1.items())])
-    [stopped] = fill(numbers, server)
+    [stopped] = fill(numbers, server, fresh_rounds=fresh_rounds)
     assert stopped.state == "stopped"
     branch, run_id = stopped.branch, stopped.run
-    assert git(numbers, "log", "-1", "--format=%s", branch).strip() == (
-        f"modify: repair double (round 1): kept round 0, {kept_because}")
+    assert git(numbers, "log", "-1", "--format=%s", branch).strip() == "modify: " + subject
     assert "x < 10" in file_at(numbers, branch, "doubling.py")
-    record = next(r for r in notes(numbers, branch) if r.get("task") == "repair")
+    record = next(r for r in notes(numbers, branch) if r.get("task") in ("repair", "afresh"))
     key, value = record_says
     assert record["kept_round"] == 0 and record[key] == value
     assert record["tests"] == "1 passed, 1 failed"

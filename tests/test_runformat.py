@@ -29,6 +29,8 @@ COMMITS = [
     (rf.implement_subject("mean_of"), rf.step_body("", ""), "implement", "", None, {}),
     (rf.repair_subject("mean_of", 1, answering=False), rf.step_body("Off by one.", ""), "repair",
      "Off by one.", None, {}),
+    (rf.repair_subject("mean_of", 1, answering=False, fresh=True), rf.step_body("Anew.", ""),
+     "afresh", "Anew.", None, {}),
     (rf.repair_subject("mean_of", 2, answering=True),
      rf.step_body("Two decimals now.", rf.received_body("Use two decimals.\n\nAs in 6.00.")),
      "answer", "Two decimals now.", "Use two decimals.\n\nAs in 6.00.", {}),
