@@ -39,8 +39,9 @@ engine's children: their CPU comes back with each test result (`test_sessions_cp
 actors' own CPU is `node_actor_cpu_s` (with the model calls they made), and both are in
 `cpu_ms_per_agent`. `runs_by_node`, `retried` and `bytes_shipped` say where the tests ran,
 `placements` the node the run was placed on and `calls_by_node` where its model calls went out
-from. `ray-here` is the ray executor with the model calls made by the engine itself
-(`model_calls = "here"`), to measure what sending them from the nodes changes.
+from (`calls_from`: `nodes`, or `here` for `ray-here`, the ray executor with the model calls
+made by the engine itself, `model_calls = "here"`), to measure what sending them from the nodes
+changes.
 """
 
 from __future__ import annotations
@@ -108,9 +109,9 @@ def _executor(name: str) -> dict:
     if name == "local":
         return {}
     if name == "ray-here":
-        return {"executor": "ray", "model_calls": "here"}
+        return {"executor": "ray", "calls_from": "here"}
     if name == "ray":
-        return {"executor": "ray", "model_calls": "nodes"}
+        return {"executor": "ray", "calls_from": "nodes"}
     raise SystemExit(f"unknown executor {name!r}: local, ray or ray-here")
 
 
@@ -142,7 +143,7 @@ def measure_one(config: dict, *, jobs: int, limit_s: float, templates: dict[int,
                     "max_children": shape.max_children, "jobs": jobs,
                     "target": scale_shape.TARGET, "function": scale_shape.ROOT_FUNCTION,
                     "profile": profile, "executor": config.get("executor", "local"),
-                    "model_calls": config.get("model_calls", "nodes"),
+                    "calls_from": config.get("calls_from", "nodes"),
                     "ray_address": ray_address, "cpu_group": group and str(group.path)}
             proc = subprocess.Popen([sys.executable, "-m", "benchmarks.scale_worker",
                                      json.dumps(spec)],
@@ -230,7 +231,7 @@ def _timeline(spans: list[tuple[float, float]], started_at: float, wall: float) 
 
 
 def _line(r: dict) -> str:
-    where = r.get("executor", "local") + ("-here" if r.get("model_calls") == "here" else "")
+    where = r.get("executor", "local") + ("-here" if r.get("calls_from") == "here" else "")
     head = (f"{where:>8} files={r['files']:>5} agents={r['agents']:>4} "
             f"depth={r['depth']} latency={r['latency_s']:g}s")
     if "skipped" in r:

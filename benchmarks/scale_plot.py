@@ -24,7 +24,7 @@ def _executor(r: dict) -> str:
     """Lines of the local executor keep their old names; others are named by their executor."""
     if r.get("executor", "local") == "local":
         return ""
-    return f"{r['executor']}" + (" (calls here)" if r.get("model_calls") == "here" else "") + ": "
+    return f"{r['executor']}" + (" (calls here)" if r.get("calls_from") == "here" else "") + ": "
 
 
 def series(results: list[dict]) -> dict[str, list[dict]]:

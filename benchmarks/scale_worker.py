@@ -102,7 +102,7 @@ def measure(spec: dict) -> dict:
     flags = {"base_url": spec["base_url"], "max_depth": spec["depth"],
              "max_children": spec["max_children"], "jobs": spec["jobs"],
              "request_timeout": 600, "test_timeout": 120,
-             "model_calls": spec.get("model_calls", "nodes"),
+             "model_calls": spec.get("calls_from", "nodes"),
              # The budgets are a user's brake, not part of what is measured.
              "run_token_budget": 10 ** 12, "agent_token_budget": 10 ** 12}
     profile = cProfile.Profile() if spec.get("profile") else None

@@ -108,6 +108,9 @@ def test_the_scale_benchmark_measures_both_executors(cluster, tmp_path):
         assert r["state"] == "done" and r["passed_agents"] == 10
     # Every agent's tests ran on the cluster, none here; the nodes' CPU is counted.
     assert sum(on_ray["runs_by_node"].values()) == 10 and on_ray["retried"] == 0
+    # The run was placed on a node, and its agents' model calls went out from there.
+    [node] = on_ray["placements"]
+    assert on_ray["calls_by_node"] == {node: 10}
     assert on_ray["bytes_shipped"] > 0 and on_ray["node_actor_cpu_s"] > 0
     assert on_ray["cpu_ms_per_agent"] > on_ray["test_sessions_cpu_ms_per_agent"] > 0
 
@@ -144,6 +147,39 @@ def test_many_targets_are_whole_runs_spread_over_the_cluster(cluster, tmp_path, 
     assert sorted(s.target.file for s in summaries) == ["app/core.py", "calc/sums.py"]
     assert all(s.state == "done" for s in summaries), [s.message for s in summaries]
     assert all(s.tests_passed for s in summaries)
+
+
+def test_a_model_call_made_on_a_node_keeps_its_notices_errors_and_budgets(cluster):
+    """The endpoint's retry notice comes back with the reply, a refusal is the same ModelError as
+    locally, and a spent budget stops the call before it leaves the coordinator."""
+    from soa_git.errors import BudgetExhausted, ModelError
+    from soa_git.llm import TokenLedger
+    from soa_git.openai_chat import OpenAIChat
+    from soa_git.ray_executor import RayExecutor
+    from soa_git.scripted import Scripted
+
+    replies = [Scripted(text="busy", status=503), "the answer", Scripted(text="no", status=400)]
+    notices: list = []
+    asked = [{"role": "user", "content": "hello"}]
+    executor = RayExecutor.connect(cluster.address)
+    try:
+        with ScriptedServer(lambda request: replies.pop(0)) as server:
+            ledger = TokenLedger(run_limit=10 ** 6)
+            model = OpenAIChat(model="scripted", base_url=server.base_url, api_key="sk-test",
+                               ledger=ledger, backoff_s=0.01, on_notice=notices.append)
+            with executor.placed(model, ship_calls=True) as (placed, on_node):
+                assert on_node.complete(asked, agent="root").text == "the answer"
+                with pytest.raises(ModelError, match="no"):
+                    on_node.complete(asked, agent="root")
+                ledger.run_limit = 1
+                with pytest.raises(BudgetExhausted):
+                    on_node.complete(asked, agent="root")
+        assert [n.agent for n in notices] == ["root"] and "retry 2/5" in notices[0].text
+        assert ledger.for_agent("root").total > 0
+        assert executor.calls_by_node == {placed.node.id: 2}
+        assert replies == []
+    finally:
+        executor.close()
 
 
 def killer(cluster, executor, worker) -> tuple[threading.Thread, threading.Event]:
