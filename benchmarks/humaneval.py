@@ -316,6 +316,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh-rounds", type=int, default=0,
                    help="soa: of its repair rounds, how many ask for a new implementation "
                         "instead of a fix (soa-git's fresh-rounds; default 0)")
+    p.add_argument("--split-min-lines", type=int, default=0,
+                   help="soa: the shortest docstring (lines besides its examples) a Mother is "
+                        "offered to split (soa-git's split-min-lines; default 0)")
     p.add_argument("--temperature", type=float, default=0.2,
                    help="sampling temperature for every strategy (default 0.2, soa-git's default)")
     p.add_argument("--test-timeout", type=float, default=30.0,
@@ -413,16 +416,17 @@ def _served(args: argparse.Namespace, problems: dict, chosen: list[str],
 
 def _bench(args: argparse.Namespace, problems: dict, chosen: list[str],
            environ: Mapping[str, str], say) -> int:
-    if args.jobs < 1 or args.iterations < 0 or args.max_depth < 1 or args.fresh_rounds < 0:
-        raise hc.HarnessError("--jobs and --max-depth must be at least 1, --iterations and "
-                              "--fresh-rounds at least 0")
+    if (args.jobs < 1 or args.iterations < 0 or args.max_depth < 1 or args.fresh_rounds < 0
+            or args.split_min_lines < 0):
+        raise hc.HarnessError("--jobs and --max-depth must be at least 1, --iterations, "
+                              "--fresh-rounds and --split-min-lines at least 0")
     if args.request_timeout <= 0 or (args.max_tokens is not None and args.max_tokens < 1):
         raise hc.HarnessError("--request-timeout and --max-tokens must be positive")
     cfg = Config(model=args.model, base_url=args.base_url, api_key_env=args.api_key_env,
                  max_depth=args.max_depth, iterations=args.iterations,
                  temperature=args.temperature, test_timeout=args.test_timeout,
                  request_timeout=args.request_timeout, max_tokens=args.max_tokens,
-                 fresh_rounds=args.fresh_rounds)
+                 fresh_rounds=args.fresh_rounds, split_min_lines=args.split_min_lines)
     if not environ.get(cfg.api_key_env):
         raise hc.HarnessError(f"no API key: set the environment variable {cfg.api_key_env} "
                               "(a local server that needs no key accepts any value)")

@@ -92,6 +92,7 @@ class Config:
     request_timeout: float = 120.0
     max_tokens: int | None = None
     fresh_rounds: int = 0       # soa-git's fresh-rounds: repair rounds that start afresh
+    split_min_lines: int = 0    # soa-git's split-min-lines: the shortest contract offered a split
 
     def fingerprint(self) -> dict[str, Any]:
         """What makes results comparable: a resumed benchmark must not mix other settings in.
@@ -101,7 +102,8 @@ class Config:
         return {"model": self.model, "max_depth": self.max_depth,
                 "iterations": self.iterations, "temperature": self.temperature,
                 "max_tokens": self.max_tokens,
-                **({"fresh_rounds": self.fresh_rounds} if self.fresh_rounds else {})}
+                **{k: v for k, v in (("fresh_rounds", self.fresh_rounds),
+                                     ("split_min_lines", self.split_min_lines)) if v}}
 
 
 @dataclass
@@ -314,7 +316,7 @@ def soa(problem: dict, cfg: Config, environ: Mapping[str, str], *,
         repo = GitRepo.open(folder)
         flags = {"model": cfg.model, "base_url": cfg.base_url, "api_key_env": cfg.api_key_env,
                  "max_depth": cfg.max_depth, "repair_rounds": cfg.iterations,
-                 "fresh_rounds": cfg.fresh_rounds,
+                 "fresh_rounds": cfg.fresh_rounds, "split_min_lines": cfg.split_min_lines,
                  "temperature": cfg.temperature, "jobs": cfg.agent_jobs,
                  "test_timeout": cfg.test_timeout, "request_timeout": cfg.request_timeout,
                  **({"mother_max_tokens": cfg.max_tokens, "child_max_tokens": cfg.max_tokens}

@@ -59,6 +59,9 @@ class Settings:
         2, "Levels in the agent tree (1: a single agent; 2: a Mother over Children, as in the "
         "paper).", flag=True)
     max_children: int = _setting(5, "Most sub-functions one Mother may spawn.", flag=True)
+    split_min_lines: int = _setting(
+        0, "A Mother is offered to split her function only when its docstring has at least this "
+        "many lines besides its examples; a shorter one she implements herself.", flag=True)
     repair_rounds: int = _setting(
         3, "Repair rounds per agent (self-repair, and a Mother's revisions).", flag=True)
     fresh_rounds: int = _setting(

@@ -56,6 +56,17 @@ def contradicts(test: str, examples: tuple[str, ...]) -> bool:
     return False
 
 
+def description_lines(docstring: str | None) -> int:
+    """How long a contract is: the docstring's non-blank lines, its `>>>` examples and their
+    outputs left out."""
+    try:
+        parts = doctest.DocTestParser().parse(docstring or "")
+    except ValueError:
+        parts = [docstring or ""]
+    return sum(1 for part in parts if isinstance(part, str)
+               for line in part.splitlines() if line.strip())
+
+
 def _doctest_examples(name: str, docstring: str) -> list[tuple[str, ...]]:
     """`>>> CALL` with its output; `>>> x = LITERAL` lines before it are carried into the test,
     and `>>> print(CALL)` compares the text the call returns."""

@@ -308,8 +308,12 @@ class Organizer:
                 self._work_slots.acquire()
 
     def _may_split(self, node: Node) -> bool:
-        """max_depth counts levels, as in the paper: 2 is a Mother over Children."""
-        return node.depth + 1 < self.settings.max_depth
+        """max_depth counts levels, as in the paper: 2 is a Mother over Children. A short
+        contract is not offered the split: a small model asked to choose, with the longer
+        decompose prompt, writes worse code for a function it should have just written."""
+        return (node.depth + 1 < self.settings.max_depth
+                and examples.description_lines(node.skeleton.docstring)
+                >= self.settings.split_min_lines)
 
     def _merged(self, node: Node) -> bool:
         merged = node.branch.merged_tip

@@ -112,6 +112,14 @@ def test_code_that_imports_what_is_not_installed_is_asked_again(numbers, serve):
     assert "return 2 * x" in file_at(numbers, summary.branch, "doubling.py")
 
 
+def test_a_short_contract_is_not_offered_the_split(numbers, serve):
+    # Only the implement prompt is scripted: a decompose prompt would get a 400 and fail the run.
+    server = serve([{"when": "^soa-git task: implement double$", "replies": [answer("return 2 * x")]}])
+    [summary] = fill(numbers, server, max_depth=2, split_min_lines=5)
+    assert summary.state == "done", summary.message
+    assert [a.role for a in summary.agents] == ["child"]
+
+
 PARTLY_RIGHT = answer("return 2 * x if x < 10 else 0",
                       "\n\ndef test_big():\n    assert double(20) == 40\n")
 PROSE_ONLY = "I would compare the numbers more carefully."

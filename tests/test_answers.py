@@ -7,7 +7,7 @@ import pytest
 from soa_git import answers
 from soa_git.agents import parse_plan
 from soa_git.errors import AnswerError
-from soa_git.examples import contradicts, example_tests
+from soa_git.examples import contradicts, description_lines, example_tests
 
 FUNCTION = "def double(x: int) -> int:\n    return 2 * x\n"
 
@@ -81,3 +81,10 @@ def test_examples_that_name_earlier_values_or_print_the_result_become_tests():
         "def test_docstring_example_1():\n    data = {'a': 1}\n"
         "    assert render(data) == 'line one\\nline two\\n'\n",
         "def test_docstring_example_2():\n    assert render({}) == 'nothing'\n")
+
+
+def test_a_contracts_length_leaves_out_its_examples():
+    docstring = ("Sum the pairs.\n\nEach pair counts once.\n\n>>> f([1, 2])\n3\n"
+                 ">>> f([])\n0\n")
+    assert description_lines(docstring) == 2
+    assert description_lines(None) == 0
