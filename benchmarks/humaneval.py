@@ -200,6 +200,8 @@ def _aggregate(records: list[dict]) -> dict:
             "pass@1": round(sum(r["passed"] for r in records) / n, 4) if n else 0.0,
             "model_calls": total("model_calls"), "prompt_tokens": total("prompt_tokens"),
             "completion_tokens": total("completion_tokens"),
+            # Results written before the cache was counted have no entry: they count as none.
+            "cached_tokens": sum(r.get("cached_tokens", 0) for r in records),
             "tokens_estimated": any(r["tokens_estimated"] for r in records),
             "seconds": round(total("seconds"), 2), "seconds_per_problem": mean("seconds"),
             "tokens_per_problem": mean("total_tokens"),

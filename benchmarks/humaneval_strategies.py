@@ -111,6 +111,7 @@ class Outcome:
     completion: str = ""
     model_calls: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0       # of the prompt tokens, those the server's prompt cache served
     completion_tokens: int = 0
     tokens_estimated: bool = False
     agents: int = 1
@@ -166,6 +167,7 @@ def _spent(outcome: Outcome, model: CountingModel, ledger: TokenLedger) -> Outco
     usage = ledger.total
     outcome.model_calls = model.calls
     outcome.prompt_tokens, outcome.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+    outcome.cached_tokens = usage.cached_tokens
     outcome.tokens_estimated = usage.estimated
     return outcome
 

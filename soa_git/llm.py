@@ -24,12 +24,16 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     estimated: bool = False  # True when the server sent no `usage` and we counted characters
+    # Of the prompt tokens, those the server read from its prompt cache instead of computing
+    # (OpenAI's and llama.cpp's `prompt_tokens_details.cached_tokens`; 0 when not reported).
+    cached_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
             self.estimated or other.estimated,
+            self.cached_tokens + other.cached_tokens,
         )
 
     @property
@@ -39,12 +43,13 @@ class Usage:
     def record(self) -> dict[str, Any]:
         """The form a transcript note keeps; `from_record` reads it back."""
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "estimated": self.estimated}
+                "estimated": self.estimated,
+                **({"cached_tokens": self.cached_tokens} if self.cached_tokens else {})}
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Usage:
         return cls(int(record.get("prompt_tokens", 0)), int(record.get("completion_tokens", 0)),
-                   bool(record.get("estimated")))
+                   bool(record.get("estimated")), int(record.get("cached_tokens", 0)))
 
 
 @dataclass(frozen=True)

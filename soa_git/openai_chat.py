@@ -224,7 +224,9 @@ class OpenAIChat:
         served_usage = getattr(completion, "usage", None)
         model = getattr(completion, "model", None) or self.name
         if served_usage is not None:
-            usage = Usage(served_usage.prompt_tokens or 0, served_usage.completion_tokens or 0)
+            details = getattr(served_usage, "prompt_tokens_details", None)
+            usage = Usage(served_usage.prompt_tokens or 0, served_usage.completion_tokens or 0,
+                          cached_tokens=getattr(details, "cached_tokens", None) or 0)
         else:
             prompt = "".join(str(m.get("content") or "") for m in messages)
             usage = Usage(_estimate_tokens(prompt), _estimate_tokens(text), estimated=True)

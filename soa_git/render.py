@@ -108,8 +108,10 @@ def summary_lines(summary: RunSummary) -> list[str]:
     estimated = " (estimated)" if usage.estimated else ""
     return [*lines, "", *_totals(
         len(summary.agents), summary.depth, summary.lines, summary.tests_passed,
-        f"{usage.total:,} ({usage.prompt_tokens:,} prompt, {usage.completion_tokens:,} "
-        f"completion){estimated}", summary.branch, seconds=summary.seconds)]
+        f"{usage.total:,} ({usage.prompt_tokens:,} prompt"
+        + (f", {usage.cached_tokens:,} of them cached" if usage.cached_tokens else "")
+        + f", {usage.completion_tokens:,} completion){estimated}", summary.branch,
+        seconds=summary.seconds)]
 
 
 def _totals(agents: int, depth: int, lines: int, tests_passed: int, tokens: str, branch: str,

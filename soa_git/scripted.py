@@ -32,6 +32,7 @@ class Scripted:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     usage: bool = True
+    cached_tokens: int = 0      # reported as prompt_tokens_details.cached_tokens when not 0
 
 
 Responder = Callable[[dict], Scripted | str]
@@ -223,6 +224,8 @@ class ScriptedServer:
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             }
+            if reply.cached_tokens:
+                body["usage"]["prompt_tokens_details"] = {"cached_tokens": reply.cached_tokens}
         return body
 
 

@@ -260,6 +260,19 @@ def test_usage_arithmetic() -> None:
     assert total == Usage(4, 6, estimated=True)
     assert total.total == 10
     assert (Usage(1, 1) + Usage(1, 1)).estimated is False
+    assert (Usage(9, 1, cached_tokens=5) + Usage(4, 1, cached_tokens=2)).cached_tokens == 7
+
+
+def test_prompt_tokens_the_server_cached_are_counted_and_kept() -> None:
+    ledger = TokenLedger()
+    with ScriptedServer(replies(Scripted(text="x = 1", cached_tokens=7), "y = 2")) as server:
+        model = chat(server, ledger)
+        cached = model.complete(PROMPT, agent="a")
+        model.complete(PROMPT, agent="a")
+    assert cached.usage.cached_tokens == 7
+    assert ledger.total.cached_tokens == 7 and ledger.total.prompt_tokens > 7
+    assert Usage.from_record(cached.usage.record()) == cached.usage
+    assert "cached_tokens" not in Usage(3, 4).record()     # notes written before stay the same
 
 
 def test_ledger_is_thread_safe() -> None:
