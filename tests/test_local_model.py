@@ -121,6 +121,10 @@ def test_the_local_model_answers_a_chat_completion_with_usage(served):
     assert reply.usage.prompt_tokens > 10 and not reply.usage.estimated
     assert 0 < reply.usage.completion_tokens <= 24  # max_tokens is sent and obeyed
     assert ledger.for_agent("a") == reply.usage
+    # The same prompt again: llama.cpp serves it from the slot's prompt cache, and says so.
+    again = chat.complete([{"role": "user", "content": "Write a Python function that adds two "
+                                                       "numbers."}], agent="a")
+    assert 0 < again.usage.cached_tokens < again.usage.prompt_tokens == reply.usage.prompt_tokens
     assert served.base_url.startswith("http://127.0.0.1:")
     wrong = OpenAIChat(model=served.model, base_url=served.base_url, api_key="not-the-key",
                        ledger=ledger, max_attempts=1)
