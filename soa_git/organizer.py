@@ -15,7 +15,6 @@ sees of it `summary.py`'s.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import re
 import sys
@@ -76,6 +75,7 @@ class Organizer:
         self._halt: str | None = None       # why the whole run stops early
         self._lock = threading.Lock()
         self.nodes: list[Node] = []
+        self._modules: dict[str, bool] = {}     # module -> importable by generated code
 
     # ---- preparing -------------------------------------------------------------------------
 
@@ -163,10 +163,16 @@ class Organizer:
             lambda folders, files: self.repo.import_lines(base, folders, files)))
         return root
 
-    @functools.lru_cache(maxsize=None)
     def _importable(self, module: str) -> bool:
         """Whether generated code may import `module`: it is installed where the agents' tests
         run (soa-git's own Python), or it is one of the project's modules beside the target."""
+        # A cache of the instance's own: functools.lru_cache on a method would keep every
+        # Organizer, its repository and that one's `cat-file` process alive for good.
+        if module not in self._modules:
+            self._modules[module] = self._find_module(module)
+        return self._modules[module]
+
+    def _find_module(self, module: str) -> bool:
         try:
             if module in sys.stdlib_module_names or importlib.util.find_spec(module) is not None:
                 return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from soa_git.commands.resume import resume
 from soa_git.commands.run import run
 
 from .helpers import shapes
+from .helpers.processes import running
 from .helpers.repos import file_at, git, make_repo
 from .helpers.shapes import KEY
 
@@ -110,6 +112,10 @@ def test_code_that_imports_what_is_not_installed_is_asked_again(numbers, serve):
     assert ("`fastmath` cannot be imported here: use only the Python standard library and this "
             "project's own modules") in retry
     assert "return 2 * x" in file_at(numbers, summary.branch, "doubling.py")
+    # What the run opened ends with it: no git reader of the repository outlives the run.
+    del summary
+    gc.collect()
+    assert running(f"{numbers}/.git/soa/no-hooks") == []
 
 
 def test_a_short_contract_is_not_offered_the_split(numbers, serve):
