@@ -256,8 +256,9 @@ class Organizer:
     def _carry_on(self, node: Node) -> None:
         """Children first (in parallel), then merging and the modification phase."""
         if node.children:
-            self._in_parallel(self._continue_and_merge,
-                              [c for c in node.children if not self._merged(c)])
+            # Merged children too: their tests run again, so a resumed run shows their true
+            # state and results instead of leaving them `waiting` (a merged tip merges no more).
+            self._in_parallel(self._continue_and_merge, node.children)
             self._merge_and_test(node)
             self._answer_comments(node, {c.name: c.progress.pending_comment
                                          for c in node.children if c.progress.pending_comment})

@@ -269,13 +269,13 @@ def test_a_run_that_loses_the_last_worker_resumes_to_the_same_tree(cluster, temp
         summary = resume(run_id, cwd=repo, environ=KEY,
                          flags=flags(server, shape, executor="ray", ray_address=cluster.address))
     assert summary.state == "done", summary.message
-    # The run's tree, and every agent's role and own files. (An agent that had not started
-    # when the run stopped branches, on resume, from its Mother's tip as it is then, siblings
-    # merged, so its branch's tree holds theirs too; and resume reports an agent merged before
-    # the stop as waiting: both as after any resume.)
+    # The run's tree, and every agent's role, state and own files. (An agent that had not
+    # started when the run stopped branches, on resume, from its Mother's tip as it is then,
+    # siblings merged, so its branch's tree holds theirs too, as after any resume.)
     assert git(repo, "rev-parse", f"{summary.branch}^{{tree}}") == \
         git(local_repo, "rev-parse", f"{local.branch}^{{tree}}")
     assert agents_of(repo, summary) == agents_of(local_repo, local)
+    assert [a.state for a in summary.agents] == [a.state for a in local.agents]
     fsck(repo)
 
 

@@ -83,6 +83,8 @@ def test_killed_anywhere_then_resumed_ends_like_an_uninterrupted_run(kill_at, re
     summary = resume(run_id, cwd=repo, flags={"base_url": server.base_url}, environ=KEY)
     assert summary.state == "done", summary.message
     assert shape(repo, run_id) == expected_shape
+    # Agents merged before the kill show what they are, not `waiting`.
+    assert [a.state for a in summary.agents] == ["passed"] * len(summary.agents), summary.agents
     # Only the steps that were never committed cost a model call again.
     assert len(server.requests) - calls_before == expected_calls - steps_before
     # The run's total counts the whole run, the killed process's committed steps included.
