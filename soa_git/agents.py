@@ -107,6 +107,10 @@ def parse_plan(text: str, function: str, *, max_children: int, require_tests: bo
     if missing:
         raise AnswerError(", ".join(f"`{m}`" for m in missing) + " cannot be imported here: use "
                           "only the Python standard library and this project's own modules")
+    starred = [i for i in code.imports if answers.is_star_import(i)]
+    if starred:
+        # The root's imports go inside its function, where Python forbids `import *`.
+        raise AnswerError(f"`{starred[0].strip()}` is not allowed: import the names you use")
     used = pycode.called_names(code.function.source)
     for helper in code.helpers:
         used |= pycode.called_names(helper.source)

@@ -148,6 +148,12 @@ def imported_modules(imports: tuple[str, ...] | list[str]) -> list[str]:
     return list(dict.fromkeys(modules))
 
 
+def is_star_import(statement: str) -> bool:
+    """`from m import *`."""
+    return any(isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names)
+               for tree in _parsed([statement]) for node in ast.walk(tree))
+
+
 def unknown_calls(test: str, known: set[str]) -> set[str]:
     """Names `test` calls that neither it, `known`, nor the builtins define.
 

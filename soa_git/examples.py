@@ -31,15 +31,17 @@ def example_tests(name: str, docstring: str | None) -> tuple[str, ...]:
     return tuple(_test(number, lines) for number, lines in enumerate(found, start=1))
 
 
-def score(result) -> tuple[int, int]:
-    """How good a test result is: the docstring's examples passed first, then all tests passed.
+def score(result) -> tuple[int, int, int]:
+    """How good a test result is: the docstring's examples passed first, then all tests passed,
+    then the fewest errors.
 
     Generated tests can be wrong; the examples cannot, so a rewrite that trades an example for a
-    generated test scores worse.
+    generated test scores worse. Code whose tests cannot even run (a collection error) tells
+    less than code that fails them.
     """
     examples = sum(1 for case in result.cases
                    if case.outcome == "passed" and _EXAMPLE_PREFIX in case.name)
-    return examples, result.passed
+    return examples, result.passed, -result.errors
 
 
 def is_example_test(test: str) -> bool:

@@ -7,7 +7,8 @@ import pytest
 from soa_git import answers
 from soa_git.agents import parse_plan
 from soa_git.errors import AnswerError
-from soa_git.examples import contradicts, description_lines, example_tests
+from soa_git.examples import contradicts, description_lines, example_tests, score
+from soa_git.testing import TestCase, TestResult
 
 FUNCTION = "def double(x: int) -> int:\n    return 2 * x\n"
 
@@ -88,3 +89,16 @@ def test_a_contracts_length_leaves_out_its_examples():
                  ">>> f([])\n0\n")
     assert description_lines(docstring) == 2
     assert description_lines(None) == 0
+
+
+def test_a_star_import_is_refused_since_the_roots_imports_go_inside_its_function():
+    text = "```python\nfrom typing import *\n\ndef double(x: int) -> int:\n    return 2 * x\n```"
+    with pytest.raises(AnswerError, match=r"`from typing import \*` is not allowed: import the "
+                                          r"names you use"):
+        parse_plan(text, "double", max_children=0, require_tests=False)
+
+
+def test_code_whose_tests_cannot_run_scores_below_code_that_fails_them():
+    failed = TestResult(cases=(TestCase("t.py::test_a", "failed"),))
+    error = TestResult(cases=(TestCase("t.py", "error"),))
+    assert score(error) < score(failed)
