@@ -265,9 +265,9 @@ class Agent:
         """A new implementation from scratch instead of a fix of the last one: small models
         often repeat a wrong idea when shown it, and a new sample of the task may not. Its tests
         stay those already kept."""
-        fresh = (f"\nEarlier implementations of it failed their tests (the best: {result.summary()})."
-                 f" Write a new one from scratch, with a different approach (fresh attempt "
-                 f"{attempt}).\n")
+        fresh = (f"\nEarlier implementations of it failed their tests (the best: "
+                 f"{result.summary()}). Write a new one from scratch, with a different approach "
+                 f"(fresh attempt {attempt}).\n")
         user = prompt("implement", write_tests="", fresh=fresh, **self._values(tests))
         step, plan = self._ask("afresh", user, lambda text: parse_plan(
             text, self.function, max_children=0, require_tests=False, examples=self.examples,
