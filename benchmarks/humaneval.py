@@ -277,10 +277,12 @@ def draw(summary: dict, path: Path) -> None:
     left.set_title("Code per agent against total code")
     left.legend(fontsize=8)
     names = list(summary["strategies"])
-    values = [summary["strategies"][s]["pass@1"] for s in names]
+    # A partial run compares like with like: the problems every strategy has finished.
+    common = summary["common"]
+    values = [common["pass@1"][s] for s in names]
     bars = right.bar(names, values, color=[colors[s] for s in names])
     for bar, value, s in zip(bars, values, names):
-        n = summary["strategies"][s]["problems"]
+        n = common["problems"]
         right.text(bar.get_x() + bar.get_width() / 2, value + 0.01, f"{value:.3f}\n(n={n})",
                    ha="center", va="bottom", fontsize=8)
     for s, value in PAPER["pass@1"].items():
@@ -290,7 +292,8 @@ def draw(summary: dict, path: Path) -> None:
     right.set_ylim(0, 1.15)
     right.set_ylabel("pass@1")
     model = summary["settings"].get("model")
-    right.set_title(f"HumanEval pass@1, {model} (red: paper, {PAPER['model']})", fontsize=10)
+    right.set_title(f"HumanEval pass@1 on the problems all finished, {model}\n"
+                    f"(red: paper, {PAPER['model']})", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=110)
