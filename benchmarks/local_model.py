@@ -144,7 +144,7 @@ def measure_demo(name: str, soa_git: str = SOA_GIT, env: dict | None = None) -> 
     result["skeletons"] = {r["target"]: {"state": r["state"], "message": r["message"],
                                          "agents": len(r["agents"]),
                                          "tokens": r["usage"]["total_tokens"],
-                                         "seconds": r["usage"]["seconds"]} for r in runs}
+                                         "seconds": r["seconds"]} for r in runs}
     result["accepted"] = [r["target"] for r in runs if r["state"] == "done" and subprocess.run(
         [soa_git, "accept", r["run"]], cwd=folder, env=env, capture_output=True).returncode == 0]
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
