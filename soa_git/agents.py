@@ -81,6 +81,11 @@ def prose(text: str) -> str:
     return answers.prose(text)[:MAX_REFLECTION]
 
 
+def any_module(module: str) -> bool:
+    """The default answer to "may generated code import `module`?" where nobody asks."""
+    return True
+
+
 def _test_owner(test: pycode.Function, own: str, children: set[str]) -> str:
     """A test belongs to the first helper it calls, else to the agent's own function."""
     called = pycode.called_names(test.source)
@@ -92,7 +97,7 @@ def _test_owner(test: pycode.Function, own: str, children: set[str]) -> str:
 
 def parse_plan(text: str, function: str, *, max_children: int, require_tests: bool,
                examples: tuple[str, ...] = (),
-               importable: Callable[[str], bool] = lambda module: True) -> Plan:
+               importable: Callable[[str], bool] = any_module) -> Plan:
     """Read an answer that must implement `function`; skeletons in it become child agents.
 
     `max_children` of 0 means the agent may not spawn children. Tests are kept per owner; a test
@@ -141,7 +146,7 @@ def parse_plan(text: str, function: str, *, max_children: int, require_tests: bo
 
 
 def parse_revision(text: str, function: str, children: set[str],
-                   importable: Callable[[str], bool] = lambda module: True) -> Revision:
+                   importable: Callable[[str], bool] = any_module) -> Revision:
     comments = {info.split(None, 1)[1].strip("` "): body.strip()
                 for info, body in answers.code_blocks(text)
                 if info.startswith("comment ") and len(info.split(None, 1)) == 2}
@@ -164,7 +169,7 @@ class Agent:
     def __init__(self, path: str, skeleton: pycode.Function, model: ChatModel, *,
                  callees: tuple[str, ...] = (), caller: str = "", max_children: int = 5,
                  answer_retries: int = 2, max_tokens: int | None = None,
-                 importable: Callable[[str], bool] = lambda module: True):
+                 importable: Callable[[str], bool] = any_module):
         self.path = path
         self.skeleton = skeleton
         self.model = model

@@ -322,10 +322,6 @@ class Organizer:
                 and examples.description_lines(node.skeleton.docstring)
                 >= self.settings.split_min_lines)
 
-    def _merged(self, node: Node) -> bool:
-        merged = node.branch.merged_tip
-        return merged is not None and merged == self.repo.branch_sha(node.branch.name)
-
     # ---- resuming: an agent's state read back from its recorded steps ----------------------
 
     def _restore(self, node: Node, recording: Recording) -> None:
