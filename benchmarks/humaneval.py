@@ -45,6 +45,7 @@ class Results:
         self.path = path
         self._lock = threading.Lock()
         self.records: dict[tuple[str, str], dict] = {}
+        self.settings = settings        # an existing file's own, once it is read
         if fresh and path.exists():
             path.unlink()
         if path.exists():
@@ -71,6 +72,7 @@ class Results:
                 self.records[(entry["strategy"], entry["task_id"])] = entry
         if header is None:
             raise hc.HarnessError(f"{self.path} is not a results file of this benchmark")
+        self.settings = {k: v for k, v in header.items() if k not in ("kind", "format")}
         differ = {k: (header.get(k), v) for k, v in settings.items() if header.get(k) != v}
         if differ:
             shown = ", ".join(f"{k} {old!r} there, {new!r} now" for k, (old, new) in differ.items())
@@ -468,15 +470,8 @@ def _summarize_only(out: Path, say) -> int:
     path = out.with_suffix(".jsonl")
     if not path.exists():
         raise hc.HarnessError(f"{path} does not exist: there is nothing to summarize")
-    first = path.read_text(encoding="utf-8").split("\n", 1)[0]
-    try:
-        header = json.loads(first)
-    except ValueError:
-        header = {}
-    if header.get("kind") != "settings":
-        raise hc.HarnessError(f"{path} is not a results file of this benchmark")
-    settings = {k: v for k, v in header.items() if k not in ("kind", "format")}
-    _write_summary(out, Results(path, settings), settings, say)
+    results = Results(path, {})     # no settings to hold it to: the file's own are summarized
+    _write_summary(out, results, results.settings, say)
     return 0
 
 
