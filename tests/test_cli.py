@@ -369,20 +369,25 @@ def test_version(runner):
     assert re.search(r"version \d+\.\d+", result.stdout), result.stdout
 
 
-def test_every_released_version_has_its_tag():
+def test_every_released_version_names_its_commit_and_has_its_tag():
     """`rev: v0.1.0` in a pre-commit config and the workflow's `@v0.1.0` resolved to nothing:
-    the documented tag had never reached the repository."""
+    the documented tag had never reached the repository. The CHANGELOG names each release's
+    commit, so a clone that arrived without tags (a branch pushed alone) can still check it and
+    recreate the tag."""
     project = Path(__file__).resolve().parent.parent
     if not (project / ".git").exists() or \
             git(project, "rev-parse", "--is-shallow-repository").strip() != "false":
         pytest.skip("not a full clone of soa-git")
-    released = re.findall(r"^## (\d+\.\d+\.\d+)$", (project / "CHANGELOG.md").read_text(),
-                          re.MULTILINE)
+    released = re.findall(r"^## (\d+\.\d+\.\d+)\n\n[^\n]*commit `([0-9a-f]{7,40})`",
+                          (project / "CHANGELOG.md").read_text(), re.MULTILINE)
+    assert released
     tags = set(git(project, "tag", "--list", "v*").split())
-    assert released and {f"v{v}" for v in released} <= tags, (released, tags)
-    for version in released:
-        pyproject = git(project, "show", f"v{version}:pyproject.toml")
+    for version, commit in released:
+        pyproject = git(project, "show", f"{commit}:pyproject.toml")
         assert f'\nversion = "{version}"\n' in pyproject, version
+        if tags:
+            assert f"v{version}" in tags, (version, tags)
+            assert git(project, "rev-parse", f"v{version}^{{commit}}").startswith(commit)
 
 
 # ---- the real console script -----------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):    # gone, or going while we read
         return False
     # A zombie is dead already; whether someone reaps it is not ours to decide.
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
