@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import soa_git
+from benchmarks.startup import opens_and_handlers
 from soa_git import history
 from soa_git.gitrepo import GitRepo
 
@@ -19,6 +21,7 @@ from .helpers.repos import make_repo
 from .helpers.shapes import SHAPES_SKELETON
 
 SCRIPT = Path(sys.executable).parent / "soa-git"
+STRACE = shutil.which("strace")
 
 
 def started(args: list[str], cwd: Path, extra: dict | None = None) -> subprocess.Popen:
@@ -45,6 +48,38 @@ def test_ctrl_c_while_starting_up(tmp_path):
     process = started(["list"], tmp_path, {"SOA_GIT_KILL_AT": "startup:1:INT"})
     out, err = process.communicate(timeout=30)
     assert (process.returncode, out, err) == (130, "", "interrupted\n")
+
+
+@pytest.mark.skipif(not SCRIPT.exists() or not STRACE, reason="needs the console script and strace")
+def test_ctrl_c_at_each_step_of_start_up_from_soa_gits_first_line(tmp_path):
+    """The signal comes as the real console script opens its k-th file: strace delivers it
+    there, so the moment is exact rather than a lucky sleep. From the first file opened after
+    soa-git's handler to the end of `soa-git list`'s start-up and beyond: one line and 130 at
+    every step. Before it, a Ctrl-C meets Python's own start-up (docs/commands.md), in which
+    the only files of soa-git's are soa_git/__init__.py and soa_git/entry.py."""
+    repo = make_repo(tmp_path / "repo", {"README": "x\n"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+
+    def traced(*options: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(STRACE), "-qq", *options, str(SCRIPT), "list"], cwd=repo,
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    # The first run writes what Python caches, so that every later one opens the same files.
+    if "strace:" in traced("-o", os.devnull).stderr:
+        pytest.skip("strace cannot trace here")
+    log = tmp_path / "trace"
+    assert traced("-o", str(log), "-e", "trace=openat,rt_sigaction").returncode == 0
+    opened, python_handler, ours = opens_and_handlers(log.read_text())
+    of_soa_git = [Path(f) for f in opened[:ours] if "/soa_git/" in f or f.endswith("/soa_git")]
+    assert {f.name.partition(".")[0] for f in of_soa_git} <= {
+        "soa_git", "__pycache__", "__init__", "entry"}, of_soa_git
+    assert 0 < python_handler < ours < len(opened)
+    step = max(1, (len(opened) - ours) // 10)
+    for k in range(ours + 1, len(opened) * 9 // 10, step):
+        done = traced("-o", os.devnull, "-e", "trace=openat",
+                      "-e", f"inject=openat:signal=SIGINT:when={k}")
+        assert (done.returncode, done.stdout, done.stderr) == (130, "", "interrupted\n"), (
+            k, opened[k - 1], done.stderr)
 
 
 def test_the_handler_is_installed_before_anything_else_is_imported():
