@@ -1,7 +1,7 @@
 """The console script's first code: Ctrl-C at any moment from here on, start-up included, ends
 soa-git with one line and exit code 130, never a traceback. (What Python runs before, its own
 start-up and pip's script, is its own: docs/commands.md says what a Ctrl-C shows there, and why
-a script pip installs cannot close that window.)
+a script pip installs cannot narrow that window.)
 
 The handler is installed before the rest of soa-git is imported. It ends the process at once
 (`os._exit`): a run's agents work in threads that a KeyboardInterrupt would only reach after
