@@ -330,6 +330,7 @@ class Organizer:
             task = record["task"]
             if task == runformat.ERROR:  # unusable answers: they changed nothing
                 continue
+            progress.rounds = int(record.get("round", progress.rounds))
             answer = runformat.answer(record)
             sent: dict[str, str] = {}
             if task in ("decompose", "implement"):
@@ -339,7 +340,6 @@ class Organizer:
                     examples=node.agent.examples))
             elif task in ("repair", "afresh") and "unusable" in record:
                 node.agent.unusable(record["unusable"])
-                progress.rounds = int(record.get("round", progress.rounds))
                 continue
             elif task in ("repair", "afresh") and "kept_round" in record:
                 node.agent.discarded(record["attempt_tests"], str(record.get("tests")))
@@ -357,7 +357,6 @@ class Organizer:
                         child.name, child.progress.pending_comment)
             if progress.pending_comment and record.get("comment") == progress.pending_comment:
                 progress.pending_comment = None
-            progress.rounds = int(record.get("round", progress.rounds))
             node.agent.remember(tests=str(record.get("tests")), reflection=prose(answer),
                                 received=record.get("comment"), sent=sent)
         mother_tip = self.repo.branch_sha(node.branch.name)
