@@ -402,11 +402,13 @@ def console_script() -> list[str]:
     return [sys.executable, "-c", "from soa_git.cli import main; main()"]
 
 
-def test_console_script_error_is_one_line(tmp_path):
+@pytest.mark.parametrize("command", [console_script(), [sys.executable, "-m", "soa_git"]],
+                         ids=["console-script", "python-m"])
+def test_console_script_error_is_one_line(tmp_path, command):
     plain = tmp_path / "plain"
     plain.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k != "OPENAI_API_KEY"}
-    done = subprocess.run([*console_script(), "run", "report.py::area_report"], cwd=plain,
+    done = subprocess.run([*command, "run", "report.py::area_report"], cwd=plain,
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert done.stdout == ""
