@@ -112,7 +112,9 @@ def parse_plan(text: str, function: str, *, max_children: int, require_tests: bo
     if missing:
         raise AnswerError(", ".join(f"`{m}`" for m in missing) + " cannot be imported here: use "
                           "only the Python standard library and this project's own modules")
-    starred = [i for i in code.imports if answers.is_star_import(i)]
+    imports = answers.spelled_out(code.imports, [code.function.source, *code.kept,
+                                                 *(test.source for test in code.tests)])
+    starred = [i for i in imports if answers.is_star_import(i)]
     if starred:
         # The root's imports go inside its function, where Python forbids `import *`.
         raise AnswerError(f"`{starred[0].strip()}` is not allowed: import the names you use")
@@ -126,7 +128,7 @@ def parse_plan(text: str, function: str, *, max_children: int, require_tests: bo
     if len(children) > max_children > 0:
         raise AnswerError(f"split into at most {max_children} helpers, not {len(children)}")
     names = {c.name for c in children}
-    known = {function, *names, *answers.defined_names([*code.kept, *code.imports])}
+    known = {function, *names, *answers.defined_names([*code.kept, *imports])}
     fixed = {function: examples, **{c.name: example_tests(c.name, c.docstring) for c in children}}
     by_owner: dict[str, list[str]] = {}
     for test in code.tests:
@@ -141,7 +143,7 @@ def parse_plan(text: str, function: str, *, max_children: int, require_tests: bo
     if missing:
         raise AnswerError("write unit tests (`def test_...`) for "
                           + ", ".join(f"`{n}`" for n in missing))
-    return Plan(imports=code.imports, function=code.function, extra=code.kept, children=children,
+    return Plan(imports=imports, function=code.function, extra=code.kept, children=children,
                 tests={k: tuple(v) for k, v in by_owner.items()})
 
 

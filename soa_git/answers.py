@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import importlib
 import re
 from dataclasses import dataclass
 
@@ -39,9 +40,10 @@ def python_source(text: str) -> str:
     """The Python of an answer.
 
     The ```python blocks joined; if they do not parse together, the blocks that parse on their
-    own (a block of prose or printed output is left out); with no fence at all, the text from
-    the first line that starts Python (`def`, `import`, ...) to the last line that keeps it
-    parsing.
+    own (a block of prose or printed output is left out), and of a last block cut off before its
+    fence closed (an answer that ran into its token limit, often in an endless test) the lines
+    up to where it stops parsing; with no fence at all, the text from the first line that starts
+    Python (`def`, `import`, ...) to the last line that keeps it parsing.
     """
     blocks = [body for info, body in code_blocks(text) if info in PYTHON_INFOS]
     if blocks:
@@ -50,18 +52,26 @@ def python_source(text: str) -> str:
         if error is None:
             return joined
         parsing = [b for b in blocks if b.strip() and pycode.parse_error(b) is None]
+        if not text.rstrip().endswith("```") and pycode.parse_error(blocks[-1]) is not None:
+            parsing += [cut for cut in [_parsing_start(blocks[-1])] if cut]
         if parsing:
             return "\n\n".join(parsing)
         raise AnswerError(f"the Python code does not parse ({error})")
     start = _CODE_START.search(text)
-    if start is None:
+    found = _parsing_start(text[start.start():]) if start else None
+    if found is None:
         raise AnswerError("the answer has no ```python block")
-    lines = text[start.start():].splitlines()
+    return found
+
+
+def _parsing_start(source: str) -> str | None:
+    """The longest run of `source`'s first lines that parses, if any of it does."""
+    lines = source.splitlines()
     for end in range(len(lines), 0, -1):
         candidate = "\n".join(lines[:end])
-        if pycode.parse_error(candidate) is None:
+        if candidate.strip() and pycode.parse_error(candidate) is None:
             return candidate
-    raise AnswerError("the answer has no ```python block")
+    return None
 
 
 @dataclass(frozen=True)
@@ -148,10 +158,44 @@ def imported_modules(imports: tuple[str, ...] | list[str]) -> list[str]:
     return list(dict.fromkeys(modules))
 
 
+# Modules whose `from M import *` is written out as the names the code uses: common standard
+# modules that import without side effects (importing whatever a model names could run one).
+_STAR_SPELLED_OUT = frozenset({"typing", "math", "collections", "itertools", "functools", "re",
+                               "string", "statistics", "heapq", "bisect", "operator", "fractions"})
+
+
+def _star_import(statement: str) -> ast.ImportFrom | None:
+    """The `from m import *` that `statement` is, if it is one."""
+    for node in (node for tree in _parsed([statement]) for node in ast.walk(tree)):
+        if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+            return node
+    return None
+
+
 def is_star_import(statement: str) -> bool:
     """`from m import *`."""
-    return any(isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names)
-               for tree in _parsed([statement]) for node in ast.walk(tree))
+    return _star_import(statement) is not None
+
+
+def spelled_out(imports: tuple[str, ...], sources: list[str]) -> tuple[str, ...]:
+    """`imports` with `from typing import *` (and the like, of `_STAR_SPELLED_OUT`) written out
+    as the names `sources` use from that module; dropped if they use none. Other star imports
+    stay as they are. Small models write them; inside the root's function Python forbids them."""
+    used = {node.id for tree in _parsed(sources) for node in ast.walk(tree)
+            if isinstance(node, ast.Name)}
+    kept = []
+    for statement in imports:
+        star = _star_import(statement)
+        module = star.module if star is not None and star.level == 0 else None
+        if module not in _STAR_SPELLED_OUT:
+            kept.append(statement)
+            continue
+        loaded = importlib.import_module(module)
+        public = getattr(loaded, "__all__", None) or [n for n in dir(loaded) if n[:1] != "_"]
+        names = sorted(used & set(public))
+        if names:
+            kept.append(f"from {module} import {', '.join(names)}")
+    return tuple(kept)
 
 
 def unknown_calls(test: str, known: set[str]) -> set[str]:

@@ -99,6 +99,22 @@ def test_examples_stand_in_for_missing_tests_and_overrule_wrong_ones(numbers, se
     assert "test_docstring_example_1" in tests
 
 
+def test_a_root_answer_with_a_star_import_runs_inside_its_function(numbers, serve):
+    starred = ("```python\nfrom typing import *\n\ndef double(x: int) -> int:\n"
+               "    values: List[int] = [x, x]\n    return sum(values)\n```\n")
+    summary = filled(numbers, serve, starred)
+    assert summary.agents[0].tests == "1 passed"
+    assert "from typing import List" in file_at(numbers, summary.branch, "doubling.py")
+
+
+def test_an_answer_cut_off_by_its_token_limit_keeps_its_code(numbers, serve):
+    endless = "".join(f"    assert double({n}) == {2 * n}\n" for n in range(30))
+    summary = filled(numbers, serve, answer("return 2 * x", f"\n\ndef test_many():\n{endless}"
+                                            "    assert double(30) == ")[:-4])
+    assert summary.agents[0].tests == "2 passed"
+    assert "assert double(29) == 58" in file_at(numbers, summary.branch, "tests/soa/test_double.py")
+
+
 def test_code_that_imports_what_is_not_installed_is_asked_again(numbers, serve):
     missing = ("Here it is.\n\n```python\nimport fastmath\n\ndef double(x: int) -> int:\n"
                "    return fastmath.twice(x)\n```\n")

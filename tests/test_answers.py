@@ -29,6 +29,22 @@ def test_an_unclosed_fence_still_counts():
     assert answers.read_code(f"```python\n{FUNCTION}", "double").function.name == "double"
 
 
+def test_an_answer_cut_off_in_an_endless_test_keeps_its_code_and_whole_asserts():
+    """A 0.5B model wrote a right `reverse_delete`, then asserts until its token limit: the cut
+    line did not parse, so three such answers ended the run (HumanEval/112)."""
+    asserts = "".join(f"    assert double({n}) == {2 * n}\n" for n in range(40))
+    text = f"```python\n{FUNCTION}\n\ndef test_double():\n{asserts}    assert double(40) =="
+    code = answers.read_code(text, "double")
+    assert code.function.body == "return 2 * x"
+    assert [t.name for t in code.tests] == ["test_double"]
+    assert code.tests[0].source.count("assert") == 40
+
+
+def test_a_closed_block_that_does_not_parse_is_still_an_error():
+    with pytest.raises(AnswerError, match="does not parse"):
+        answers.read_code(f"```python\n{FUNCTION}\n\ndef test_x(:\n    pass\n```\n", "double")
+
+
 def test_statements_that_only_run_something_are_dropped():
     text = f"```python\nimport math\nLIMIT = 3\n{FUNCTION}\nprint(double(2))\nassert double(1) == 2\n```"
     code = answers.read_code(text, "double")
@@ -91,9 +107,19 @@ def test_a_contracts_length_leaves_out_its_examples():
     assert description_lines(None) == 0
 
 
-def test_a_star_import_is_refused_since_the_roots_imports_go_inside_its_function():
-    text = "```python\nfrom typing import *\n\ndef double(x: int) -> int:\n    return 2 * x\n```"
-    with pytest.raises(AnswerError, match=r"`from typing import \*` is not allowed: import the "
+def test_a_star_import_of_a_common_module_is_spelled_out_as_the_names_the_code_uses():
+    """The root's imports go inside its function, where Python forbids `import *`: refusing
+    it cost HumanEval/156 all three tries, as the model wrote it every time."""
+    text = ("```python\nfrom typing import *\nfrom math import *\n\n"
+            "def halves(xs: List[int]) -> List[float]:\n    return [x / 2 for x in xs]\n\n"
+            "def test_halves():\n    assert halves([2]) == [1.0]\n```")
+    plan = parse_plan(text, "halves", max_children=0, require_tests=True)
+    assert plan.imports == ("from typing import List",)
+
+
+def test_a_star_import_of_another_module_is_refused():
+    text = "```python\nfrom os.path import *\n\ndef double(x: int) -> int:\n    return 2 * x\n```"
+    with pytest.raises(AnswerError, match=r"`from os.path import \*` is not allowed: import the "
                                           r"names you use"):
         parse_plan(text, "double", max_children=0, require_tests=False)
 
