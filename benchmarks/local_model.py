@@ -129,23 +129,26 @@ def _timed(command: list[str], **kwargs) -> tuple[subprocess.CompletedProcess, d
                   "load_after": load()}
 
 
-def measure_demo(name: str, soa_git: str = SOA_GIT, env: dict | None = None) -> dict[str, Any]:
-    """The real demo with `name`, then accept what passed and run the sample's own tests."""
+def measure_demo(name: str, soa_git: str = SOA_GIT, env: dict | None = None,
+                 model: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The real demo with `name` (or the demo's `model` options), then accept what passed and
+    run the sample's own tests."""
     env = {**(env or os.environ), **IDENTITY}
     folder = Path(tempfile.mkdtemp(prefix="soa-git-demo-bench-")) / "sample"
-    done, timing = _timed([soa_git, "demo", "--model", f"local:{name}", "--json", "--dir",
-                           str(folder)], env=env)
+    model = model or ("--model", f"local:{name}")
+    done, timing = _timed([soa_git, "demo", *model, "--json", "--dir", str(folder)], env=env)
     result: dict[str, Any] = {"model": name, "dir": str(folder), **timing,
                               "exit_code": done.returncode}
     try:
         runs = json.loads(done.stdout)["runs"]
     except (ValueError, KeyError):
         return {**result, "error": done.stderr.strip().splitlines()[-1:]}
-    result["skeletons"] = {r["target"]: {"state": r["state"], "message": r["message"],
-                                         "agents": len(r["agents"]),
-                                         "tokens": r["usage"]["total_tokens"],
-                                         "seconds": r["seconds"]} for r in runs}
-    result["accepted"] = [r["target"] for r in runs if r["state"] == "done" and subprocess.run(
+    target = {r["run"]: f"{r['target']['file']}::{r['target']['function']}" for r in runs}
+    result["skeletons"] = {target[r["run"]]: {"state": r["state"], "message": r["message"],
+                                              "agents": len(r["agents"]),
+                                              "tokens": r["usage"]["total_tokens"],
+                                              "seconds": r["seconds"]} for r in runs}
+    result["accepted"] = [target[r["run"]] for r in runs if r["state"] == "done" and subprocess.run(
         [soa_git, "accept", r["run"]], cwd=folder, env=env, capture_output=True).returncode == 0]
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                             "tests"], cwd=folder, env=env, capture_output=True, text=True)
