@@ -319,6 +319,9 @@ def soa(problem: dict, cfg: Config, environ: Mapping[str, str], *,
         flags = {"model": cfg.model, "base_url": cfg.base_url, "api_key_env": cfg.api_key_env,
                  "max_depth": cfg.max_depth, "repair_rounds": cfg.iterations,
                  "fresh_rounds": cfg.fresh_rounds, "split_min_lines": cfg.split_min_lines,
+                 # HumanEval's problems need no package, and its scorer's guard breaks numpy's
+                 # import, which the harness's own environment (matplotlib) has installed.
+                 "imports": "stdlib",
                  "temperature": cfg.temperature, "jobs": cfg.agent_jobs,
                  "test_timeout": cfg.test_timeout, "request_timeout": cfg.request_timeout,
                  **({"mother_max_tokens": cfg.max_tokens, "child_max_tokens": cfg.max_tokens}

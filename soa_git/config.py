@@ -62,6 +62,10 @@ class Settings:
     split_min_lines: int = _setting(
         0, "A Mother is offered to split her function only when its docstring has at least this "
         "many lines besides its examples; a shorter one she implements herself.", flag=True)
+    imports: str = _setting(
+        "installed", "What generated code may import besides the project's own modules: any "
+        "module installed where its tests run, or the standard library only.", flag=True,
+        choices=("installed", "stdlib"))
     repair_rounds: int = _setting(
         3, "Repair rounds per agent (self-repair, and a Mother's revisions).", flag=True)
     fresh_rounds: int = _setting(

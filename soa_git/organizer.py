@@ -164,8 +164,9 @@ class Organizer:
         return root
 
     def _importable(self, module: str) -> bool:
-        """Whether generated code may import `module`: it is installed where the agents' tests
-        run (soa-git's own Python), or it is one of the project's modules beside the target."""
+        """Whether generated code may import `module`: it is in the standard library, or
+        installed where the agents' tests run (soa-git's own Python; unless the `imports`
+        setting says stdlib), or one of the project's modules beside the target."""
         # A cache of the instance's own: functools.lru_cache on a method would keep every
         # Organizer, its repository and that one's `cat-file` process alive for good.
         if module not in self._modules:
@@ -173,8 +174,10 @@ class Organizer:
         return self._modules[module]
 
     def _find_module(self, module: str) -> bool:
+        if module in sys.stdlib_module_names:
+            return True
         try:
-            if module in sys.stdlib_module_names or importlib.util.find_spec(module) is not None:
+            if self.settings.imports == "installed" and importlib.util.find_spec(module):
                 return True
         except (ImportError, ValueError):   # a broken installed package: it cannot be imported
             return False

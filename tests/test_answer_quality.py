@@ -134,6 +134,19 @@ def test_code_that_imports_what_is_not_installed_is_asked_again(numbers, serve):
     assert running(f"{numbers}/.git/soa/no-hooks") == []
 
 
+def test_with_imports_stdlib_an_installed_package_is_asked_again(numbers, serve):
+    """HumanEval's scorer cannot import numpy although the harness's environment has it."""
+    installed = ("```python\nimport pytest\n\ndef double(x: int) -> int:\n"
+                 "    return pytest.approx(2 * x)\n```\n")
+    server = serve([{"when": "^soa-git task: implement double$", "replies": [installed]},
+                    {"when": "^soa-git task: reformat double$",
+                     "replies": [answer("return 2 * x")]}])
+    [summary] = fill(numbers, server, imports="stdlib")
+    assert summary.state == "done", summary.message
+    retry = server.requests[-1]["body"]["messages"][-1]["content"]
+    assert "`pytest` cannot be imported here: use only the Python standard library" in retry
+
+
 def test_a_short_contract_is_not_offered_the_split(numbers, serve):
     # Only the implement prompt is scripted: a decompose prompt would get a 400 and fail the run.
     server = serve([{"when": "^soa-git task: implement double$", "replies": [answer("return 2 * x")]}])
