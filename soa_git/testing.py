@@ -384,7 +384,9 @@ def run_tests(
 
 # pytest's own plugins that agent tests do not need: each one loaded costs every run time (a
 # third of a run, together), and none changes what a plain test function or TestCase does.
-_UNUSED_PLUGINS = ("cacheprovider", "pastebin", "doctest", "stepwise", "debugging", "setuponly",
+# "debugging" stays: pytest's unittest support reads its options, so without it every
+# unittest.TestCase test fails with "no option named 'trace'".
+_UNUSED_PLUGINS = ("cacheprovider", "pastebin", "doctest", "stepwise", "setuponly",
                    "setupplan", "python_path", "faulthandler", "unraisableexception",
                    "threadexception", "subtests")
 
