@@ -90,6 +90,24 @@ def test_a_child_keeps_its_helpers_reachable_by_its_tests(tmp_path, serve):
     assert "import area, mul" in file_at(repo, summary.branch, "tests/soa/test_area_report__area.py")
 
 
+def test_a_rewrite_keeps_the_helpers_its_kept_tests_call(numbers, serve):
+    # 1.5B, the sample's load_records: the first answer's tests tested its helpers; a repair
+    # that no longer wrote them failed those tests with NameError in every later round.
+    first = answer("return _twice(x) if x < 10 else 0",
+                   "\n\ndef _add(a, b):\n    return a + b\n\n\n"
+                   "def _twice(value):\n    return _add(value, value)\n\n\n"
+                   "def test_twice():\n    assert _twice(5) == 10\n\n\n"
+                   "def test_big():\n    assert double(20) == 40\n")
+    server = serve([{"when": "^soa-git task: implement double$", "replies": [first]},
+                    {"when": "^soa-git task: repair double$", "replies": [answer("return 2 * x")]}])
+    [summary] = fill(numbers, server, repair_rounds=1)
+    assert summary.state == "done", summary.message
+    source = file_at(numbers, summary.branch, "doubling.py")
+    assert "return 2 * x\n" in source
+    assert "def _twice(value):" in source and "def _add(a, b):" in source
+    assert "test_twice" in file_at(numbers, summary.branch, "tests/soa/test_double.py")
+
+
 def test_examples_stand_in_for_missing_tests_and_overrule_wrong_ones(numbers, serve):
     wrong = ("\n\ndef test_wrong():\n    assert double(2) == 5\n\n\n"
              "def test_undefined():\n    assert triple(2) == 6\n")
