@@ -59,14 +59,24 @@ class Step:
     reflection: str
 
 
-class UnusableAnswers(AnswerError):
-    """A step whose every answer was unusable; `step` keeps them for the run's transcript and
-    `reason` says what the last one lacked."""
+class MissingTests(AnswerError):
+    """An answer whose code is usable but that tests too little: `plan` is its code, with the
+    tests it did write."""
 
-    def __init__(self, message: str, step: Step, reason: str) -> None:
+    def __init__(self, message: str, plan: Plan) -> None:
+        super().__init__(message)
+        self.plan = plan
+
+
+class UnusableAnswers(AnswerError):
+    """A step whose every answer was unusable; `step` keeps them for the run's transcript,
+    `reason` says what the last one lacked, and `plan` is its code if it lacked only tests."""
+
+    def __init__(self, message: str, step: Step, reason: str, plan: Plan | None = None) -> None:
         super().__init__(message)
         self.step = step
         self.reason = reason
+        self.plan = plan
 
 
 @dataclass(frozen=True)
@@ -140,11 +150,12 @@ def parse_plan(text: str, function: str, *, max_children: int, require_tests: bo
     missing = [n for n in sorted(names) if n not in by_owner and not fixed[n]]
     if require_tests and function not in by_owner and not examples:
         missing.insert(0, function)
-    if missing:
-        raise AnswerError("write unit tests (`def test_...`) for "
-                          + ", ".join(f"`{n}`" for n in missing))
-    return Plan(imports=imports, function=code.function, extra=code.kept, children=children,
+    plan = Plan(imports=imports, function=code.function, extra=code.kept, children=children,
                 tests={k: tuple(v) for k, v in by_owner.items()})
+    if missing:
+        raise MissingTests("write unit tests (`def test_...`) for "
+                           + ", ".join(f"`{n}`" for n in missing), plan)
+    return plan
 
 
 def parse_revision(text: str, function: str, children: set[str],
@@ -226,7 +237,7 @@ class Agent:
                         f"agent {self.path}: the model's answers could not be used after {tries} "
                         f"tries: {exc}", Step(task=task, messages=tuple(messages), usage=usage,
                                               model=reply.model, reflection=""),
-                        str(exc)) from None
+                        str(exc), exc.plan if isinstance(exc, MissingTests) else None) from None
                 retry = {"role": "user", "content": prompt(
                     "format_error", agent=self.path, error=exc,
                     task=user.split("\n", 1)[1].strip() if "\n" in user else user)}

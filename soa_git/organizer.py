@@ -218,10 +218,26 @@ class Organizer:
             step, plan = node.agent.generate(split=self._may_split(node),
                                              tests=tuple(node.code.tests))
         except (AnswerError, ModelError, BudgetExhausted) as exc:
-            self._fail(node, exc)
+            if isinstance(exc, UnusableAnswers) and exc.plan and not exc.plan.children:
+                self._keep_untested(node, exc)
+            else:
+                self._fail(node, exc)
             self._retire(node)
             return
         self._develop(node, step, plan)
+
+    def _keep_untested(self, node: Node, exc: UnusableAnswers) -> None:
+        """Answers with code but never a usable test, for a docstring without examples: there
+        is nothing to judge the code by, so it goes on the branch untested (the user can read
+        it; it is the model's work) and the agent fails, saying so."""
+        self.workspaces.take(node)
+        self._adopt_plan(node, exc.plan)
+        self._write(node)
+        self._commit(node, exc.step, phase="generate",
+                     subject=runformat.implement_subject(node.name), tested=False)
+        node.progress.error = f"{exc}; its code is on the branch, untested"
+        self.record.error(node, None)
+        self._set(node, "failed")
 
     def _develop(self, node: Node, step: Step, plan: Plan) -> None:
         self.workspaces.take(node)

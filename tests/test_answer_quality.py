@@ -10,6 +10,7 @@ import pytest
 
 from soa_git.commands.resume import resume
 from soa_git.commands.run import run
+from soa_git.commands.transcript import transcript
 
 from .helpers import shapes
 from .helpers.processes import running
@@ -106,6 +107,26 @@ def test_a_rewrite_keeps_the_helpers_its_kept_tests_call(numbers, serve):
     assert "return 2 * x\n" in source
     assert "def _twice(value):" in source and "def _add(a, b):" in source
     assert "test_twice" in file_at(numbers, summary.branch, "tests/soa/test_double.py")
+
+
+def test_code_without_any_test_to_judge_it_by_is_kept_untested(tmp_path, serve):
+    # HumanEval/84 (0.5B): three answers with code and no usable test, a docstring without
+    # examples; the run used to end with nothing on the branch.
+    repo = make_repo(tmp_path / "halves", {"halving.py": (
+        '"""Numbers."""\n\n\ndef half(x: int) -> int:\n    """Half of x, rounded down."""\n'
+        '    ...\n')})
+    code = "Here it is.\n\n```python\ndef half(x: int) -> int:\n    return x // 2\n```\n"
+    server = serve([{"when": "^soa-git task: implement half$", "replies": [code]},
+                     {"when": "^soa-git task: reformat half$", "replies": [code, code]}])
+    [summary] = run("halving.py::half", cwd=repo, flags={"base_url": server.base_url,
+                                                         "max_depth": 1}, environ=KEY)
+    assert summary.state == "failed"
+    assert "write unit tests" in summary.message and "untested" in summary.message
+    assert "return x // 2" in file_at(repo, summary.branch, "halving.py")
+    assert git(repo, "log", "-1", "--format=%s", summary.branch).strip() == (
+        "generate: implement half")
+    _, _, steps = transcript(repo, f"{summary.run}/half")
+    assert sum(m["role"] == "assistant" for s in steps for m in s["messages"]) == 3
 
 
 def test_examples_stand_in_for_missing_tests_and_overrule_wrong_ones(numbers, serve):
