@@ -72,7 +72,7 @@ def skeleton_source(problem: dict) -> str:
     source = prompt.rstrip("\n") + "\n    ...\n"
     if pycode.find_function(source, entry).is_skeleton:
         return source
-    tree = ast.parse(source)
+    tree = pycode.parse_ast(source)
     node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == entry)
     doc = next((i for i, s in enumerate(node.body) if isinstance(s, ast.Expr)
                 and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str)), None)

@@ -117,7 +117,7 @@ def is_definition(statement: str) -> bool:
     if statement.startswith("if __name__"):
         return False
     try:
-        tree = ast.parse(statement)
+        tree = pycode.parse_ast(statement)
     except SyntaxError:
         return True
     return not all(isinstance(node, (ast.Expr, ast.Assert)) for node in tree.body)
@@ -128,7 +128,7 @@ def _parsed(sources: tuple[str, ...] | list[str]) -> list[ast.Module]:
     trees = []
     for source in sources:
         try:
-            trees.append(ast.parse(source))
+            trees.append(pycode.parse_ast(source))
         except SyntaxError:
             continue
     return trees
@@ -204,7 +204,7 @@ def unknown_calls(test: str, known: set[str]) -> set[str]:
     Such a test can only fail with a NameError, whatever the code under test does.
     """
     try:
-        tree = ast.parse(test)
+        tree = pycode.parse_ast(test)
     except SyntaxError:
         return set()
     local = {node.id for node in ast.walk(tree)

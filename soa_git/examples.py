@@ -14,6 +14,8 @@ import builtins
 import doctest
 import re
 
+from .pycode import literal_eval, parse_ast
+
 _BUILTINS = frozenset(dir(builtins))
 _ARROWS = r"(?:==>|=>|➞|→|->|==|=|should return|returns|gives)"
 _FLOAT_TOLERANCE = "1e-6"
@@ -82,7 +84,7 @@ def _doctest_examples(name: str, docstring: str) -> list[tuple[str, ...]]:
         source, want = example.source.strip(), example.want
         assigned = _literal_assignment(source)
         if assigned:
-            given[assigned] = ast.unparse(ast.parse(source))
+            given[assigned] = ast.unparse(parse_ast(source))
             continue
         if not want.strip():
             continue
@@ -113,7 +115,7 @@ _NO_VALUE = object()
 
 def _literal(text: str) -> object:
     try:
-        return ast.literal_eval(text)
+        return literal_eval(text)
     except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
         return _NO_VALUE
 
@@ -121,7 +123,7 @@ def _literal(text: str) -> object:
 def _literal_assignment(source: str) -> str | None:
     """The name `source` binds, if it is `name = LITERAL`."""
     try:
-        tree = ast.parse(source)
+        tree = parse_ast(source)
     except SyntaxError:
         return None
     if (len(tree.body) == 1 and isinstance(tree.body[0], ast.Assign)
@@ -134,7 +136,7 @@ def _literal_assignment(source: str) -> str | None:
 def _printed(source: str) -> tuple[str, str | None] | None:
     """(the printed expression, the `end` given or None) of `print(EXPR)` / `print(EXPR, end=S)`."""
     try:
-        node = ast.parse(source, mode="eval").body
+        node = parse_ast(source, mode="eval").body
     except SyntaxError:
         return None
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
@@ -152,7 +154,7 @@ def _check(name: str, call: str, value: object, given: dict[str, str]) -> tuple[
     if value is _NO_VALUE:
         return None
     try:
-        body = ast.parse(call, mode="eval").body
+        body = parse_ast(call, mode="eval").body
     except SyntaxError:
         return None
     if not (isinstance(body, ast.Call) and isinstance(body.func, ast.Name)
@@ -173,7 +175,7 @@ def _test(number: int, lines: tuple[str, ...]) -> str:
 
 def _asserts(test: str) -> list[ast.Assert]:
     try:
-        tree = ast.parse(test)
+        tree = parse_ast(test)
     except SyntaxError:
         return []
     return [node for node in ast.walk(tree) if isinstance(node, ast.Assert)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import threading
 import warnings
 from array import array
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ _STRING_STATEMENTS = (["string"], ["concatenated_string"])
 # A body written on the 'def' line has no indentation of its own to keep.
 _BODY_INDENT = "    "
 _LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\n)+")
+# CPython 3.11 counts nesting in one per-interpreter counter while it builds an AST, so two
+# threads parsing at once (sibling agents do) can fail with "SystemError: AST constructor
+# recursion depth mismatch" (python/cpython#106905): every parse in soa-git takes this lock.
+_AST_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,17 @@ def skeleton_text(fn: Function) -> str:
     return "\n".join(lines)
 
 
+def parse_ast(source: str, mode: str = "exec") -> ast.AST:
+    """`ast.parse`, safe to call from several threads at once."""
+    with _AST_LOCK:
+        return ast.parse(source, mode=mode)
+
+
+def literal_eval(text: str) -> object:
+    """`ast.literal_eval` of source text, safe to call from several threads at once."""
+    return ast.literal_eval(parse_ast(text.lstrip(" \t"), mode="eval"))
+
+
 def code_lines(text: str) -> int:
     """How much code an agent wrote: its non-blank lines."""
     return sum(1 for line in text.splitlines() if line.strip())
@@ -196,7 +212,7 @@ def _python_error(source: str) -> str | None:
     messages ("'(' was never closed") tell a model more than an ERROR node does."""
     try:
         with warnings.catch_warnings(action="ignore"):  # e.g. invalid escapes; never print
-            ast.parse(source)
+            parse_ast(source)
     except SyntaxError as exc:
         return f"line {exc.lineno}, column {exc.offset or 1}: {exc.msg}"
     except ValueError as exc:  # null bytes
@@ -300,7 +316,7 @@ def _docstring(src: _Source, statement: Node) -> str | None:
         return None
     try:
         with warnings.catch_warnings(action="ignore"):
-            value = ast.literal_eval(src.text_of(statement))
+            value = literal_eval(src.text_of(statement))
     except (SyntaxError, ValueError):  # an f-string is no docstring
         return None
     return inspect.cleandoc(value) if isinstance(value, str) else None

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ast
+import threading
 
 import pytest
 
@@ -400,3 +401,35 @@ def test_skeleton_text_docstring_survives_a_round_trip(doc: str) -> None:
     text = skeleton_text(fn)
     assert ast.get_docstring(ast.parse(text).body[0]) == doc
     assert find_function(text, "f").is_skeleton
+
+
+class _Finalized:
+    """Garbage whose finalizer runs Python code, so the collector can switch threads mid-parse."""
+
+    def __del__(self):
+        sum(range(50))
+
+
+def test_parsing_from_several_threads_at_once_never_fails():
+    # CPython 3.11 fails such parses with "AST constructor recursion depth mismatch"
+    # (python/cpython#106905) when another thread parses meanwhile: sibling agents do.
+    nested = "x = " + "[" * 40 + "1" + "]" * 40 + "\n" + "def f(a):\n    return {'k': [a, (a,)]}\n" * 20
+    failures = []
+
+    def parse_many():
+        for _ in range(300):
+            first, second = _Finalized(), _Finalized()
+            first.other, second.other = second, first
+            try:
+                pycode.parse_ast(nested)
+                pycode.literal_eval("[" * 30 + "1" + "]" * 30)
+            except SystemError as exc:
+                failures.append(exc)
+                return
+
+    threads = [threading.Thread(target=parse_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
