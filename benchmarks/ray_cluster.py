@@ -64,12 +64,16 @@ class LocalCluster:
     def add_node(self) -> Any:
         node = self._cluster.add_node(**self._node_args())
         self.workers.append(node)
+        # A node's processes are up before the cluster lists it alive: a driver that asked in
+        # between saw one worker of two and put both runs on it.
+        self._cluster.wait_for_nodes()
         return node
 
     def kill(self, node: Any) -> None:
         """Kill a worker node's processes at once (SIGKILL), as a crashed machine would go."""
         self._cluster.remove_node(node, allow_graceful=False)
         self.workers.remove(node)
+        self._cluster.wait_for_nodes()
 
     def stop(self) -> None:
         try:
