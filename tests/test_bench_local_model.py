@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from benchmarks.local_model import measure_demo
-from tests.test_cli import console_script
+from .helpers.cli import console_script
 
 
 def test_the_demo_part_records_each_skeleton_what_was_accepted_and_the_samples_tests():

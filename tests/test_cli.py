@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -19,7 +18,7 @@ from soa_git import config
 from soa_git.cli import main
 from soa_git.openai_chat import OpenAIChat
 
-from .helpers.cli import assert_one_error, cli_repo, listing
+from .helpers.cli import assert_one_error, cli_repo, console_script, listing
 from .helpers.repos import free_port, git, make_repo, snapshot
 from .helpers.shapes import SHAPES_SKELETON, shapes_script
 
@@ -391,16 +390,6 @@ def test_every_released_version_names_its_commit_and_has_its_tag():
 
 
 # ---- the real console script -----------------------------------------------------------------
-
-def console_script() -> list[str]:
-    installed = Path(sys.executable).parent / "soa-git"
-    if installed.exists():
-        return [str(installed)]
-    found = shutil.which("soa-git")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "from soa_git.cli import main; main()"]
-
 
 @pytest.mark.parametrize("command", [console_script(), [sys.executable, "-m", "soa_git"]],
                          ids=["console-script", "python-m"])

@@ -3,6 +3,8 @@ tree holds, and the one-sentence error every user mistake must end in."""
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 
 from click.testing import Result
@@ -59,3 +61,14 @@ def assert_one_error(result: Result, *fragments: str, only_line: bool = True) ->
     for fragment in fragments:
         assert fragment in message, message
     return message
+
+
+def console_script() -> list[str]:
+    """How a user starts soa-git: the installed console script, else the module."""
+    installed = Path(sys.executable).parent / "soa-git"
+    if installed.exists():
+        return [str(installed)]
+    found = shutil.which("soa-git")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from soa_git.cli import main; main()"]
