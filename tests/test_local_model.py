@@ -1,5 +1,5 @@
-"""The real local model (Qwen2.5-Coder-0.5B from the `local-small` extra's wheels, in llama.cpp inside
-soa-git's process): it loads and answers with usage, a whole `soa-git run` ends with branches,
+"""The real local model (Qwen2.5-Coder-0.5B from the `local-small` extra's wheels, in llama.cpp
+inside soa-git's process): it loads and answers with usage, a whole `soa-git run` ends with branches,
 commits, trailers and notes, and however a command ends nothing is left running.
 
 The model is assembled into a cache once per session and loaded once for the direct tests;
