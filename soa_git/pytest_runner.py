@@ -53,6 +53,9 @@ _DEVICES = ("null", "zero", "full", "random", "urandom")
 _EXIT_SIGNALLED = 128
 _SANDBOX_FAILED = 71
 
+# Each value of a failed `==` is shown up to this many characters.
+REPR_LIMIT = 400
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
@@ -182,6 +185,28 @@ def _make_dev(target):
     _mount(None, target, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID)
 
 
+class _WholeValues:
+    """A failed `==` shows both values whole, without pytest's abbreviations and diff: who reads
+    the failure is a model repairing the code, which needs the value the code gave."""
+
+    @staticmethod
+    def pytest_assertrepr_compare(op, left, right):
+        if op != "==":
+            return None
+        try:
+            return [f"{_bounded_repr(left)} == {_bounded_repr(right)}"]
+        except Exception:  # a repr that fails: pytest's own explanation copes with it
+            return None
+
+
+def _bounded_repr(value):
+    text = repr(value)
+    if len(text) <= REPR_LIMIT:
+        return text
+    half = REPR_LIMIT // 2
+    return f"{text[:half]} ... {text[-half:]}"
+
+
 def _run_pytest(request):
     """In the forked process that becomes pytest: limits, files, environment; never returns."""
     os.setsid()
@@ -202,7 +227,7 @@ def _run_pytest(request):
     # As for `python -m pytest`: the working directory first, then PYTHONPATH.
     sys.path[0:1] = ["", *request["path"]]
     sys.argv = ["pytest", *request["args"]]
-    code = pytest.main(request["args"])
+    code = pytest.main(request["args"], plugins=[_WholeValues()])
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(int(code))
@@ -296,7 +321,7 @@ def _warm_up(args):
     saved = os.dup(1)
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
-    pytest.main(args)
+    pytest.main(args, plugins=[_WholeValues()])
     sys.stdout.flush()
     os.dup2(saved, 1)
     os.close(saved)

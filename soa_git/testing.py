@@ -402,6 +402,8 @@ def _pytest_args(files: Sequence[str], *, xml: Path, rootdir: Path, ini: Path) -
         "--rootdir", str(rootdir),
         "-c", str(ini),
         "-o", "console_output_style=classic",
+        # Failed asserts in full (the runner's plugin drops `==`'s diff): no "use -vv" cut-offs.
+        "-o", "verbosity_assertions=2",
         # One broken test module should not hide the results of the others.
         "--continue-on-collection-errors",
     ]
@@ -537,9 +539,13 @@ def _node_id(classname: str, name: str, test_files: Sequence[str]) -> str:
 
 
 def _case_block(case: TestCase, limit: int) -> str:
-    head = _head(f"{case.name} ({case.outcome}): {case.message}", limit)
+    """The end of the case's traceback, whose `E` lines hold the whole message; the message
+    when there is no traceback."""
+    if not case.details:
+        return _head(f"{case.name} ({case.outcome}): {case.message}", limit)
+    head = _head(f"{case.name} ({case.outcome})", limit)
     room = limit - len(head) - 1
-    if room <= len(_TRUNCATED) or not case.details:
+    if room <= len(_TRUNCATED):
         return head
     return f"{head}\n{_tail(case.details, room)}"
 

@@ -98,6 +98,29 @@ def test_failing_test_is_reported_with_its_assertion(worktree: Path) -> None:
     assert "test_good" not in feedback
 
 
+def test_a_failed_equality_shows_both_values_whole_once(worktree: Path) -> None:
+    """The repair prompt needs what the code gave: pytest abbreviates long values and asks for
+    -vv, and its message repeats the traceback's last lines."""
+    _write(worktree, {"test_r.py": """
+        def render():
+            return "\\n    Sales report\\n    ============\\n    Records: 3\\n    Total: 1260.5\\n"
+
+        def test_render():
+            assert render() == "Sales report\\n============\\nRecords: 3\\nTotal: 1,260.50\\n"
+
+        def test_order():
+            assert sorted([3, 1, 2], reverse=True) == [1, 2, 3]
+    """})
+    feedback = _run(worktree, ["test_r.py"]).feedback()
+    gave = repr("\n    Sales report\n    ============\n    Records: 3\n    Total: 1260.5\n")
+    wanted = repr("Sales report\n============\nRecords: 3\nTotal: 1,260.50\n")
+    assert f"assert {gave} == {wanted}" in feedback
+    assert "assert [3, 2, 1] == [1, 2, 3]" in feedback
+    assert "-vv" not in feedback and "truncated" not in feedback
+    assert feedback.count(gave) == 1
+    assert "diff" not in feedback
+
+
 def test_collection_errors_are_kept_and_do_not_hide_other_files(worktree: Path) -> None:
     _write(worktree, {
         "test_import.py": "import no_such_module_xyz\n\ndef test_x():\n    pass\n",
@@ -308,14 +331,15 @@ def test_summary_strings() -> None:
 
 def test_feedback_is_bounded_and_shares_room_between_failures() -> None:
     failures = tuple(
-        TestCase(f"t.py::test_{i}", "failed", f"message {i}", "x" * 5000 + f"E end {i}")
+        TestCase(f"t.py::test_{i}", "failed", f"message {i}", "x" * 5000 + f"E   message {i}")
         for i in range(3)
-    )
+    ) + (TestCase("t.py::test_setup", "error", "no traceback"),)
     text = TestResult(failures).feedback(limit=1200)
     assert len(text) <= 1200
     for i in range(3):
-        assert f"t.py::test_{i} (failed): message {i}" in text
-        assert f"E end {i}" in text  # the end of a traceback is what is kept
+        assert f"t.py::test_{i} (failed)\n[...]x" in text
+        assert text.count(f"message {i}") == 1  # the end of a traceback is what is kept
+    assert "t.py::test_setup (error): no traceback" in text
 
     crashed = TestResult((), output="noise\n" * 2000 + "ImportError: the real cause")
     text = crashed.feedback(limit=500)
