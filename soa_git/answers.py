@@ -95,7 +95,9 @@ def read_code(text: str, function: str) -> Code:
     """The answer's Python sorted into `function`, its helpers, skeletons and tests.
 
     Statements that only run something when the module is imported (a main guard, prints,
-    calls, bare asserts and strings) are left out: they belong to no function.
+    calls, bare asserts and strings) are left out: they belong to no function. So are helpers
+    that neither the function nor the classes and constants beside it use, directly or
+    through another helper: dead code, whose tests could only fail the function's right code.
     """
     parts = pycode.module_parts(python_source(text))
     own = [f for f in parts.functions if f.name == function]
@@ -106,10 +108,26 @@ def read_code(text: str, function: str) -> Code:
     tests = tuple(f for f in parts.functions if f.name.startswith("test_"))
     rest = [f for f in parts.functions if f.name != function and not f.name.startswith("test_")]
     latest = {f.name: f for f in rest}      # a name defined twice: the last definition counts
+    other = tuple(s for s in parts.other if is_definition(s))
+    helpers = [f for f in latest.values() if not f.is_skeleton]
+    live = set(reachable([own[-1].source, *other], [h.source for h in helpers]))
     return Code(function=own[-1], imports=tuple(parts.imports),
-                helpers=tuple(f for f in latest.values() if not f.is_skeleton),
+                helpers=tuple(h for h in helpers if h.source in live),
                 skeletons=tuple(f for f in latest.values() if f.is_skeleton),
-                tests=tests, other=tuple(s for s in parts.other if is_definition(s)))
+                tests=tests, other=other)
+
+
+def reachable(sources: list[str], definitions: list[str]) -> tuple[str, ...]:
+    """The `definitions` (module-level statements) that `sources` use, directly or through
+    other definitions, in their order."""
+    used = pycode.referenced_names("\n\n".join(sources))
+    found: tuple[str, ...] = ()
+    while True:
+        wanted = tuple(d for d in definitions if set(defined_names([d])) & used)
+        if wanted == found:
+            return found
+        found = wanted
+        used |= pycode.referenced_names("\n\n".join(found))
 
 
 def is_definition(statement: str) -> bool:

@@ -32,20 +32,12 @@ class Code:
         """Take an answer's code (and, in a first answer, its tests) as the agent's own.
 
         A rewrite keeps a helper it did not write again while its code, the agent's kept
-        tests or another kept helper still call it: those tests never change, so a helper they
+        tests or another kept helper still use it: those tests never change, so a helper they
         test must stay.
         """
         written = set(answers.defined_names(plan.extra))
-        called = pycode.called_names("\n\n".join([plan.function.source, *plan.extra,
-                                                  *self.tests]))
-        kept: tuple[str, ...] = ()
-        while True:
-            wanted = tuple(e for e in self.extra
-                           if (set(answers.defined_names([e])) & called) - written)
-            if wanted == kept:
-                break
-            kept = wanted
-            called |= pycode.called_names("\n\n".join(kept))
+        earlier = [e for e in self.extra if set(answers.defined_names([e])) - written]
+        kept = answers.reachable([plan.function.source, *plan.extra, *self.tests], earlier)
         self.imports = tuple(dict.fromkeys([*plan.imports, *(self.imports if kept else ())]))
         self.extra, self.body = kept + plan.extra, plan.function.body
         if adopt_tests:

@@ -22,6 +22,7 @@ from soa_git.errors import CodeSyntaxError, TargetError
 
 _LANGUAGE = Language(tree_sitter_python.language())
 _CALLS = Query(_LANGUAGE, "(call function: (identifier) @name)")
+_IDENTIFIERS = Query(_LANGUAGE, "(identifier) @name")
 _STRINGS = Query(_LANGUAGE, "(string) @string")
 _IMPORTS = frozenset({"import_statement", "import_from_statement", "future_import_statement"})
 _EXTRAS = frozenset({"comment", "line_continuation"})
@@ -140,6 +141,13 @@ def called_names(code: str) -> set[str]:
     """Plain names called as `f(...)` anywhere in `code`; attribute calls are left out."""
     src = _checked(code, "the code")
     return {src.text_of(node) for node in QueryCursor(_CALLS).captures(src.root).get("name", [])}
+
+
+def referenced_names(code: str) -> set[str]:
+    """Every identifier in `code`: names called, passed, assigned or defined, and attributes."""
+    src = _checked(code, "the code")
+    found = QueryCursor(_IDENTIFIERS).captures(src.root).get("name", [])
+    return {src.text_of(node) for node in found}
 
 
 def replace_body(source: str, name: str, body: str) -> str:

@@ -83,6 +83,25 @@ def test_plan_drops_tests_that_call_undefined_names_or_contradict_the_examples()
     assert [t.split("(")[0] for t in plan.tests["double"]] == ["def test_good"]
 
 
+def test_helpers_the_function_never_uses_are_dropped_with_their_tests():
+    # 1.5B, the sample's load_records: it parsed the CSV inline, wrote a parse_header beside it
+    # that it never called, and a wrong test of parse_header failed right code in every round.
+    text = ("```python\nSEP = make_sep()\n\n\ndef make_sep():\n    return ','\n\n\n"
+            "def load(text):\n    return sorted(split(text), key=clean)\n\n\n"
+            "def split(text):\n    return text.split(SEP)\n\n\n"
+            "def clean(field):\n    return _strip(field)\n\n\n"
+            "def _strip(field):\n    return field.strip()\n\n\n"
+            "def parse_header(line):\n    return line.split(',')\n\n\n"
+            "def test_load():\n    assert load('b,a') == ['a', 'b']\n\n\n"
+            "def test_parse_header():\n    assert parse_header(' a , b') == ['a', 'b']\n```")
+    code = answers.read_code(text, "load")
+    # Used by a call, as a value, through another helper, or by a constant beside the function.
+    assert [h.name for h in code.helpers] == ["make_sep", "split", "clean", "_strip"]
+    plan = parse_plan(text, "load", max_children=0, require_tests=True)
+    assert "parse_header" not in "".join(plan.extra)
+    assert [t.split("(")[0] for t in plan.tests["load"]] == ["def test_load"]
+
+
 def test_a_function_with_examples_needs_no_written_tests():
     examples = example_tests("double", ">>> double(2)\n4\n")
     text = f"```python\n{FUNCTION}```"
