@@ -97,7 +97,8 @@ def read_code(text: str, function: str) -> Code:
     Statements that only run something when the module is imported (a main guard, prints,
     calls, bare asserts and strings) are left out: they belong to no function. So are helpers
     that neither the function nor the classes and constants beside it use, directly or
-    through another helper: dead code, whose tests could only fail the function's right code.
+    through another helper, and the tests that use them: dead code, whose tests say nothing of
+    the function and could only fail its right code.
     """
     parts = pycode.module_parts(python_source(text))
     own = [f for f in parts.functions if f.name == function]
@@ -105,16 +106,18 @@ def read_code(text: str, function: str) -> Code:
         raise AnswerError(f"the code has no function named `{function}`")
     if own[-1].is_skeleton:
         raise AnswerError(f"`{function}` has no implementation, only a placeholder body")
-    tests = tuple(f for f in parts.functions if f.name.startswith("test_"))
+    tests = [f for f in parts.functions if f.name.startswith("test_")]
     rest = [f for f in parts.functions if f.name != function and not f.name.startswith("test_")]
     latest = {f.name: f for f in rest}      # a name defined twice: the last definition counts
     other = tuple(s for s in parts.other if is_definition(s))
     helpers = [f for f in latest.values() if not f.is_skeleton]
     live = set(reachable([own[-1].source, *other], [h.source for h in helpers]))
+    dead = {h.name for h in helpers if h.source not in live}
     return Code(function=own[-1], imports=tuple(parts.imports),
                 helpers=tuple(h for h in helpers if h.source in live),
                 skeletons=tuple(f for f in latest.values() if f.is_skeleton),
-                tests=tests, other=other)
+                tests=tuple(t for t in tests if not pycode.referenced_names(t.source) & dead),
+                other=other)
 
 
 def reachable(sources: list[str], definitions: list[str]) -> tuple[str, ...]:

@@ -97,6 +97,8 @@ def test_helpers_the_function_never_uses_are_dropped_with_their_tests():
     code = answers.read_code(text, "load")
     # Used by a call, as a value, through another helper, or by a constant beside the function.
     assert [h.name for h in code.helpers] == ["make_sep", "split", "clean", "_strip"]
+    # Left out by the reader, so every user of it (the HumanEval baselines too) runs without it.
+    assert [t.name for t in code.tests] == ["test_load"]
     plan = parse_plan(text, "load", max_children=0, require_tests=True)
     assert "parse_header" not in "".join(plan.extra)
     assert [t.split("(")[0] for t in plan.tests["load"]] == ["def test_load"]
