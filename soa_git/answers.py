@@ -123,14 +123,15 @@ def read_code(text: str, function: str) -> Code:
 def reachable(sources: list[str], definitions: list[str]) -> tuple[str, ...]:
     """The `definitions` (module-level statements) that `sources` use, directly or through
     other definitions, in their order."""
+    names = [set(defined_names([d])) for d in definitions]
     used = pycode.referenced_names("\n\n".join(sources))
-    found: tuple[str, ...] = ()
+    found: set[int] = set()
     while True:
-        wanted = tuple(d for d in definitions if set(defined_names([d])) & used)
-        if wanted == found:
-            return found
-        found = wanted
-        used |= pycode.referenced_names("\n\n".join(found))
+        new = [i for i, defined in enumerate(names) if i not in found and defined & used]
+        if not new:
+            return tuple(d for i, d in enumerate(definitions) if i in found)
+        found.update(new)
+        used |= pycode.referenced_names("\n\n".join(definitions[i] for i in new))
 
 
 def is_definition(statement: str) -> bool:
